@@ -1,0 +1,156 @@
+"""``TokenPolicy``: any transformers causal LM or VLM with its processor, as a :class:`Policy`.
+
+Rows are TRL-style: ``{"prompt": [chat messages], "images": [PIL images], "completion": str, ...}``.
+The chat template of the model's processor turns the prompt into text; the processor inserts the
+image tokens. An action step is one generated token; its log-prob is the softmax of the sampling
+distribution (temperature-scaled logits with suppressed tokens removed), so sampled and recomputed
+log-probs describe the same distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mmpost.types import Rollout
+
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+@dataclass
+class TokenActions:
+    """What :meth:`TokenPolicy.logprobs` needs to recompute a token rollout exactly."""
+
+    prompt_rows: list[dict]  # one row per output
+    completion_ids: torch.Tensor  # [N, T] generated tokens, padded with pad_token_id
+
+    def __getitem__(self, index: torch.Tensor) -> "TokenActions":
+        return TokenActions([self.prompt_rows[i] for i in index.tolist()], self.completion_ids[index])
+
+
+class TokenPolicy:
+    """A transformers model + processor sampling and scoring token sequences.
+
+    Args:
+        model: a ``PreTrainedModel`` with a language-modelling head (VLMs included).
+        processor: its processor (or tokenizer, for text-only models); must have a chat template.
+        max_new_tokens: generation length cap.
+        device: where the model lives.
+    """
+
+    def __init__(self, model, processor, max_new_tokens: int = 72, device: str | torch.device = "cpu"):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.max_new_tokens = max_new_tokens
+        self.device = torch.device(device)
+        vocab = self.tokenizer.get_vocab()
+        # Never sample vision placeholders: a generated <|image_pad|> would break the next forward.
+        self.suppress_ids = [vocab[t] for t in VISION_TOKENS if t in vocab]
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        gradient_checkpointing: bool = False, **kwargs) -> "TokenPolicy":
+        """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id)."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return cls(model, processor, device=device, **kwargs)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _prompt_text(self, row: dict) -> str:
+        return self.processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+
+    def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Left-padded processor inputs (ids, mask, pixel values, ...) for the rows' prompts."""
+        texts = [self._prompt_text(r) for r in rows]
+        images = [img for r in rows for img in r.get("images", [])]
+        if images:
+            enc = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        else:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        if self.tokenizer.padding_side != "left":
+            raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+        """[N, T] log-probs of ``completion_ids`` after each row's prompt, teacher-forced, with grad."""
+        prompt = self.encode_prompts(rows)
+        completion_ids = completion_ids.to(self.device)
+        completion_mask = (completion_ids != self.pad_id).long()
+        inputs = dict(prompt)
+        inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)
+        inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
+        if "mm_token_type_ids" in prompt:
+            inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
+        steps = completion_ids.shape[1]
+        logits = self.model(**inputs, use_cache=False, logits_to_keep=steps + 1).logits[:, :-1].float()
+        logits = logits / temperature
+        if self.suppress_ids:
+            logits[..., self.suppress_ids] = float("-inf")
+        return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+    def _completion_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """1.0 up to and including the first EOS (all steps when the output was truncated)."""
+        is_eos = ids == self.eos_id
+        after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
+        return (~after_eos).float()
+
+    # ------------------------------------------------------------------ Policy contract
+
+    @torch.no_grad()
+    def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
+        """Sample ``n`` completions per row in one batched ``generate`` (KV cache on).
+
+        Log-probs come from the sampling scores, so no second forward pass is needed when a
+        batch is optimised once.
+        """
+        rows = [row for row in batch for _ in range(n)]
+        prompt = self.encode_prompts(rows)
+        was_training = self.model.training
+        self.model.eval()
+        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        out = getattr(self.model, "module", self.model).generate(**prompt, **sampling, max_new_tokens=self.max_new_tokens,
+                                  suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id,
+                                  pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
+        self.model.train(was_training)
+        ids = out.sequences[:, prompt["input_ids"].shape[1]:]
+        mask = self._completion_mask(ids)
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
+        scores = torch.stack(out.scores, dim=1).float()  # [N, T, V] processed (temperature, suppression)
+        logprobs = torch.gather(F.log_softmax(scores, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        return Rollout(logprobs=logprobs.cpu(), mask=mask.cpu(), group=torch.arange(len(batch)).repeat_interleave(n),
+                       outputs=texts, prompts=[row["prompt"] for row in rows], columns=columns,
+                       actions=TokenActions(rows, ids.cpu()), temperature=1.0 if greedy else temperature)
+
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        lp = self._sequence_logprobs(rollout.actions.prompt_rows, rollout.actions.completion_ids, rollout.temperature)
+        return lp * rollout.mask.to(lp.device)
+
+    def demo_logprobs(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded."""
+        encoded = [self.tokenizer(r["completion"] + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+                   for r in batch]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            ids[i, :len(e)] = torch.tensor(e)
+        mask = (ids != self.pad_id).float().to(self.device)
+        return self._sequence_logprobs(batch, ids, temperature=1.0) * mask, mask
+
+    def save(self, path: Path) -> None:
+        getattr(self.model, "module", self.model).save_pretrained(path)  # unwrap DDP/FSDP wrappers
+        self.processor.save_pretrained(path)

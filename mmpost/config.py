@@ -1,0 +1,189 @@
+"""Typed configuration: a run is a :class:`TrainConfig`; a recipe is its list of :class:`Stage`.
+
+Overrides are dotted paths (``--set rl.lr=1e-5``, ``--set data.train_size=500``). A stage is
+addressed by its name (``sft.steps``, ``rl.group_size``) or as ``stages.NAME.FIELD``. Unknown
+keys raise with the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmpost.registry import closest
+
+
+@dataclass
+class Stage:
+    """One stage of a recipe: an objective, its data and its optimisation settings."""
+
+    name: str = "sft"
+    kind: str = "sft"  # "sft": NLL on demonstrations; "rl": sample, score, policy gradient
+    steps: int = 100  # optimiser steps in this stage
+    batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
+    lr: float = 1e-3
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant", after warm-up
+    warmup: float = 0.0  # fraction of steps of linear warm-up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    group_size: int = 8  # rl: completions per prompt (GRPO group)
+    temperature: float = 1.0  # rl: sampling temperature
+    max_new_tokens: int = 72  # rl: generation cap
+    clip_low: float = 0.2  # rl: PPO clip range below 1
+    clip_high: float = 0.2  # rl: above 1 (> clip_low is DAPO's clip-higher)
+    kl_coef: float = 0.0  # rl: k3 KL to the frozen start-of-stage model; 0 = no reference forward
+    epochs: int = 1  # rl: optimisation passes over each sampled batch (>1 reuses stored log-probs)
+    minibatches: int = 1  # rl: optimiser steps per pass (outputs split evenly)
+    aggregation: str = "token_mean"  # "token_mean" (DAPO/TRL default) | "sequence_mean" (GRPO paper)
+    scale_rewards: bool = True  # rl: divide advantages by the group std (False: Dr.GRPO)
+
+    def __post_init__(self):
+        if self.kind not in ("sft", "rl"):
+            raise ValueError(f"stage {self.name!r}: kind must be 'sft' or 'rl', got {self.kind!r}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"stage {self.name!r}: unknown schedule {self.schedule!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.group_size < 1:
+            raise ValueError(f"stage {self.name!r}: steps >= 0, batch_size >= 1, group_size >= 1 required")
+        if self.kind == "rl" and (self.group_size * self.batch_size) % self.minibatches:
+            raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
+
+
+@dataclass
+class DataConfig:
+    train_size: int = 4000  # synthetic training examples
+    eval_size: int = 100  # held-out examples for before/after evaluation
+    path: str = ""  # a user's JSONL instead of the synthetic generator
+    skip_bad_rows: bool = False  # skip (and count) malformed rows instead of failing
+
+
+@dataclass
+class EvalConfig:
+    sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
+    samples_to_save: int = 8  # held-out samples written to the run directory
+    batch_size: int = 50
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Saved resolved as ``config.yaml`` in the run directory."""
+
+    task: str = "chart2code"
+    model: str = ""  # local path or hub id of a checkpoint; "" = the task's tiny offline default
+    seed: int = 0
+    output_dir: str = ""  # "" = runs/<task>-<timestamp>
+    threads: int = 2  # torch threads; 1-2 on small CPUs (oversubscription is many times slower)
+    mixed_precision: str = "no"  # "no" | "bf16" (autocast; for GPUs)
+    gradient_checkpointing: bool = False
+    rewards: list[str] = field(default_factory=list)  # "" = the task's default rewards
+    reward_weights: list[float] = field(default_factory=list)  # default: 1.0 each
+    sandbox_workers: int = 2
+    checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
+    keep_checkpoints: int = 2
+    max_steps: int = 0  # > 0 caps every stage's steps (quick runs)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[Stage] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            raise ValueError("reward_weights needs one weight per reward")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r}.{closest(name, [s.name for s in self.stages])}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _coerce(value: Any, current: Any, key: str):
+    if isinstance(value, str) and not isinstance(current, str):
+        value = yaml.safe_load(value)
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if current is not None and not isinstance(value, type(current)) and not isinstance(current, list):
+        raise ValueError(f"{key}: expected {type(current).__name__}, got {value!r}")
+    if isinstance(current, list) and isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    return value
+
+
+def _set_field(obj, parts: list[str], value, full_key: str) -> None:
+    name = parts[0]
+    valid = [f.name for f in dataclasses.fields(obj)]
+    if name not in valid:
+        raise KeyError(f"unknown config key {full_key!r}.{closest(name, valid)} Valid here: {', '.join(valid)}")
+    if len(parts) == 1:
+        setattr(obj, name, _coerce(value, getattr(obj, name), full_key))
+        obj.__post_init__() if hasattr(obj, "__post_init__") else None
+        return
+    child = getattr(obj, name)
+    if not dataclasses.is_dataclass(child):
+        raise KeyError(f"config key {full_key!r}: {name!r} has no fields")
+    _set_field(child, parts[1:], value, full_key)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Apply dotted-path overrides in place (and return ``cfg``); raise on unknown keys."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] == "stages" and len(parts) >= 3:
+            _set_field(cfg.stage(parts[1]), parts[2:], value, key)
+        elif parts[0] in [s.name for s in cfg.stages] and len(parts) >= 2:
+            _set_field(cfg.stage(parts[0]), parts[1:], value, key)
+        else:
+            _set_field(cfg, parts, value, key)
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``["a.b=1", ...]`` -> ``{"a.b": "1"}`` with a clear error for a missing ``=``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def stages_from_yaml(path: str | Path) -> list[Stage]:
+    """Read a recipe file: ``stages: [{name, kind, steps, ...}, ...]`` (unknown fields raise)."""
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise ValueError(f"{path}: a recipe needs a non-empty 'stages' list")
+    valid = [f.name for f in dataclasses.fields(Stage)]
+    stages = []
+    for i, entry in enumerate(data["stages"]):
+        unknown = [k for k in entry if k not in valid]
+        if unknown:
+            raise KeyError(f"{path}: stage {i} has unknown key {unknown[0]!r}.{closest(unknown[0], valid)}")
+        stages.append(Stage(**entry))
+    return stages
+
+
+def from_dict(data: dict) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (e.g. for ``--resume``)."""
+    data = dict(data)
+    data["data"] = DataConfig(**data.get("data", {}))
+    data["eval"] = EvalConfig(**data.get("eval", {}))
+    data["stages"] = [Stage(**s) for s in data.get("stages", [])]
+    return TrainConfig(**data)

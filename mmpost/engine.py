@@ -1,0 +1,248 @@
+"""The trainer: one loop, read top to bottom.
+
+``train(cfg)`` builds the task, policy and rewards, evaluates the untrained policy on the
+held-out split, runs each stage of the recipe, evaluates again and writes the run directory:
+
+    config.yaml      resolved config            metrics.jsonl   one JSON object per step
+    checkpoints/     atomic, resumable          samples/        held-out samples before/after
+    final/           from_pretrained-loadable   results.json    before/after metrics
+
+Each stage is ``sft`` (NLL on demonstrations) or ``rl`` (sample a group per prompt, score,
+group-normalised advantages, clipped policy gradient, optional KL). The engine speaks only the
+:class:`~mmpost.policy.Policy` contract and :class:`~mmpost.types.Rollout`, so token, flow and
+diffusion policies share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmpost.algos.advantages import group_advantages
+from mmpost.algos.kl import kl_k3
+from mmpost.algos.pg import aggregate, clipped_pg_loss
+from mmpost.algos.sft import nll_loss
+from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from mmpost.config import Stage, TrainConfig
+from mmpost.evaluation import evaluate, print_table, save_samples
+from mmpost.registry import REWARDS, TASKS
+from mmpost.rewarding import score_rollout
+
+
+def batch_indices(seed: int, stage_index: int, step: int, batch_size: int, n: int) -> list[int]:
+    """Rows of a step: epoch-wise seeded permutations, a pure function of the position (exact resume)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, slot = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, stage_index, epoch]).permutation(n)
+    return order[slot * batch_size:(slot + 1) * batch_size].tolist()
+
+
+def build_scheduler(optimizer, stage: Stage, total: int):
+    warmup = int(stage.warmup * total)
+
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        progress = (i - warmup) / max(1, total - warmup)
+        if stage.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if stage.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class RunLog:
+    """``metrics.jsonl``: one line per step, flushed, truncated back to the checkpoint on resume."""
+
+    def __init__(self, path: Path, keep_until: tuple[int, int] | None = None):
+        self.path = path
+        if keep_until is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line and (json.loads(line)["stage_index"], json.loads(line)["step"]) <= keep_until]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a")
+
+    def log(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+
+def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
+    names = cfg.rewards or list(task.rewards)
+    if not names:
+        raise ValueError("no reward functions: set `rewards` or use a task with default rewards")
+    weights = cfg.reward_weights or [1.0] * len(names)
+    return {n: REWARDS.get(n) for n in names}, dict(zip(names, weights))
+
+
+def _default_output_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
+    """Run ``cfg`` (or continue the run in ``resume``); return the final metrics."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(resume or cfg.output_dir or _default_output_dir(cfg))
+    checkpoint = None
+    if resume:
+        found = list_checkpoints(run_dir)
+        checkpoint = load_checkpoint(found[-1]) if found else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"output directory {run_dir} is not writable")
+    cfg.output_dir = str(run_dir)
+    cfg.save(run_dir / "config.yaml")
+    torch.manual_seed(cfg.seed)
+
+    task_cls = TASKS.get(cfg.task)
+    rewards, weights = resolve_rewards(cfg, task_cls)
+    for fn in rewards.values():
+        if hasattr(fn, "workers"):
+            fn.workers = cfg.sandbox_workers
+    task = task_cls(cfg, reward=REWARDS.get(task_cls.metric))
+    train_rows, eval_rows = task.rows("train"), task.rows("heldout")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    policy = task.policy(device=accelerator.device)
+    policy.model = accelerator.prepare_model(policy.model)
+    if checkpoint is not None:
+        policy.model.load_state_dict(checkpoint["model"])
+
+    results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
+    if "before" not in results:
+        results["before"] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+        save_samples(run_dir / "samples" / "before", results["before"].pop("samples"))
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+    interrupted = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))  # save, then exit cleanly
+    log = RunLog(run_dir / "metrics.jsonl",
+                 keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else None)
+    for stage_index, stage in enumerate(cfg.stages):
+        if checkpoint and stage_index < checkpoint["stage_index"]:
+            continue
+        steps = min(stage.steps, cfg.max_steps) if cfg.max_steps else stage.steps
+        updates_per_step = stage.epochs * stage.minibatches if stage.kind == "rl" else 1
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        optimizer = accelerator.prepare_optimizer(
+            torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay))
+        scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
+        reference = None
+        if stage.kind == "rl" and stage.kl_coef > 0:  # frozen start-of-stage model, only when KL is on
+            reference = copy.deepcopy(policy)
+            reference.model.requires_grad_(False).eval()
+        start = 0
+        if checkpoint and stage_index == checkpoint["stage_index"]:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            if checkpoint.get("reference") is not None:
+                reference.model.load_state_dict(checkpoint["reference"])
+            set_rng_state(checkpoint["rng"])
+            start = checkpoint["step"]
+        if hasattr(policy, "max_new_tokens"):
+            policy.max_new_tokens = stage.max_new_tokens
+        policy.model.train()
+        bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
+
+        def checkpoint_now(step: int) -> None:
+            save_checkpoint(run_dir, stage_index, step, {
+                "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "reference": reference.model.state_dict() if reference is not None else None,
+            }, keep=cfg.keep_checkpoints)
+
+        for step in bar:
+            started = time.perf_counter()
+            batch = [train_rows[i] for i in batch_indices(cfg.seed, stage_index, step, stage.batch_size, len(train_rows))]
+            metrics: dict[str, float] = {}
+            if stage.kind == "sft":
+                with accelerator.autocast():
+                    logprobs, mask = policy.demo_logprobs(batch)
+                    loss = nll_loss(logprobs, mask)
+                accelerator.backward(loss)
+                metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                metrics.update({"loss/sft": loss.item(), "tokens": mask.sum().item()})
+            else:
+                rollout = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
+                generated = time.perf_counter()
+                metrics.update(score_rollout(rollout, rewards, weights))
+                scored = time.perf_counter()
+                rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
+                if reference is not None:
+                    with torch.no_grad():
+                        rollout.ref_logprobs = reference.logprobs(rollout).cpu()
+                for _ in range(stage.epochs):
+                    order = torch.randperm(len(rollout))
+                    for index in order.chunk(stage.minibatches):
+                        part = rollout.subset(index)
+                        with accelerator.autocast():
+                            logprobs = policy.logprobs(part)
+                            mask = part.mask.to(logprobs.device)
+                            loss, pg_metrics = clipped_pg_loss(
+                                logprobs, part.logprobs.to(logprobs.device), part.advantages.to(logprobs.device),
+                                mask, stage.clip_low, stage.clip_high, stage.aggregation)
+                            metrics["loss/pg"] = loss.item()
+                            if reference is not None:
+                                kl = aggregate(kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)), mask,
+                                               stage.aggregation)
+                                loss = loss + stage.kl_coef * kl
+                                metrics["kl"] = kl.item()
+                        accelerator.backward(loss)
+                        metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        metrics.update(pg_metrics)
+                metrics.update({
+                    "loss/total": loss.item(), "tokens": float(rollout.mask.sum()),
+                    # -mean log p of sampled tokens: an unbiased estimate of the policy's entropy
+                    "entropy": float(-(rollout.logprobs * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)),
+                    "rollout/len": float(rollout.num_steps.float().mean()),
+                    "time/generate": generated - started, "time/reward": scored - generated,
+                })
+            seconds = time.perf_counter() - started
+            metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,
+                            "tokens_per_s": metrics["tokens"] / seconds})
+            log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
+            shown = {k: metrics[k] for k in ("loss/sft", "loss/pg", "reward/total/mean") if k in metrics}
+            bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"
+                             for k, v in shown.items()})
+            done = step + 1
+            if interrupted["flag"] or done % cfg.checkpoint_every == 0 or done == steps:
+                checkpoint_now(done)
+            if interrupted["flag"]:
+                bar.close()
+                print(f"\ninterrupted: checkpoint saved; continue with `mmpost train --resume {run_dir}`")
+                raise KeyboardInterrupt
+        bar.close()
+        checkpoint = None
+        if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:
+            key = f"after_{stage.name}"  # per-stage evaluation: e.g. SFT vs SFT+RL on the same charts
+            results[key] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+            save_samples(run_dir / "samples" / key, results[key].pop("samples"))
+            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            policy.model.train()
+
+    results["after"] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+    save_samples(run_dir / "samples" / "after", results["after"].pop("samples"))
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    policy.save(run_dir / "final")
+    print_table(results)
+    print(f"run directory: {run_dir}")
+    return results

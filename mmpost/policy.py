@@ -1,0 +1,33 @@
+"""The modality-adapter boundary: the engine only ever talks to a :class:`Policy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from mmpost.types import Rollout
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What every trainable thing provides (token LMs/VLMs, flow-matching robot policies, diffusion).
+
+    ``batch`` is a list of dataset rows (dicts). Log-probs are per *action step* (see
+    :mod:`mmpost.types`), so the same loss terms apply to every policy kind.
+    """
+
+    model: torch.nn.Module
+
+    def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
+        """Sample ``n`` outputs per row, recording each action step's log-prob while sampling."""
+
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """[N, T] log-probs of the rollout's action steps under the current parameters (with grad)."""
+
+    def demo_logprobs(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, T] log-probs, [B, T] mask) of the rows' demonstrations, teacher-forced (with grad)."""
+
+    def save(self, path: Path) -> None:
+        """Write a directory loadable with the family's ``from_pretrained``."""

@@ -1,0 +1,65 @@
+"""The data every stage, reward and loss term speaks: :class:`Rollout`.
+
+Shapes: ``N`` outputs (prompts x group size, or episodes), ``T`` action steps per output. An
+action step is a generated token for a language model, one denoising step for a diffusion model,
+one flow-integration step of an action chunk for a robot policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Sampled outputs with the per-step log-probabilities of the policy that sampled them."""
+
+    logprobs: torch.Tensor  # [N, T] log-prob of each action step under the sampling policy
+    mask: torch.Tensor  # [N, T] 1.0 for real action steps, 0.0 for padding
+    group: torch.Tensor  # [N] id of the prompt / initial state each output was sampled from
+    outputs: list  # [N] decoded outputs for reward functions (texts, images, trajectories)
+    prompts: list  # [N] the prompt of each output (TRL reward argument)
+    columns: dict[str, list]  # dataset columns, one value per output (TRL reward kwargs)
+    actions: Any  # policy-private record from which `policy.logprobs` recomputes `logprobs`
+    temperature: float = 1.0
+    ref_logprobs: torch.Tensor | None = None  # [N, T] under the frozen reference (KL on only)
+    rewards: torch.Tensor | None = None  # [N] weighted sum of reward functions (NaN: unscorable)
+    reward_components: dict[str, list] = field(default_factory=dict)  # name -> [N] floats or None
+    advantages: torch.Tensor | None = None  # [N] per output or [N, T] per action step
+
+    def __post_init__(self):
+        n = self.logprobs.shape[0]
+        if self.mask.shape != self.logprobs.shape:
+            raise ValueError(f"mask {tuple(self.mask.shape)} != logprobs {tuple(self.logprobs.shape)}")
+        if self.group.shape != (n,) or len(self.outputs) != n or len(self.prompts) != n:
+            raise ValueError("group, outputs and prompts must have one entry per output")
+        for name, values in self.columns.items():
+            if len(values) != n:
+                raise ValueError(f"column {name!r} has {len(values)} values for {n} outputs")
+
+    def __len__(self) -> int:
+        return self.logprobs.shape[0]
+
+    @property
+    def num_steps(self) -> torch.Tensor:
+        """[N] number of real action steps of each output."""
+        return self.mask.sum(-1)
+
+    def subset(self, index: torch.Tensor) -> "Rollout":
+        """The rollout restricted to outputs ``index`` (for minibatches); ``actions`` must be indexable."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value[index]
+            elif f.name in ("outputs", "prompts"):
+                value = [value[i] for i in index.tolist()]
+            elif f.name in ("columns", "reward_components"):
+                value = {k: [v[i] for i in index.tolist()] for k, v in value.items()}
+            elif f.name == "actions":
+                value = value[index]
+            values[f.name] = value
+        return Rollout(**values)

@@ -1,0 +1,111 @@
+"""chart2code: read a chart image, write the matplotlib code that draws it.
+
+Data: the seeded generator in :mod:`mmpost.data.charts` (rendered once through the sandbox and
+cached under ``MMPOST_HOME/data``), or a user's JSONL of ``{"image": path, "code": str}``.
+Reward: ``chart_render``. Default model: a tiny Qwen2-VL built offline. Default recipe: SFT,
+then GRPO (settings from ``shared/reference/chart2code_feasibility.md``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+from mmpost.config import Stage, TrainConfig
+from mmpost.data.charts import chart_program, split_seeds
+from mmpost.data.jsonl import read_jsonl
+from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl, mmpost_home
+
+PROMPT = "Write matplotlib code that reproduces this chart."
+DATA_VERSION = "v1"
+
+
+def completion_for(code: str) -> str:
+    """The demonstration text the model learns to write for ``code``."""
+    return f"```python\n{code}```"
+
+
+def make_row(image, code: str, **columns) -> dict:
+    return {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+            "images": [image], "completion": completion_for(code), "code": code, **columns}
+
+
+class Chart2Code:
+    """The chart2code task: data, model, rewards, metric and default recipe."""
+
+    name = "chart2code"
+    rewards = ["chart_render"]
+    metric = "chart_render"
+
+    @staticmethod
+    def default_config() -> TrainConfig:
+        return TrainConfig(task="chart2code", stages=[
+            Stage(name="sft", kind="sft", steps=2500, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
+            Stage(name="rl", kind="rl", steps=300, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
+                  temperature=1.0, max_new_tokens=72, kl_coef=0.0),
+        ])
+
+    def __init__(self, cfg: TrainConfig, reward=None):
+        self.cfg = cfg
+        self.reward = reward  # the chart_render instance, primed with reference renders
+
+    def model_path(self) -> str:
+        """The user's ``--model`` or the cached tiny Qwen2-VL (built on first use)."""
+        if self.cfg.model:
+            return self.cfg.model
+        return str(cached_tiny_qwen2vl("tiny-qwen2vl-chart2code", self._corpus, preset="tiny",
+                                       vocab_size=1024, image_side=112, seed=0))
+
+    def policy(self, device="cpu"):
+        """The model to train, as a :class:`~mmpost.adapters.token_policy.TokenPolicy`."""
+        from mmpost.adapters.token_policy import TokenPolicy
+
+        return TokenPolicy.from_pretrained(self.model_path(), device=device,
+                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+
+    def _corpus(self) -> list[str]:
+        codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", 4000)]
+        return codes + [PROMPT] * 50
+
+    # ------------------------------------------------------------------ data
+
+    def rows(self, split: str) -> list[dict]:
+        """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
+        if self.cfg.data.path:
+            rows = list(read_jsonl(self.cfg.data.path, required=("image", "code"),
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows))
+            cut = max(1, len(rows) // 10)  # last 10% (at least one row) is held out
+            rows = rows[:-cut] if split == "train" else rows[-cut:]
+            return [make_row(r["image_obj"], r["code"], source=r["source"]) for r in rows]
+        size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
+        return [self._synthetic_row(record) for record in self._render(split_seeds(split, size))]
+
+    def _render(self, seeds) -> list[dict]:
+        """Records of rendered programs, cached one JSON file per seed (code, features, PNG)."""
+        from tqdm.auto import tqdm
+
+        cache = mmpost_home() / "data" / f"chart2code-{DATA_VERSION}"
+        cache.mkdir(parents=True, exist_ok=True)
+        missing = [s for s in seeds if not (cache / f"{s}.json").exists()]
+        batch = 200
+        with tqdm(total=len(missing), desc="rendering charts", unit="chart", disable=not missing) as bar:
+            for start in range(0, len(missing), batch):
+                chunk = [chart_program(s) for s in missing[start:start + batch]]
+                for program, rendered in zip(chunk, self.reward.render([p["code"] for p in chunk])):
+                    if not isinstance(rendered, tuple):
+                        raise RuntimeError(f"generator program for seed {program['seed']} failed: {rendered}")
+                    record = {**program, "features": rendered[0], "png": rendered[2]}
+                    tmp = cache / f".{program['seed']}.json.tmp"
+                    tmp.write_text(json.dumps(record))
+                    tmp.rename(cache / f"{program['seed']}.json")
+                bar.update(len(chunk))
+        return [json.loads((cache / f"{s}.json").read_text()) for s in seeds]
+
+    def _synthetic_row(self, record: dict) -> dict:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(base64.b64decode(record["png"]))).convert("RGB")
+        self.reward.add_reference(record["code"], record["features"], record["png"])
+        return make_row(image, record["code"], chart_type=record["chart_type"], seed=record["seed"])
+
