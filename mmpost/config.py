@@ -112,6 +112,11 @@ class TrainConfig:
 
 def _coerce(value: Any, current: Any, key: str):
     if isinstance(value, str) and not isinstance(current, str):
+        if isinstance(current, float):
+            try:
+                return float(value)  # YAML would read "5e-4" as a string
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {value!r}") from None
         value = yaml.safe_load(value)
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ValueError(f"{key}: expected true/false, got {value!r}")

@@ -1,0 +1,38 @@
+import pytest
+
+from mmpost.config import apply_overrides, parse_set, stages_from_yaml
+from mmpost.tasks.chart2code import Chart2Code
+
+
+def test_overrides_by_stage_name_and_section():
+    cfg = Chart2Code.default_config()
+    apply_overrides(cfg, parse_set(["rl.group_size=4", "stages.sft.lr=5e-4", "data.train_size=10", "seed=3"]))
+    assert cfg.stage("rl").group_size == 4 and cfg.stage("sft").lr == 5e-4
+    assert cfg.data.train_size == 10 and cfg.seed == 3
+
+
+def test_unknown_key_suggests_closest():
+    cfg = Chart2Code.default_config()
+    with pytest.raises(KeyError, match="Did you mean 'group_size'"):
+        apply_overrides(cfg, {"rl.grop_size": "4"})
+    with pytest.raises(KeyError, match="Did you mean 'train_size'"):
+        apply_overrides(cfg, {"data.trian_size": "4"})
+
+
+def test_bad_values_rejected():
+    cfg = Chart2Code.default_config()
+    with pytest.raises(ValueError, match="expected int"):
+        apply_overrides(cfg, {"rl.group_size": "many"})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set(["rl.group_size"])
+    with pytest.raises(ValueError, match="kind"):
+        apply_overrides(cfg, {"sft.kind": "dpo"})
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("stages:\n  - {name: warm, kind: sft, steps: 5}\n  - {name: grpo, kind: rl, steps: 2}\n")
+    assert [s.name for s in stages_from_yaml(path)] == ["warm", "grpo"]
+    path.write_text("stages:\n  - {name: warm, kind: sft, stpes: 5}\n")
+    with pytest.raises(KeyError, match="Did you mean 'steps'"):
+        stages_from_yaml(path)

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+import mmpost
+from mmpost.data.charts import HELDOUT_SEED_OFFSET, chart_program, split_seeds
+from mmpost.data.jsonl import DataError, read_jsonl
+from mmpost.registry import REWARDS, TASKS, load_reward_file
+
+
+def test_unknown_names_suggest():
+    with pytest.raises(KeyError, match="Did you mean 'chart2code'"):
+        TASKS.get("chart2cod")
+    with pytest.raises(KeyError, match="Did you mean 'chart_render'"):
+        mmpost.build_config("chart2code", rewards=["chart_rendr"])
+
+
+def test_reward_decorator_and_file(tmp_path):
+    @mmpost.reward("test_words")
+    def words(prompts, completions, **columns):
+        return [float(len(c.split())) for c in completions]
+
+    assert REWARDS.get("test_words") is words
+    file = tmp_path / "my_rewards.py"
+    file.write_text("def count_chars(prompts, completions, **kw):\n    return [float(len(c)) for c in completions]\n")
+    name = load_reward_file(f"{file}:count_chars")
+    assert name == "count_chars" and REWARDS.get(name)(["p"], ["abc"]) == [3.0]
+    with pytest.raises(AttributeError):
+        load_reward_file(f"{file}:missing")
+
+
+def test_generator_is_seeded_and_splits_disjoint():
+    assert chart_program(7) == chart_program(7)
+    assert set(split_seeds("train", 4000)).isdisjoint(split_seeds("heldout", 100))
+    assert split_seeds("heldout", 3)[0] == HELDOUT_SEED_OFFSET
+    compile(chart_program(123)["code"], "<gen>", "exec")
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), "white").save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    path = tmp_path / "data.jsonl"
+    rows = [{"image": "ok.png", "code": "x = 1"}, {"image": "ok.png"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"data.jsonl:2: missing field 'code'"):
+        list(read_jsonl(path, required=("image", "code")))
+    path.write_text(json.dumps({"image": "broken.png", "code": "x"}) + "\n{oops\n")
+    with pytest.raises(DataError, match=r"data.jsonl:1: image .* failed to decode"):
+        list(read_jsonl(path, required=("image", "code")))
+    path.write_bytes(b'{"image": "ok.png", "code": "a\\u0000b"}\n\xff\xfe\n{"image": "ok.png", "code": "x = 1"}\n')
+    good = list(read_jsonl(path, required=("image", "code"), skip_bad_rows=True))
+    assert [r["source"].rsplit(":", 1)[1] for r in good] == ["3"]

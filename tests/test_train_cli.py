@@ -1,0 +1,100 @@
+"""End-to-end: the CLI and the Python API on a few steps of the real pipeline."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+QUICK = ["--set", "data.train_size=32", "--set", "data.eval_size=4", "--set", "sft.steps=4",
+         "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.group_size=2",
+         "--set", "rl.max_new_tokens=16", "--set", "threads=1", "--set", "sandbox_workers=1",
+         "--set", "eval.sampled=false"]
+
+
+def run_cli(args, home, timeout=300, **kwargs):
+    env = {**os.environ, "MMPOST_HOME": home}
+    return subprocess.run([sys.executable, "-m", "mmpost.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def test_train_writes_run_directory(mmpost_home, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(["train", "--task", "chart2code", *QUICK, "--output-dir", str(out)], mmpost_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out evaluation" in result.stdout
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in lines] == [("sft", i) for i in range(1, 5)] + [("rl", i) for i in range(1, 4)]
+    rl = lines[-1]
+    for key in ("loss/pg", "reward/chart_render/mean", "reward/chart_render/color/mean", "entropy",
+                "clip_frac", "tokens_per_s", "seconds"):
+        assert key in rl, key
+    results = json.loads((out / "results.json").read_text())
+    assert {"before", "after_sft", "after"} <= set(results)
+    assert (out / "config.yaml").exists() and (out / "samples" / "after" / "samples.jsonl").exists()
+    assert (out / "samples" / "before" / "000_input0.png").exists()
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    AutoProcessor.from_pretrained(out / "final")
+    AutoModelForImageTextToText.from_pretrained(out / "final")
+
+
+def test_clear_errors(mmpost_home):
+    result = run_cli(["train", "--task", "chart2cod"], mmpost_home)
+    assert result.returncode == 2 and "Did you mean 'chart2code'" in result.stderr
+    result = run_cli(["train", "--set", "rl.grop_size=2"], mmpost_home)
+    assert result.returncode == 2 and "Did you mean 'group_size'" in result.stderr
+    result = run_cli(["train", "--rewards", "nope"], mmpost_home)
+    assert result.returncode == 2 and "unknown reward 'nope'" in result.stderr
+
+
+def _final_weights(run_dir):
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def test_resume_after_kill_is_exact(mmpost_home, tmp_path):
+    args = ["train", *QUICK, "--set", "checkpoint_every=1", "--set", "sft.steps=6"]
+    full = tmp_path / "full"
+    assert run_cli([*args, "--output-dir", str(full)], mmpost_home).returncode == 0
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "MMPOST_HOME": mmpost_home}
+    process = subprocess.Popen([sys.executable, "-m", "mmpost.cli", *args, "--output-dir", str(crashed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (crashed / "checkpoints" / "s00-000003").exists():
+        assert time.time() < deadline and process.poll() is None, "run ended before the kill point"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run_cli(["train", "--resume", str(crashed)], mmpost_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _final_weights(full), _final_weights(crashed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = lambda d: [{k: v for k, v in json.loads(line).items() if not k.startswith(("seconds", "tokens_per_s", "time/"))}  # noqa: E731
+                         for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert metrics(full) == metrics(crashed)
+
+
+@pytest.mark.slow
+def test_user_reward_file_changes_output_length(mmpost_home, tmp_path):
+    """RL on a length reward from a file outside the package lengthens outputs; its negation shortens them."""
+    reward_file = tmp_path / "my_rewards.py"
+    reward_file.write_text(
+        "def longer(prompts, completions, **kw):\n    return [len(c) / 100 for c in completions]\n"
+        "def shorter(prompts, completions, **kw):\n    return [-len(c) / 100 for c in completions]\n")
+    lengths = {}
+    for name in ("longer", "shorter"):
+        out = tmp_path / name
+        result = run_cli(["train", *QUICK, "--set", "sft.steps=0", "--set", "rl.steps=25", "--set", "rl.lr=3e-3",
+                          "--set", "rl.group_size=4", "--set", "rl.max_new_tokens=24",
+                          "--reward", f"{reward_file}:{name}", "--rewards", name, "--output-dir", str(out)],
+                         mmpost_home, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        lengths[name] = sum(r[f"reward/{name}/mean"] for r in rows[-5:]) / 5
+    assert lengths["longer"] > -lengths["shorter"] + 0.05  # mean characters/100 of the last steps
