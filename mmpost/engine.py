@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -128,7 +129,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
 
     interrupted = {"flag": False}
-    signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))  # save, then exit cleanly
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C: checkpoint, then exit cleanly
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     log = RunLog(run_dir / "metrics.jsonl",
                  keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else None)
     for stage_index, stage in enumerate(cfg.stages):
@@ -239,6 +242,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             (run_dir / "results.json").write_text(json.dumps(results, indent=1))
             policy.model.train()
 
+    if previous_handler is not None:
+        signal.signal(signal.SIGINT, previous_handler)
     results["after"] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
     save_samples(run_dir / "samples" / "after", results["after"].pop("samples"))
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))

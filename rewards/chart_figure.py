@@ -39,9 +39,15 @@ def execute(code: str) -> dict:
     import matplotlib
     import matplotlib.pyplot as plt
 
+    import random
+
+    import numpy
+
     matplotlib.rcdefaults()
     matplotlib.rcParams.update(RC)
     plt.close("all")
+    random.seed(0)  # programs that draw random data render the same every time (renders are cached)
+    numpy.random.seed(0)
     plt.show = lambda *args, **kwargs: None
     namespace = {"__name__": "__main__"}
     exec(compile(code, "<completion>", "exec"), namespace)  # noqa: S102 - we are the sandbox child

@@ -32,6 +32,7 @@ WEIGHTS = {"type": 0.25, "text": 0.15, "layout": 0.05, "color": 0.20, "data": 0.
 COMPONENTS = ("exec", *WEIGHTS)
 RESAMPLE_POINTS = 32
 MAX_ITEMS = 200
+RENDER_CACHE = 4096  # programs whose render is kept (an RL group often repeats a program)
 RUNNER = "mmpost.rewards.chart_figure"
 _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 
@@ -71,13 +72,13 @@ def validate_features(data) -> dict:
 
 
 def decode_png(data: str, max_side: int = 4096) -> np.ndarray:
-    """Decode a base64 PNG from the sandbox into a grayscale float array in [0, 1]."""
+    """Decode a base64 PNG from the sandbox into a grayscale uint8 array (compact for caching)."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
     if max(image.size) > max_side:
         raise ValueError(f"render too large: {image.size}")
-    return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- components (all in [0, 1])
@@ -180,10 +181,11 @@ def data_score(gen: list[dict], gold: list[dict]) -> float:
 
 
 def ssim_score(gen: np.ndarray, gold: np.ndarray) -> float:
-    """Structural similarity of two grayscale renders (gen resized to gold's size), clamped to [0, 1]."""
+    """Structural similarity of two uint8 grayscale renders (gen resized to gold's size), clamped to [0, 1]."""
     from skimage.metrics import structural_similarity
     from skimage.transform import resize
 
+    gen, gold = gen.astype(np.float64) / 255.0, gold.astype(np.float64) / 255.0
     if gen.shape != gold.shape:
         gen = resize(gen, gold.shape, anti_aliasing=True)
     return float(np.clip(structural_similarity(gen, gold, data_range=1.0), 0.0, 1.0))
@@ -231,6 +233,7 @@ class ChartRender:
         self.workers = workers
         self._sandbox = None
         self._gold_cache: dict[str, tuple[dict, np.ndarray, str] | None] = {}
+        self._render_cache: dict[str, tuple[dict, np.ndarray, str] | str] = {}
 
     @property
     def sandbox(self):
@@ -242,7 +245,20 @@ class ChartRender:
 
     def render(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | str]:
         """Execute programs in the sandbox: ``(features, gray image, base64 png)`` each, or a
-        failure reason (a string)."""
+        failure reason (a string). Identical programs run once (renders are deterministic: the
+        sandbox seeds ``random`` and ``numpy``), and recent renders are kept in an LRU cache,
+        since a group often repeats a program."""
+        unique = [c for c in dict.fromkeys(codes) if c not in self._render_cache]
+        for code, rendered in zip(unique, self.execute(unique) if unique else []):
+            self._render_cache[code] = rendered
+        while len(self._render_cache) > RENDER_CACHE:
+            self._render_cache.pop(next(iter(self._render_cache)))
+        for code in codes:  # most recently used last
+            self._render_cache[code] = self._render_cache.pop(code)
+        return [self._render_cache[c] for c in codes]
+
+    def execute(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | str]:
+        """Run programs in the sandbox without caching (see :meth:`render`)."""
         out = []
         for reply in self.sandbox.map(codes):
             result = reply.get("result")

@@ -92,7 +92,7 @@ class Chart2Code:
         with tqdm(total=len(missing), desc="rendering charts", unit="chart", disable=not missing) as bar:
             for start in range(0, len(missing), batch):
                 chunk = [chart_program(s) for s in missing[start:start + batch]]
-                for program, rendered in zip(chunk, self.reward.render([p["code"] for p in chunk])):
+                for program, rendered in zip(chunk, self.reward.execute([p["code"] for p in chunk])):
                     if not isinstance(rendered, tuple):
                         raise RuntimeError(f"generator program for seed {program['seed']} failed: {rendered}")
                     record = {**program, "features": rendered[0], "png": rendered[2]}
