@@ -98,3 +98,25 @@ def test_user_reward_file_changes_output_length(mmpost_home, tmp_path):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         lengths[name] = sum(r[f"reward/{name}/mean"] for r in rows[-5:]) / 5
     assert lengths["longer"] > -lengths["shorter"] + 0.05  # mean characters/100 of the last steps
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_finishes(mmpost_home, tmp_path):
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "MMPOST_HOME": mmpost_home}
+    process = subprocess.Popen([sys.executable, "-m", "mmpost.cli", "train", *QUICK, "--set", "sft.steps=200",
+                                "--set", "checkpoint_every=1000", "--output-dir", str(out)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume" in stdout
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(saved) == 1 and saved[0].startswith("s00-")
+    result = run_cli(["train", "--resume", str(out)], mmpost_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"sft"' in line]
+    assert steps == list(range(1, 201))
