@@ -12,7 +12,7 @@ import base64
 import io
 import json
 
-from mmpost.config import Stage, TrainConfig
+from mmpost.config import DataConfig, Stage, TrainConfig
 from mmpost.data.charts import chart_program, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl, mmpost_home
@@ -41,10 +41,10 @@ class Chart2Code:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="chart2code", stages=[
-            Stage(name="sft", kind="sft", steps=2500, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
-            Stage(name="rl", kind="rl", steps=300, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
+            Stage(name="sft", kind="sft", steps=2400, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
+            Stage(name="rl", kind="rl", steps=200, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
                   temperature=1.0, max_new_tokens=72, kl_coef=0.0),
-        ])
+        ], data=DataConfig(train_size=3000, eval_size=100))
 
     def __init__(self, cfg: TrainConfig, reward=None):
         self.cfg = cfg
@@ -65,7 +65,7 @@ class Chart2Code:
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
     def _corpus(self) -> list[str]:
-        codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", 4000)]
+        codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", 3000)]
         return codes + [PROMPT] * 50
 
     # ------------------------------------------------------------------ data

@@ -145,11 +145,12 @@ def build_tiny_qwen2vl(out_dir: Path, corpus: list[str], preset: str = "tiny", v
 def cached_tiny_qwen2vl(name: str, corpus_fn, **build_args) -> Path:
     """Path of the cached tiny model ``name`` under ``MMPOST_HOME/models``, building it first if needed.
 
-    ``corpus_fn()`` is only called when the model must be built. The cache key includes the build
-    arguments, so changing them builds a new model instead of silently reusing an old one.
+    The cache key covers the build arguments and the tokenizer corpus, so changing either builds
+    a new model instead of silently reusing an old one.
     """
-    key = hashlib.sha1(json.dumps(build_args, sort_keys=True).encode()).hexdigest()[:8]
-    path = mmpost_home() / "models" / f"{name}-{key}"
+    corpus = corpus_fn()
+    digest = hashlib.sha1(json.dumps([build_args, corpus], sort_keys=True).encode()).hexdigest()[:10]
+    path = mmpost_home() / "models" / f"{name}-{digest}"
     if not (path / "config.json").exists():
-        build_tiny_qwen2vl(path, corpus_fn(), **build_args)
+        build_tiny_qwen2vl(path, corpus, **build_args)
     return path

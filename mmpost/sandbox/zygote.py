@@ -55,12 +55,8 @@ def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_
         os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        for fd in range(3, 1024):
-            if fd != write_fd:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, 65536)
         os.chdir(tmpdir)
         os.environ.clear()
         os.environ.update(MPLBACKEND="Agg", HOME=tmpdir, TMPDIR=tmpdir, MPLCONFIGDIR=tmpdir,
