@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
-    except (KeyError, ValueError, FileNotFoundError, PermissionError, AttributeError) as error:
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, PermissionError, AttributeError) as error:
         if os.environ.get("MMPOST_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

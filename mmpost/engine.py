@@ -66,11 +66,17 @@ def build_scheduler(optimizer, stage: Stage, total: int):
 class RunLog:
     """``metrics.jsonl``: one line per step, flushed, truncated back to the checkpoint on resume."""
 
-    def __init__(self, path: Path, keep_until: tuple[int, int] | None = None):
+    def __init__(self, path: Path, keep_until: tuple[int, int]):
         self.path = path
-        if keep_until is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line and (json.loads(line)["stage_index"], json.loads(line)["step"]) <= keep_until]
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                if (record["stage_index"], record["step"]) <= keep_until:
+                    kept.append(line)
             path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
@@ -102,6 +108,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     if resume:
         found = list_checkpoints(run_dir)
         checkpoint = load_checkpoint(found[-1]) if found else None
+    if not resume and list_checkpoints(run_dir):
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                              "or choose another --output-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(run_dir, os.W_OK):
         raise PermissionError(f"output directory {run_dir} is not writable")
@@ -132,8 +141,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     previous_handler = None
     if threading.current_thread() is threading.main_thread():  # Ctrl-C: checkpoint, then exit cleanly
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+    # Lines after the checkpoint being resumed (or all lines, when starting over) are dropped.
     log = RunLog(run_dir / "metrics.jsonl",
-                 keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else None)
+                 keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else (-1, -1))
     for stage_index, stage in enumerate(cfg.stages):
         if checkpoint and stage_index < checkpoint["stage_index"]:
             continue
