@@ -20,23 +20,40 @@ import sys
 
 def _train(args) -> None:
     import mmpost
-    from mmpost.config import parse_set
+    from mmpost.config import from_dict, parse_set
+    from mmpost.data.jsonl import DataError
+    from mmpost.engine import train
     from mmpost.registry import load_reward_file
 
-    if args.resume:
-        mmpost.train(resume=args.resume)
-        return
-    user_rewards = [load_reward_file(spec) for spec in args.reward or []]
-    rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None
-    if user_rewards and rewards is None:  # --reward alone adds to the task's default rewards
-        rewards = list(mmpost.TASKS.get(args.task).rewards) + user_rewards
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    cfg = mmpost.build_config(args.task, model=args.model or "", recipe=args.recipe, rewards=rewards,
-                              weights=weights, seed=args.seed, max_steps=args.max_steps,
-                              output_dir=args.output_dir, overrides=parse_set(args.set or []))
-    from mmpost.engine import train
+    try:  # mistakes in the command line: a short message, no traceback
+        if args.resume:
+            import yaml
+            from pathlib import Path
 
-    train(cfg)
+            cfg = from_dict(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+        else:
+            user_rewards = [load_reward_file(spec) for spec in args.reward or []]
+            rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None
+            if user_rewards and rewards is None:  # --reward alone adds to the task's default rewards
+                rewards = list(mmpost.TASKS.get(args.task).rewards) + user_rewards
+            weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+            cfg = mmpost.build_config(args.task, model=args.model or "", recipe=args.recipe, rewards=rewards,
+                                      weights=weights, seed=args.seed, max_steps=args.max_steps,
+                                      output_dir=args.output_dir, overrides=parse_set(args.set or []))
+    except (KeyError, ValueError, FileNotFoundError, AttributeError) as error:
+        _fail(error)
+    try:
+        train(cfg, resume=args.resume)
+    except (DataError, FileExistsError, PermissionError) as error:  # bad data or run directory
+        _fail(error)
+
+
+def _fail(error: BaseException) -> None:
+    if os.environ.get("MMPOST_DEBUG"):
+        raise error
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    print(f"mmpost: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _list(args) -> None:
@@ -98,12 +115,6 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError, PermissionError, AttributeError) as error:
-        if os.environ.get("MMPOST_DEBUG"):
-            raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mmpost: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
 
     task_cls = TASKS.get(cfg.task)
     rewards, weights = resolve_rewards(cfg, task_cls)
-    for fn in rewards.values():
-        if hasattr(fn, "workers"):
+    # Held-out evaluation always reports the task's metric, whatever rewards drive training.
+    eval_rewards = {task_cls.metric: REWARDS.get(task_cls.metric), **rewards}
+    for fn in eval_rewards.values():
+        if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
             fn.workers = cfg.sandbox_workers
-    task = task_cls(cfg, reward=REWARDS.get(task_cls.metric))
+    task = task_cls(cfg, reward=eval_rewards[task_cls.metric])
     train_rows, eval_rows = task.rows("train"), task.rows("heldout")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     policy = task.policy(device=accelerator.device)
@@ -133,7 +135,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
 
     results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     if "before" not in results:
-        results["before"] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+        results["before"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
         save_samples(run_dir / "samples" / "before", results["before"].pop("samples"))
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -247,14 +249,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
         checkpoint = None
         if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:
             key = f"after_{stage.name}"  # per-stage evaluation: e.g. SFT vs SFT+RL on the same charts
-            results[key] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+            results[key] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
             save_samples(run_dir / "samples" / key, results[key].pop("samples"))
             (run_dir / "results.json").write_text(json.dumps(results, indent=1))
             policy.model.train()
 
     if previous_handler is not None:
         signal.signal(signal.SIGINT, previous_handler)
-    results["after"] = evaluate(policy, eval_rows, rewards, weights, cfg.eval, task.metric)
+    results["after"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
     save_samples(run_dir / "samples" / "after", results["after"].pop("samples"))
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     policy.save(run_dir / "final")
