@@ -1,10 +1,11 @@
 """``chart_render``: render generated chart code in the sandbox and compare it with the reference.
 
 Design after ChartMimic's low-level metrics (text, layout, chart type, colour F1s) and the
-rendering-similarity reward in ``shared/reference/rewards.md``, with two changes that give RL a
-graded signal: data series are compared after resampling and range normalisation (with a penalty
-for a wrong point count) instead of by exact equality, and matching uses Hungarian assignment
-instead of ChartMimic's permutations.
+rendering-similarity reward in ``shared/reference/rewards.md``, with changes that give RL a
+graded, discriminative signal: colours use a CIEDE2000 tolerance of 50 instead of 100 (see
+:func:`color_similarity`); data series are compared after resampling and range normalisation,
+with a penalty for a wrong point count, instead of by exact equality; matching uses Hungarian
+assignment instead of ChartMimic's permutations.
 
 Reward = 0 when there is no code, the code raises, times out or draws no figure; ``None`` when the
 reference itself fails (the sample is not scorable); otherwise
@@ -31,6 +32,7 @@ from mmpost.registry import reward
 WEIGHTS = {"type": 0.25, "text": 0.15, "layout": 0.05, "color": 0.20, "data": 0.25, "ssim": 0.10}
 COMPONENTS = ("exec", *WEIGHTS)
 RESAMPLE_POINTS = 32
+COLOR_TOLERANCE = 50.0  # CIEDE2000 distance at which two colours stop counting as similar
 MAX_ITEMS = 200
 RENDER_CACHE = 4096  # programs whose render is kept (an RL group often repeats a program)
 RUNNER = "mmpost.rewards.chart_figure"
@@ -130,14 +132,19 @@ def _lab(hex_colors: list[str]) -> np.ndarray:
 
 
 def color_similarity(gen: list[str], gold: list[str]) -> np.ndarray:
-    """``max(0, 1 - CIEDE2000 / 100)`` for every pair of hex colours (ChartMimic's similarity)."""
+    """``max(0, 1 - CIEDE2000 / COLOR_TOLERANCE)`` for every pair of hex colours.
+
+    ChartMimic divides by 100, which still gives red vs blue (dE 53) a similarity of 0.47, so a
+    blind guess of any colour earns about half the credit. With a tolerance of 50, unrelated named
+    colours score ~0 while near ones keep partial credit (red/orange dE 34 -> 0.33).
+    """
     if not gen or not gold:
         return np.zeros((len(gen), len(gold)))
     from skimage.color import deltaE_ciede2000
 
     a, b = _lab(gen), _lab(gold)
     delta = deltaE_ciede2000(a[:, None, :].repeat(len(b), 1), b[None, :, :].repeat(len(a), 0))
-    return np.clip(1.0 - delta / 100.0, 0.0, 1.0)
+    return np.clip(1.0 - delta / COLOR_TOLERANCE, 0.0, 1.0)
 
 
 def color_score(gen: list[dict], gold: list[dict]) -> float:

@@ -41,7 +41,7 @@ class Chart2Code:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="chart2code", stages=[
-            Stage(name="sft", kind="sft", steps=2400, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
+            Stage(name="sft", kind="sft", steps=3200, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
             Stage(name="rl", kind="rl", steps=200, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
                   temperature=1.0, max_new_tokens=72, kl_coef=0.0),
         ], data=DataConfig(train_size=3000, eval_size=100))

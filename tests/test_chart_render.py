@@ -90,8 +90,9 @@ def test_pure_helpers_by_hand():
     assert f1(0, 0, 0) == 1.0
     assert multiset_f1(["bar", "bar", "line"], ["bar", "line", "line"]) == pytest.approx(2 / 3)
     assert text_score(["Monthly  Sales"], ["monthly sales"]) == 1.0
-    sim = color_similarity(["#ff0000"], ["#ff0000", "#0000ff"])
-    assert sim[0, 0] == pytest.approx(1.0) and 0.0 < sim[0, 1] < 0.6  # red vs blue: dE2000 ~ 52.9
+    sim = color_similarity(["#ff0000"], ["#ff0000", "#0000ff", "#ffa500"])
+    # red vs blue: dE2000 52.9 > 50 -> 0; red vs orange: dE2000 33.75 -> 1 - 33.75 / 50
+    assert sim[0, 0] == pytest.approx(1.0) and sim[0, 1] == 0.0 and sim[0, 2] == pytest.approx(0.325, abs=0.002)
     same = {"kind": "line", "y": [1.0, 2.0, 3.0]}
     assert series_similarity(same, same) == 1.0
     # resampled |diff| = 1 everywhere on a range-2 gold: shape 0.5; same count
