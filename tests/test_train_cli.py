@@ -97,6 +97,8 @@ def test_user_reward_file_changes_output_length(mmpost_home, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         lengths[name] = sum(r[f"reward/{name}/mean"] for r in rows[-5:]) / 5
+    print(f"\nmean completion length, last 5 RL steps: longer {100 * lengths['longer']:.1f} chars, "
+          f"shorter {-100 * lengths['shorter']:.1f} chars")
     assert lengths["longer"] > -lengths["shorter"] + 0.05  # mean characters/100 of the last steps
 
 
