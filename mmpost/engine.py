@@ -172,6 +172,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
         policy.model.train()
         bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
 
+        def update(loss: torch.Tensor) -> float:
+            """One optimiser step on ``loss``; returns the gradient norm before clipping."""
+            accelerator.backward(loss)
+            grad_norm = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            return grad_norm
+
         def checkpoint_now(step: int) -> None:
             save_checkpoint(run_dir, stage_index, step, {
                 "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -187,12 +196,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                 with accelerator.autocast():
                     logprobs, mask = policy.demo_logprobs(batch)
                     loss = nll_loss(logprobs, mask)
-                accelerator.backward(loss)
-                metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                metrics.update({"loss/sft": loss.item(), "tokens": mask.sum().item()})
+                metrics.update({"grad_norm": update(loss), "loss/sft": loss.item(), "tokens": mask.sum().item()})
             else:
                 rollout = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
                 generated = time.perf_counter()
@@ -218,12 +222,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                                                stage.aggregation)
                                 loss = loss + stage.kl_coef * kl
                                 metrics["kl"] = kl.item()
-                        accelerator.backward(loss)
-                        metrics["grad_norm"] = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        metrics.update(pg_metrics)
+                        metrics.update({"grad_norm": update(loss), **pg_metrics})
                 metrics.update({
                     "loss/total": loss.item(), "tokens": float(rollout.mask.sum()),
                     # -mean log p of sampled tokens: an unbiased estimate of the policy's entropy
