@@ -54,14 +54,11 @@ def train(task: str = "chart2code", rewards: list[str] | None = None, weights: l
         **overrides: ``model``, ``seed``, ``max_steps``, ``output_dir``, ``recipe`` and any dotted
             config key, e.g. ``**{"rl.group_size": 4, "data.train_size": 500}``.
     """
-    from mmpost.config import from_dict
+    from mmpost.config import load_run_config
     from mmpost.engine import train as run
 
     if resume:
-        import yaml
-        from pathlib import Path
-
-        return run(from_dict(yaml.safe_load((Path(resume) / "config.yaml").read_text())), resume=resume)
+        return run(load_run_config(resume), resume=resume)
     named = {k: overrides.pop(k) for k in ("model", "seed", "max_steps", "output_dir", "recipe") if k in overrides}
     cfg = build_config(task, rewards=rewards, weights=weights, overrides=overrides, **named)
     return run(cfg)

@@ -20,17 +20,14 @@ import sys
 
 def _train(args) -> None:
     import mmpost
-    from mmpost.config import from_dict, parse_set
+    from mmpost.config import load_run_config, parse_set
     from mmpost.data.jsonl import DataError
     from mmpost.engine import train
     from mmpost.registry import load_reward_file
 
     try:  # mistakes in the command line: a short message, no traceback
         if args.resume:
-            import yaml
-            from pathlib import Path
-
-            cfg = from_dict(yaml.safe_load((Path(args.resume) / "config.yaml").read_text()))
+            cfg = load_run_config(args.resume)
         else:
             user_rewards = [load_reward_file(spec) for spec in args.reward or []]
             rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None

@@ -192,3 +192,11 @@ def from_dict(data: dict) -> TrainConfig:
     data["eval"] = EvalConfig(**data.get("eval", {}))
     data["stages"] = [Stage(**s) for s in data.get("stages", [])]
     return TrainConfig(**data)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config a run saved as ``config.yaml`` (for ``--resume``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    return from_dict(yaml.safe_load(path.read_text()))

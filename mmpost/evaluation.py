@@ -38,7 +38,7 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
             for key, values in rollout.reward_components.items():
                 components.setdefault(key, []).extend(values)
             if mode == "greedy" and start == 0:
-                details = getattr(_raw_scores(rewards, metric, rollout), "details", [])
+                details = getattr(_raw_scores(rewards, metric, rollout, cfg.samples_to_save), "details", [])
                 for i, row in enumerate(chunk[:cfg.samples_to_save]):
                     out["samples"].append({"row": row, "output": rollout.outputs[i],
                                            "reward": rollout.reward_components[metric][i],
@@ -49,9 +49,10 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
     return out
 
 
-def _raw_scores(rewards: dict, metric: str, rollout):
-    """Re-score the saved samples with the metric's reward to get its per-sample details (renders)."""
-    n = min(len(rollout), 8)
+def _raw_scores(rewards: dict, metric: str, rollout, n: int):
+    """Re-score the first ``n`` samples with the metric's reward for its per-sample details
+    (renders, failure reasons); cheap, since the reward caches what it just rendered."""
+    n = min(len(rollout), n)
     part = rollout.subset(torch.arange(n))
     return rewards[metric](prompts=part.prompts, completions=part.outputs, **part.columns)
 
