@@ -36,11 +36,10 @@ def execute(code: str) -> dict:
 
     Raises on any error of the program, when it draws no figure, or when the figure is too big.
     """
-    import matplotlib
-    import matplotlib.pyplot as plt
-
     import random
 
+    import matplotlib
+    import matplotlib.pyplot as plt
     import numpy
 
     matplotlib.rcdefaults()

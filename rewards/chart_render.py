@@ -287,7 +287,7 @@ class ChartRender:
 
     def gold(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | None]:
         missing = list(dict.fromkeys(c for c in codes if c not in self._gold_cache))
-        for code, rendered in zip(missing, self.render(missing) if missing else []):
+        for code, rendered in zip(missing, self.execute(missing) if missing else []):  # kept for good, not in the LRU
             self._gold_cache[code] = rendered if isinstance(rendered, tuple) else None
         return [self._gold_cache[c] for c in codes]
 

@@ -19,6 +19,7 @@ from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl, mmpost_home
 
 PROMPT = "Write matplotlib code that reproduces this chart."
 DATA_VERSION = "v1"
+TRAIN_SIZE = 3000  # default training charts; the tokenizer is trained on exactly these programs
 
 
 def completion_for(code: str) -> str:
@@ -44,7 +45,7 @@ class Chart2Code:
             Stage(name="sft", kind="sft", steps=3200, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
             Stage(name="rl", kind="rl", steps=200, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
                   temperature=1.0, max_new_tokens=72, kl_coef=0.0),
-        ], data=DataConfig(train_size=3000, eval_size=100))
+        ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=100))
 
     def __init__(self, cfg: TrainConfig, reward=None):
         self.cfg = cfg
@@ -65,7 +66,7 @@ class Chart2Code:
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
     def _corpus(self) -> list[str]:
-        codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", 3000)]
+        codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", TRAIN_SIZE)]
         return codes + [PROMPT] * 50
 
     # ------------------------------------------------------------------ data
