@@ -1,0 +1,48 @@
+"""The chunk-level vectorised environment interface every simulator speaks to the trainer.
+
+A VLA policy emits an *action chunk* and the environment executes it whole, so the interface is
+one call per chunk (after RLinf's ``chunk_step``), not one per control step::
+
+    obs = env.reset(seeds)                      # one seed per env: initial state + instruction
+    obs, rewards, terminated, truncated, info = env.chunk_step(actions)   # actions [N, C, A]
+
+``obs`` is a dict: ``state`` float32 [N, D] (proprioception and scene state), ``instruction``
+list[str] of N, and, when the env renders, ``image`` uint8 [N, h, w, 3]. ``rewards`` is
+[N, C] per executed step; ``terminated``/``truncated`` are [N] for the chunk; ``info["success"]``
+is bool [N], true once the episode has succeeded. An env that finished is frozen for the rest
+of the chunk (its later actions are ignored, rewards 0). With ``autoreset`` it is reset only
+*after* the whole chunk (the last observation kept in ``info["final_obs"]``), so chunk
+boundaries stay clean for chunk-level advantages; the trainer itself runs whole episodes from
+given seeds and leaves ``autoreset`` off.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+HELDOUT_SEED_OFFSET = 10_000_000  # seeds from here on are held-out initial states and phrasings
+
+
+@runtime_checkable
+class ChunkEnv(Protocol):
+    num_envs: int
+    state_dim: int
+    action_dim: int
+    chunk_len: int  # control steps executed per chunk
+    max_chunks: int  # episode length limit, in chunks
+
+    def reset(self, seeds: list[int]) -> dict: ...
+
+    def chunk_step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]: ...
+
+    def close(self) -> None: ...
+
+
+def split_seeds(split: str, n: int) -> list[int]:
+    """Episode seeds of a split: train from 0, held-out from :data:`HELDOUT_SEED_OFFSET`."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+    start = 0 if split == "train" else HELDOUT_SEED_OFFSET
+    return list(range(start, start + n))

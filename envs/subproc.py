@@ -1,0 +1,108 @@
+"""Step a chunk env's envs in worker subprocesses, split evenly, behind the same interface.
+
+Each worker holds one batched env of its share of the envs (physics stays batched inside the
+worker); the trainer batches policy inference over all of them. Useful when simulation, not
+inference, dominates (rendering, heavier scenes) and there are cores to spare.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+
+
+def _worker(pipe, env_cls, num_envs: int, kwargs: dict) -> None:
+    env = env_cls(num_envs, **kwargs)
+    try:
+        while True:
+            command, payload = pipe.recv()
+            if command == "reset":
+                pipe.send(env.reset(payload))
+            elif command == "step":
+                pipe.send(env.chunk_step(payload))
+            elif command == "render":
+                pipe.send(env.render(payload))
+            elif command == "close":
+                break
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        env.close()
+        pipe.close()
+
+
+def _merge_obs(parts: list[dict]) -> dict:
+    return {key: (sum((p[key] for p in parts), []) if isinstance(parts[0][key], list)
+                  else np.concatenate([p[key] for p in parts])) for key in parts[0]}
+
+
+class SubprocChunkEnv:
+    """``num_envs`` envs of ``env_cls(n, **kwargs)`` spread over ``workers`` processes."""
+
+    def __init__(self, env_cls, num_envs: int, workers: int = 2, **kwargs):
+        if not 1 <= workers <= num_envs:
+            raise ValueError(f"env.workers must be between 1 and num_envs={num_envs}, got {workers}")
+        probe = env_cls(1, **kwargs)  # dimensions, and a clear error in this process if kwargs are bad
+        self.state_dim, self.action_dim = probe.state_dim, probe.action_dim
+        self.chunk_len, self.max_chunks = probe.chunk_len, probe.max_chunks
+        probe.close()
+        self.num_envs = num_envs
+        self.sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
+        context = mp.get_context("spawn")  # no fork of a process holding torch threads
+        self.pipes, self.processes = [], []
+        for size in self.sizes:
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker, args=(child, env_cls, size, kwargs), daemon=True)
+            process.start()
+            child.close()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    def _split(self, values):
+        bounds = np.cumsum([0] + self.sizes)
+        return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _receive(self) -> list:
+        try:
+            return [pipe.recv() for pipe in self.pipes]
+        except (EOFError, ConnectionError) as error:
+            codes = [p.exitcode for p in self.processes]
+            raise RuntimeError(f"an env worker process died (exit codes {codes}): {error}") from None
+
+    def reset(self, seeds: list[int]) -> dict:
+        for pipe, part in zip(self.pipes, self._split(list(seeds))):
+            pipe.send(("reset", part))
+        return _merge_obs(self._receive())
+
+    def chunk_step(self, actions: np.ndarray):
+        for pipe, part in zip(self.pipes, self._split(np.asarray(actions))):
+            pipe.send(("step", part))
+        replies = self._receive()
+        obs = _merge_obs([r[0] for r in replies])
+        rewards, terminated, truncated = (np.concatenate([r[i] for r in replies]) for i in (1, 2, 3))
+        info = {key: np.concatenate([r[4][key] for r in replies]) for key in replies[0][4] if key != "final_obs"}
+        return obs, rewards, terminated, truncated, info
+
+    def render(self, index=None) -> np.ndarray:
+        index = range(self.num_envs) if index is None else list(index)
+        bounds = np.cumsum([0] + self.sizes)
+        frames = []
+        for w, pipe in enumerate(self.pipes):
+            local = [i - bounds[w] for i in index if bounds[w] <= i < bounds[w + 1]]
+            if local:
+                pipe.send(("render", local))
+                frames.append(pipe.recv())
+        return np.concatenate(frames)
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            try:
+                pipe.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+        self.pipes, self.processes = [], []
