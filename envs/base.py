@@ -46,3 +46,22 @@ def split_seeds(split: str, n: int) -> list[int]:
         raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
     start = 0 if split == "train" else HELDOUT_SEED_OFFSET
     return list(range(start, start + n))
+
+
+def make_env(cfg, num_envs: int | None = None):
+    """The chunk env an :class:`~mmpost.config.EnvConfig` names: ``""`` or ``"reach"`` (the
+    MuJoCo reach scene), ``"maniskill:ENV_ID"``, ``"libero:SUITE"``; in ``cfg.workers``
+    subprocesses when more than one."""
+    from mmpost.registry import ENVS
+
+    name, _, arg = (cfg.name or "reach").partition(":")
+    env_cls = ENVS.get(name)
+    kwargs = {"chunk_len": cfg.chunk_len, "max_chunks": cfg.max_chunks, "obs": cfg.obs, "image_size": cfg.image_size}
+    if arg:
+        kwargs["env_id"] = arg
+    num_envs = num_envs or cfg.num_envs
+    if cfg.workers > 1:
+        from mmpost.envs.subproc import SubprocChunkEnv
+
+        return SubprocChunkEnv(env_cls, num_envs, cfg.workers, **kwargs)
+    return env_cls(num_envs, **kwargs)

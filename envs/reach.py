@@ -83,6 +83,16 @@ def episode_spec(seed: int) -> dict:
             "instruction": template.format(list(COLORS)[goal])}
 
 
+def _load_triton_first() -> None:
+    """Mesa's software EGL (llvmpipe) and Triton both carry LLVM: Triton's native module
+    segfaults when it loads after an EGL context exists (torch imports it lazily, e.g. in the
+    first optimizer), so load it, when installed, before the first context."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or broken triton: nothing to protect
+        pass
+
+
 def wrap(angle):
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
@@ -137,6 +147,7 @@ class ReachVecEnv:
         self.done = np.zeros(num_envs, dtype=bool)
         self.success = np.zeros(num_envs, dtype=bool)
         self._resets = 0
+        self._recording: dict[int, list] = {}
 
     # ------------------------------------------------------------------ episode control
 
@@ -158,6 +169,8 @@ class ReachVecEnv:
         data.mocap_pos[:, 2] = 0.02
         mujoco.mj_forward(self.model, data)
         self.seeds[i], self.specs[i] = seed, spec
+        if i in self._recording:
+            self._recording[i] = [self.render([i])[0]]
         self.steps[i], self.done[i], self.success[i] = 0, False, False
 
     def chunk_step(self, actions: np.ndarray):
@@ -178,6 +191,8 @@ class ReachVecEnv:
                 target = data.qpos + ACTION_SCALE * np.clip(actions[i, h], -1.0, 1.0)
                 data.ctrl[:] = [target[0], np.clip(target[1], -2.8, 2.8)]
                 mujoco.mj_step(self.model, data, nstep=FRAME_SKIP)
+                if i in self._recording:
+                    self._recording[i].append(self.render([i])[0])
                 self.steps[i] += 1
                 if self._distance(i) < SUCCESS_RADIUS:
                     rewards[i, h], terminated[i], self.success[i], self.done[i] = 1.0, True, True, True
@@ -193,6 +208,15 @@ class ReachVecEnv:
                 self._reset_one(i, self.seeds[i] + 1_000_003 * self._resets)
             obs = self.observe()
         return obs, rewards, terminated, truncated, info
+
+    def record(self, index: list[int]) -> None:
+        """Render envs ``index`` after every control step from the next reset on (for videos)."""
+        self._recording = {i: [] for i in index}
+
+    def frames(self) -> dict[int, list]:
+        """The recorded frames per env since :meth:`record`, and stop recording."""
+        frames, self._recording = self._recording, {}
+        return frames
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -222,6 +246,7 @@ class ReachVecEnv:
     def render(self, index=None) -> np.ndarray:
         """uint8 [n, h, w, 3] top-camera frames of envs ``index`` (default all)."""
         if self._renderer is None:
+            _load_triton_first()
             self._renderer = self._mujoco.Renderer(self.model, self.image_size, self.image_size)
         frames = []
         for i in range(self.num_envs) if index is None else index:

@@ -28,8 +28,15 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
     """The resolved :class:`~mmpost.config.TrainConfig` for a task plus the given changes."""
     from mmpost.config import apply_overrides, stages_from_yaml
 
-    cfg = TASKS.get(task).default_config()
-    if recipe:
+    task_cls = TASKS.get(task)
+    cfg = task_cls.default_config()
+    named = getattr(task_cls, "recipes", {})
+    if recipe in named:  # a task's named recipe: overrides of its default config
+        apply_overrides(cfg, dict(named[recipe]))
+    elif recipe:
+        if not recipe.endswith((".yaml", ".yml")):
+            raise ValueError(f"unknown recipe {recipe!r} for task {task!r}: give a YAML file or one of "
+                             f"{', '.join(named) or '(none)'}")
         cfg.stages = stages_from_yaml(recipe)
     for key, value in {"model": model or None, "seed": seed, "max_steps": max_steps, "output_dir": output_dir,
                        "rewards": rewards, "reward_weights": weights}.items():

@@ -22,7 +22,8 @@ class Stage:
     """One stage of a recipe: an objective, its data and its optimisation settings."""
 
     name: str = "sft"
-    kind: str = "sft"  # "sft": NLL on demonstrations; "rl": sample, score, policy gradient
+    kind: str = "sft"  # "sft": the policy's supervised loss on demonstrations; "rl": sample, score, policy gradient
+    data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
     steps: int = 100  # optimiser steps in this stage
     batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
     lr: float = 1e-3
@@ -40,6 +41,15 @@ class Stage:
     minibatches: int = 1  # rl: optimiser steps per pass (outputs split evenly)
     aggregation: str = "token_mean"  # "token_mean" (DAPO/TRL default) | "sequence_mean" (GRPO paper)
     scale_rewards: bool = True  # rl: divide advantages by the group std (False: Dr.GRPO)
+    advantage: str = "group"  # rl: "group" (GRPO, critic-free) | "gae" (PPO with the policy's value head)
+    gamma: float = 0.99  # gae: discount per transition
+    lam: float = 0.95  # gae: lambda
+    normalize_advantages: bool = True  # gae: whiten advantages over the batch
+    value_coef: float = 1.0  # gae: weight of the critic loss
+    value_lr: float = 0.0  # gae: learning rate of the value head (0 = lr)
+    value_clip: float = 0.2  # gae: PPO value clipping (0 = off)
+    dual_clip: float = 0.0  # rl: dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
+    group_filter: list = field(default_factory=list)  # rl: [low, high] keep groups whose mean reward is inside
 
     def __post_init__(self):
         if self.kind not in ("sft", "rl"):
@@ -50,6 +60,11 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: steps >= 0, batch_size >= 1, group_size >= 1 required")
         if self.kind == "rl" and (self.group_size * self.batch_size) % self.minibatches:
             raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
+        if self.advantage not in ("group", "gae"):
+            raise ValueError(f"stage {self.name!r}: advantage must be 'group' or 'gae', got {self.advantage!r}")
+        if self.group_filter and len(self.group_filter) != 2:
+            raise ValueError(f"stage {self.name!r}: group_filter is [low, high], got {self.group_filter}")
+        self.group_filter = [float(v) for v in self.group_filter]
 
 
 @dataclass
@@ -58,6 +73,49 @@ class DataConfig:
     eval_size: int = 100  # held-out examples for before/after evaluation
     path: str = ""  # a user's JSONL instead of the synthetic generator
     skip_bad_rows: bool = False  # skip (and count) malformed rows instead of failing
+    demos: int = 20  # robot tasks: scripted expert episodes for few-shot SFT
+
+
+@dataclass
+class EnvConfig:
+    """The simulator of a robot task (see :mod:`mmpost.envs`)."""
+
+    name: str = ""  # "" = the task's own scene; "maniskill:PickCube-v1", "libero:libero_spatial" (GPU extras)
+    obs: str = "state"  # "state" (proprioception + scene state + instruction) | "image" (camera + proprio + instruction)
+    num_envs: int = 64  # envs stepped in parallel (episodes beyond this run in waves)
+    workers: int = 1  # > 1: step the envs in this many subprocesses
+    chunk_len: int = 4  # control steps executed per action chunk
+    max_chunks: int = 8  # episode length limit, in chunks
+    image_size: int = 64
+    video_episodes: int = 4  # held-out episodes recorded as GIFs before and after training
+
+
+@dataclass
+class FlowConfig:
+    """The flow-matching action policy (:class:`~mmpost.adapters.flow_policy.FlowActionPolicy`)."""
+
+    backbone: str = "mlp"  # "mlp" (state + instruction) | "timm:NAME" (image encoder) | "vlm" (a Qwen2-VL-class model)
+    vlm: str = ""  # vlm backbone checkpoint (local dir or hub id); "" = the tiny offline Qwen2-VL
+    train_backbone: bool = True  # False freezes the image/VLM encoder (pi_RL trains the action expert only)
+    hidden: int = 256  # width of the encoder and action-expert MLPs
+    action_horizon: int = 8  # predicted steps per chunk (the first env.chunk_len are executed)
+    flow_steps: int = 4  # integration steps K from noise (t=1) to action (t=0)
+    noise_method: str = "flow_sde"  # "flow_sde" (one stochastic step, fixed noise) | "flow_noise" (learned noise, all steps)
+    noise_level: float = 0.5  # flow_sde: a in sigma_t = a * sqrt(t / (1 - t))
+    noise_std_range: list = field(default_factory=lambda: [0.08, 0.16])  # flow_noise: min/max std of the noise head
+    logprob_level: str = "chunk"  # "chunk": one ratio per chunk | "element": one per action element
+    detach_critic: bool = True  # value-head gradients do not flow into the encoder
+
+    def __post_init__(self):
+        if self.noise_method not in ("flow_sde", "flow_noise"):
+            raise ValueError(f"flow.noise_method must be 'flow_sde' or 'flow_noise', got {self.noise_method!r}")
+        if self.logprob_level not in ("chunk", "element"):
+            raise ValueError(f"flow.logprob_level must be 'chunk' or 'element', got {self.logprob_level!r}")
+        if self.flow_steps < 1 or self.action_horizon < 1:
+            raise ValueError("flow.flow_steps and flow.action_horizon must be >= 1")
+        if not (self.backbone in ("mlp", "vlm") or self.backbone.startswith("timm:")):
+            raise ValueError(f"flow.backbone must be 'mlp', 'vlm' or 'timm:NAME', got {self.backbone!r}")
+        self.noise_std_range = [float(v) for v in self.noise_std_range]
 
 
 @dataclass
@@ -86,6 +144,8 @@ class TrainConfig:
     max_steps: int = 0  # > 0 caps every stage's steps (quick runs)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)  # robot tasks only
+    flow: FlowConfig = field(default_factory=FlowConfig)  # flow-matching action policies only
     stages: list[Stage] = field(default_factory=list)
 
     def __post_init__(self):
@@ -190,6 +250,8 @@ def from_dict(data: dict) -> TrainConfig:
     data = dict(data)
     data["data"] = DataConfig(**data.get("data", {}))
     data["eval"] = EvalConfig(**data.get("eval", {}))
+    data["env"] = EnvConfig(**data.get("env", {}))
+    data["flow"] = FlowConfig(**data.get("flow", {}))
     data["stages"] = [Stage(**s) for s in data.get("stages", [])]
     return TrainConfig(**data)
 

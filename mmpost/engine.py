@@ -7,14 +7,16 @@ held-out split, runs each stage of the recipe, evaluates again and writes the ru
     checkpoints/     atomic, resumable          samples/        held-out samples before/after
     final/           from_pretrained-loadable   results.json    before/after metrics
 
-Each stage is ``sft`` (NLL on demonstrations) or ``rl`` (sample a group per prompt, score,
-group-normalised advantages, clipped policy gradient, optional KL). The engine speaks only the
+Each stage is ``sft`` (the policy's supervised loss on demonstrations) or ``rl`` (sample a group
+per prompt or initial state, score, advantages -- group-normalised, or GAE with the policy's value
+head --, clipped policy gradient, optional KL and critic terms). The engine speaks only the
 :class:`~mmpost.policy.Policy` contract and :class:`~mmpost.types.Rollout`, so token, flow and
 diffusion policies share it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -28,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpost.algos.advantages import group_advantages
+from mmpost.algos.advantages import gae, group_advantages, group_keep_mask, normalize
 from mmpost.algos.kl import kl_k3
 from mmpost.algos.pg import aggregate, clipped_pg_loss
-from mmpost.algos.sft import nll_loss
+from mmpost.algos.value import value_loss
 from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.evaluation import evaluate, print_table, save_samples
@@ -93,6 +95,29 @@ def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
     return {n: REWARDS.get(n) for n in names}, dict(zip(names, weights))
 
 
+def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
+    """Set ``rollout.advantages`` (and ``returns`` for GAE); drop filtered groups from the mask."""
+    metrics = {}
+    if stage.advantage == "group":
+        rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
+    else:
+        if rollout.values is None or rollout.step_rewards is None:
+            raise ValueError(f"stage {stage.name!r}: advantage 'gae' needs a policy with a value head acting "
+                             "in an environment (per-transition rewards and values)")
+        advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, rollout.bootstrap,
+                                          stage.gamma, stage.lam)
+        if stage.normalize_advantages:
+            advantages = normalize(advantages, rollout.alive)
+        # the action steps of a transition are contiguous: one advantage per transition, repeated
+        rollout.advantages = advantages.repeat_interleave(rollout.mask.shape[1] // advantages.shape[1], dim=1)
+        metrics["value/mean"] = float((rollout.values * rollout.alive).sum() / rollout.alive.sum().clamp(min=1))
+    if stage.group_filter:
+        keep = group_keep_mask(rollout.rewards, rollout.group, *stage.group_filter)
+        rollout.mask = rollout.mask * keep[:, None].to(rollout.mask.dtype)
+        metrics["rl/kept_fraction"] = float(keep.float().mean())
+    return metrics
+
+
 def _default_output_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -100,7 +125,6 @@ def _default_output_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     """Run ``cfg`` (or continue the run in ``resume``); return the final metrics."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
     run_dir = Path(resume or cfg.output_dir or _default_output_dir(cfg))
@@ -126,9 +150,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
         if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
             fn.workers = cfg.sandbox_workers
     task = task_cls(cfg, reward=eval_rewards[task_cls.metric])
-    train_rows, eval_rows = task.rows("train"), task.rows("heldout")
+    rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     policy = task.policy(device=accelerator.device)
+    with contextlib.closing(policy):  # simulators and worker processes go away even on errors
+        return _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights, eval_rewards,
+                             accelerator)
+
+
+def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights, eval_rewards, accelerator):
+    """Evaluate, run every stage (resuming at ``checkpoint``), evaluate again, save."""
+    from tqdm.auto import tqdm
+
+    eval_rows = rows["heldout"]
     policy.model = accelerator.prepare_model(policy.model)
     if checkpoint is not None:
         policy.model.load_state_dict(checkpoint["model"])
@@ -151,9 +185,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             continue
         steps = min(stage.steps, cfg.max_steps) if cfg.max_steps else stage.steps
         updates_per_step = stage.epochs * stage.minibatches if stage.kind == "rl" else 1
+        if stage.data not in rows:
+            rows[stage.data] = task.rows(stage.data)
+        train_rows = rows[stage.data]
         params = [p for p in policy.model.parameters() if p.requires_grad]
+        network = getattr(policy.model, "module", policy.model)  # unwrapped from DDP
+        critic = {id(p) for p in getattr(network, "value_head", torch.nn.Module()).parameters()}
+        groups = [{"params": [p for p in params if id(p) not in critic]},
+                  {"params": [p for p in params if id(p) in critic], "lr": stage.value_lr or stage.lr}]
         optimizer = accelerator.prepare_optimizer(
-            torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay))
+            torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
         reference = None
         if stage.kind == "rl" and stage.kl_coef > 0:  # frozen start-of-stage model, only when KL is on
@@ -194,15 +235,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             metrics: dict[str, float] = {}
             if stage.kind == "sft":
                 with accelerator.autocast():
-                    logprobs, mask = policy.demo_logprobs(batch)
-                    loss = nll_loss(logprobs, mask)
-                metrics.update({"grad_norm": update(loss), "loss/sft": loss.item(), "tokens": mask.sum().item()})
+                    loss, sft_metrics = policy.sft_loss(batch)
+                metrics.update({"grad_norm": update(loss), "loss/sft": loss.item(), **sft_metrics})
             else:
                 rollout = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
                 generated = time.perf_counter()
                 metrics.update(score_rollout(rollout, rewards, weights))
                 scored = time.perf_counter()
-                rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
+                metrics.update(compute_advantages(rollout, stage))
                 if reference is not None:
                     with torch.no_grad():
                         rollout.ref_logprobs = reference.logprobs(rollout).cpu()
@@ -215,8 +255,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                             mask = part.mask.to(logprobs.device)
                             loss, pg_metrics = clipped_pg_loss(
                                 logprobs, part.logprobs.to(logprobs.device), part.advantages.to(logprobs.device),
-                                mask, stage.clip_low, stage.clip_high, stage.aggregation)
+                                mask, stage.clip_low, stage.clip_high, stage.aggregation, stage.dual_clip)
                             metrics["loss/pg"] = loss.item()
+                            if stage.advantage == "gae":
+                                critic_loss = value_loss(policy.values(part), part.values.to(logprobs.device),
+                                                         part.returns.to(logprobs.device),
+                                                         part.alive.to(logprobs.device), stage.value_clip)
+                                loss = loss + stage.value_coef * critic_loss
+                                metrics["loss/value"] = critic_loss.item()
                             if reference is not None:
                                 kl = aggregate(kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)), mask,
                                                stage.aggregation)
@@ -224,6 +270,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                                 metrics["kl"] = kl.item()
                         metrics.update({"grad_norm": update(loss), **pg_metrics})
                 metrics.update({
+                    **rollout.metrics, "time/update": time.perf_counter() - scored,
                     "loss/total": loss.item(), "tokens": float(rollout.mask.sum()),
                     # -mean log p of sampled tokens: an unbiased estimate of the policy's entropy
                     "entropy": float(-(rollout.logprobs * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)),
@@ -231,10 +278,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                     "time/generate": generated - started, "time/reward": scored - generated,
                 })
             seconds = time.perf_counter() - started
+            unit = "tokens" if "tokens" in metrics else "samples"
             metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,
-                            "tokens_per_s": metrics["tokens"] / seconds})
+                            f"{unit}_per_s": metrics.get(unit, 0.0) / seconds})
             log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
-            shown = {k: metrics[k] for k in ("loss/sft", "loss/pg", "reward/total/mean") if k in metrics}
+            shown = {k: metrics[k] for k in ("loss/sft", "loss/pg", "loss/value", "reward/total/mean") if k in metrics}
             bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"
                              for k, v in shown.items()})
             done = step + 1

@@ -58,12 +58,19 @@ def _raw_scores(rewards: dict, metric: str, rollout, n: int):
 
 
 def save_samples(directory: Path, samples: list[dict]) -> None:
-    """Write each sample's input image, output, rendered output (when any) and reward."""
+    """Write each sample's input image, output, rendered output or episode GIF (when any) and reward."""
+    from PIL import Image
+
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "samples.jsonl").open("w") as f:
         for i, sample in enumerate(samples):
             for j, image in enumerate(sample["row"].get("images", [])):
                 image.save(directory / f"{i:03d}_input{j}.png")
+            if isinstance(sample["output"], dict) and sample["output"].get("frames"):
+                sample["output"] = dict(sample["output"])
+                frames = [Image.fromarray(frame) for frame in sample["output"].pop("frames")]
+                frames[0].save(directory / f"{i:03d}_episode.gif", save_all=True, append_images=frames[1:],
+                               duration=50, loop=0)
             if sample.get("png"):
                 (directory / f"{i:03d}_render.png").write_bytes(base64.b64decode(sample["png"]))
             columns = {k: v for k, v in sample["row"].items() if isinstance(v, (str, int, float)) and k != "completion"}

@@ -27,7 +27,19 @@ class Policy(Protocol):
         """[N, T] log-probs of the rollout's action steps under the current parameters (with grad)."""
 
     def demo_logprobs(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, T] log-probs, [B, T] mask) of the rows' demonstrations, teacher-forced (with grad)."""
+        """([B, T] log-probs, [B, T] mask) of the rows' demonstrations, teacher-forced (with grad).
+        Token policies only: flow and diffusion policies have no closed-form demo likelihood."""
+
+    def sft_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The supervised loss on the rows' demonstrations (token NLL; flow-matching or denoising
+        regression) and metrics (``tokens`` or ``samples`` seen)."""
 
     def save(self, path: Path) -> None:
         """Write a directory loadable with the family's ``from_pretrained``."""
+
+    def close(self) -> None:
+        """Release what the policy holds besides the model (simulators, worker processes)."""
+
+
+# Optional, for critic-based advantages (``advantage: gae``):
+#     values(rollout) -> Tensor[N, C]: the value head's estimate of each transition's start state.

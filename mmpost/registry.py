@@ -52,11 +52,18 @@ class Registry:
         return name in self._entries
 
 
-TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code"})
+TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
     "code_block": "mmpost.rewards.text:code_block",
+    "success": "mmpost.rewards.env:success",
+    "env_return": "mmpost.rewards.env:env_return",
+})
+ENVS = Registry("env", {
+    "reach": "mmpost.envs.reach:ReachVecEnv",
+    "maniskill": "mmpost.envs.maniskill:ManiSkillChunkEnv",
+    "libero": "mmpost.envs.libero:LiberoChunkEnv",
 })
 
 

@@ -2,7 +2,11 @@
 
 Shapes: ``N`` outputs (prompts x group size, or episodes), ``T`` action steps per output. An
 action step is a generated token for a language model, one denoising step for a diffusion model,
-one flow-integration step of an action chunk for a robot policy.
+one action chunk (or one element of it) for a robot policy.
+
+Episodes in an environment also carry per-*transition* data for critic-based advantages: ``C``
+transitions (executed action chunks) per episode, with the action steps of a transition stored
+contiguously, so ``T = C * steps_per_transition`` (1 for chunk-level ratios).
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ class Rollout:
     rewards: torch.Tensor | None = None  # [N] weighted sum of reward functions (NaN: unscorable)
     reward_components: dict[str, list] = field(default_factory=dict)  # name -> [N] floats or None
     advantages: torch.Tensor | None = None  # [N] per output or [N, T] per action step
+    step_rewards: torch.Tensor | None = None  # [N, C] env reward of each transition (env rollouts)
+    values: torch.Tensor | None = None  # [N, C] critic value at sampling time (critic on only)
+    bootstrap: torch.Tensor | None = None  # [N] value after the last transition (0 if terminated)
+    alive: torch.Tensor | None = None  # [N, C] 1.0 for real transitions
+    returns: torch.Tensor | None = None  # [N, C] critic targets (GAE advantages + values)
+    metrics: dict = field(default_factory=dict)  # sampling statistics for the log (times, success)
 
     def __post_init__(self):
         n = self.logprobs.shape[0]
@@ -61,5 +71,7 @@ class Rollout:
                 value = {k: [v[i] for i in index.tolist()] for k, v in value.items()}
             elif f.name == "actions":
                 value = value[index]
+            elif f.name == "metrics":
+                value = dict(value)
             values[f.name] = value
         return Rollout(**values)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mmpost.algos.sft import nll_loss
 from mmpost.types import Rollout
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
@@ -151,6 +152,14 @@ class TokenPolicy:
         mask = (ids != self.pad_id).float().to(self.device)
         return self._sequence_logprobs(batch, ids, temperature=1.0) * mask, mask
 
+    def sft_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict]:
+        """Token NLL of the rows' completions (mean over demonstrated tokens)."""
+        logprobs, mask = self.demo_logprobs(batch)
+        return nll_loss(logprobs, mask), {"tokens": float(mask.sum())}
+
     def save(self, path: Path) -> None:
         getattr(self.model, "module", self.model).save_pretrained(path)  # unwrap DDP/FSDP wrappers
         self.processor.save_pretrained(path)
+
+    def close(self) -> None:
+        pass

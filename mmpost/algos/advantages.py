@@ -31,3 +31,54 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: bool = T
             centred = centred / (std + eps)
         advantages[members] = centred
     return advantages
+
+
+def group_keep_mask(rewards: torch.Tensor, group: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """[N] bool: outputs whose group's mean reward lies in ``[low, high]``.
+
+    pi_RL's GRPO keeps groups whose success rate is in [0.1, 0.9]: a group that all succeeded or
+    all failed has zero advantages and would only dilute the loss's normaliser."""
+    keep = torch.zeros_like(group, dtype=torch.bool)
+    for g in torch.unique(group):
+        members = group == g
+        mean = torch.nanmean(rewards[members])
+        keep[members] = bool(low <= mean <= high)
+    return keep
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, alive: torch.Tensor, bootstrap: torch.Tensor,
+        gamma: float = 0.99, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over per-transition rewards of whole episodes.
+
+    Args:
+        rewards: [N, C] reward of each transition (for a VLA, one executed action chunk).
+        values: [N, C] critic value of the state each transition started from.
+        alive: [N, C] 1 for real transitions; an episode's real transitions come first.
+        bootstrap: [N] value after an episode's last transition: 0 when it terminated, the
+            critic's value of the final state when it was truncated (time limit).
+        gamma, lam: discount and GAE's lambda (pi_RL: 0.99, 0.95).
+
+    Returns:
+        (advantages, returns), both [N, C] and 0 on padding; ``returns = advantages + values``.
+        ``delta_t = r_t + gamma * V_{t+1} - V_t``, ``A_t = delta_t + gamma * lam * A_{t+1}``.
+    """
+    alive = alive.to(rewards.dtype)
+    n, c = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(n, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(c)):
+        last = alive[:, t] * (1 - (alive[:, t + 1] if t + 1 < c else torch.zeros_like(running)))
+        next_value = last * bootstrap + (1 - last) * (values[:, t + 1] if t + 1 < c else torch.zeros_like(running))
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running * (1 - last)) * alive[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * alive
+
+
+def normalize(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Batch mean/std normalisation over the real entries of ``mask`` (PPO's advantage whitening)."""
+    mask = mask.to(advantages.dtype)
+    count = mask.sum().clamp(min=1.0)
+    mean = (advantages * mask).sum() / count
+    var = (((advantages - mean) * mask) ** 2).sum() / count
+    return (advantages - mean) / (var.sqrt() + eps) * mask

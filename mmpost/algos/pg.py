@@ -21,8 +21,11 @@ def aggregate(per_step: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Ten
 
 def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
-                    aggregation: str = "token_mean") -> tuple[torch.Tensor, dict[str, float]]:
+                    aggregation: str = "token_mean", dual_clip: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """``-min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)`` per action step, aggregated.
+
+    With ``dual_clip = c > 1`` (Ye et al. 2020; pi_RL uses 3), steps with ``A < 0`` are further
+    bounded by ``-c * A``, so a huge ratio on a bad action cannot dominate the batch.
 
     Args:
         logprobs: [N, T] current log-probs (with grad).
@@ -31,6 +34,7 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         mask: [N, T] real action steps.
         clip_low, clip_high: PPO's clip range; ``clip_high > clip_low`` is DAPO's clip-higher.
         aggregation: see :func:`aggregate`.
+        dual_clip: ``c`` of dual-clip PPO; 0 turns it off.
 
     Returns:
         The loss and metrics ``clip_frac`` (fraction of real steps whose ratio was clipped in the
@@ -41,6 +45,8 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     ratio = torch.exp(logprobs - old_logprobs)
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     per_step = -torch.min(ratio * advantages, clipped * advantages)
+    if dual_clip:
+        per_step = torch.where(advantages < 0, torch.min(per_step, -dual_clip * advantages), per_step)
     with torch.no_grad():
         was_clipped = ((ratio < 1 - clip_low) & (advantages < 0)) | ((ratio > 1 + clip_high) & (advantages > 0))
         n = mask.sum().clamp(min=1.0)

@@ -1,0 +1,189 @@
+"""``FlowActionModel``: observation encoder + flow-matching action expert (+ noise and value heads).
+
+A small vision-language-action model in the pi0 mould: the encoder turns (camera image,
+instruction, proprioception) into a context vector; the action expert predicts the velocity of
+an action chunk [H, A] at flow time t given that context; Flow-Noise adds a noise head on the
+expert's hidden features and PPO a value head on the context (pi0.5 puts it on the VLM prefix).
+
+Encoders (``backbone``): ``mlp`` (state + instruction), ``timm:NAME`` (any timm image model,
+random init) and ``vlm`` (a Qwen2-VL-class transformers model reading the image and the
+instruction; mean-pooled last hidden state). Saved with :meth:`save_pretrained` as
+``config.json`` + ``model.safetensors`` and loaded with :meth:`from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+INSTRUCTION_BUCKETS = 4096
+
+
+def mlp(sizes: list[int], activation=nn.SiLU) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class InstructionEncoder(nn.Module):
+    """Bag of hashed words -> mean embedding: enough to read "touch the blue ball", no tokenizer
+    to ship. Words never seen in training keep their small initial vectors."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(INSTRUCTION_BUCKETS, dim, mode="mean")
+        nn.init.normal_(self.embed.weight, std=0.02)
+
+    def forward(self, instructions: list[str]) -> torch.Tensor:
+        ids, offsets = [], []
+        for text in instructions:
+            offsets.append(len(ids))
+            ids.extend(zlib.crc32(w.encode()) % INSTRUCTION_BUCKETS for w in text.lower().split() or [""])
+        device = self.embed.weight.device
+        return self.embed(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))
+
+
+class ImageEncoder(nn.Module):
+    """A timm model (random init, no download) pooled to a feature vector."""
+
+    def __init__(self, name: str, image_size: int):
+        super().__init__()
+        import timm
+
+        self.net = timm.create_model(name, pretrained=False, num_classes=0)
+        with torch.no_grad():
+            self.out_dim = self.net(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # uint8 [B, h, w, 3]
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return self.net((x - 0.5) / 0.25)
+
+
+class VLMEncoder(nn.Module):
+    """A transformers VLM reading the camera image and the instruction; mean of its last hidden
+    states over the prompt (image + text tokens)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.path = path
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.net = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        self.out_dim = self.net.config.get_text_config().hidden_size
+
+    def forward(self, images: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        from PIL import Image
+
+        message = lambda text: [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]  # noqa: E731
+        texts = [self.processor.apply_chat_template(message(t), add_generation_prompt=True, tokenize=False)
+                 for t in instructions]
+        pil = [Image.fromarray(i) for i in images.cpu().numpy()]
+        enc = self.processor(text=texts, images=pil, return_tensors="pt", padding=True).to(images.device)
+        hidden = self.net(**enc, output_hidden_states=True).hidden_states[-1]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
+    angles = t[:, None] * freqs[None] * 100
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class FlowActionModel(nn.Module):
+    """Encoder + action expert. ``config`` keys: state_dim, action_dim, backbone, vlm, hidden,
+    action_horizon, image_size, noise_std_range, detach_critic."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        c = self.config
+        hidden, self.horizon, self.action_dim = c["hidden"], c["action_horizon"], c["action_dim"]
+        self.instruction = InstructionEncoder(64)
+        features = c["state_dim"] + 64
+        self.image, self.vlm = None, None
+        if c["backbone"].startswith("timm:"):
+            self.image = ImageEncoder(c["backbone"].split(":", 1)[1], c["image_size"])
+            features += self.image.out_dim
+        elif c["backbone"] == "vlm":
+            self.vlm = VLMEncoder(c["vlm"])
+            features = c["state_dim"] + self.vlm.out_dim
+        self.context = mlp([features, hidden, hidden])
+        chunk = self.horizon * self.action_dim
+        self.expert = mlp([chunk + 32 + hidden, hidden, hidden, hidden])
+        self.velocity = nn.Linear(hidden, chunk)
+        self.noise_head = mlp([hidden, 64, chunk], activation=nn.Tanh)
+        with torch.no_grad():  # start near the middle of the std range (ReinFlow / RLinf init)
+            self.noise_head[-1].weight.mul_(0.1)
+            self.noise_head[-1].bias.zero_()
+        self.value_head = mlp([hidden, hidden // 2, 1])
+
+    def encode(self, obs: dict) -> torch.Tensor:
+        """[B, hidden] context from ``state`` [B, D], ``instruction`` list and ``image`` [B, h, w, 3]."""
+        state = obs["state"]
+        if self.vlm is not None:
+            parts = [state, self.vlm(obs["image"], obs["instruction"])]
+        else:
+            parts = [state, self.instruction(obs["instruction"])]
+            if self.image is not None:
+                parts.append(self.image(obs["image"]))
+        return self.context(torch.cat(parts, dim=-1))
+
+    def velocity_and_hidden(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
+        """Velocity [B, H, A] of chunk ``x`` at flow times ``t`` [B], and the expert's features."""
+        h = self.expert(torch.cat([x.flatten(1), time_embedding(t), context], dim=-1))
+        return self.velocity(h).view_as(x), h
+
+    def noise_std(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, H, A] Flow-Noise std: log-variance squashed by tanh into the configured std range."""
+        low, high = (2 * math.log(s) for s in self.config["noise_std_range"])
+        logvar = low + (high - low) * (torch.tanh(self.noise_head(hidden)) + 1) / 2
+        return torch.exp(0.5 * logvar).view(-1, self.horizon, self.action_dim)
+
+    def value(self, context: torch.Tensor) -> torch.Tensor:
+        return self.value_head(context.detach() if self.config["detach_critic"] else context).squeeze(-1)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"model_type": "mmpost_flow_action", **self.config}, indent=1))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "FlowActionModel":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a saved FlowActionModel (no config.json)")
+        config = json.loads((path / "config.json").read_text())
+        if config.pop("model_type", None) != "mmpost_flow_action":
+            raise ValueError(f"{path} holds a {config.get('model_type')!r} model, not a flow action model")
+        model = cls(config)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model
+
+
+def as_tensor_obs(obs: dict, device, dtype=torch.float32) -> dict:
+    """Env observations (numpy or torch) as model inputs on ``device``."""
+    out = {"state": torch.as_tensor(np.asarray(obs["state"]) if not torch.is_tensor(obs["state"]) else obs["state"],
+                                    dtype=dtype, device=device),
+           "instruction": list(obs["instruction"])}
+    if obs.get("image") is not None:
+        out["image"] = torch.as_tensor(obs["image"], device=device)
+    return out

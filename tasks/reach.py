@@ -1,0 +1,125 @@
+"""reach: a MuJoCo arm must touch the target its language instruction names.
+
+Few-shot SFT on scripted expert demonstrations (flow matching), then online RL in the
+simulator with the flow policy's Flow-SDE or Flow-Noise log-probs (pi_RL). Rows are initial
+states: ``{"seed": int, "instruction": str}``; episodes from the same seed form a GRPO group.
+Metric: held-out ``success`` (unseen initial states, and an unseen instruction phrasing for
+half of them), with the ODE sampler ("greedy") and the stochastic one ("sampled").
+
+Named recipes (``--recipe NAME``): ``flow_sde_ppo`` (default), ``flow_noise_ppo``,
+``flow_sde_grpo``, ``flow_noise_grpo``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, Stage, TrainConfig
+from mmpost.envs.base import make_env, split_seeds
+
+DEMO_NOISE = 0.3  # std of the noise on the expert's executed actions: imperfect demonstrations
+DEMO_SEED_OFFSET = 5_000_000  # demonstrations come from their own initial states
+
+_GRPO = {"rl.advantage": "group", "rl.batch_size": 8, "rl.group_size": 8, "rl.group_filter": [0.1, 0.9],
+         "rl.epochs": 2, "rl.minibatches": 2}
+
+
+class Reach:
+    """The reach task: data, simulator, policy, reward, metric and recipes."""
+
+    name = "reach"
+    rewards = ["success"]
+    metric = "success"
+    recipes = {
+        "flow_sde_ppo": {"flow.noise_method": "flow_sde"},
+        "flow_noise_ppo": {"flow.noise_method": "flow_noise"},
+        "flow_sde_grpo": {"flow.noise_method": "flow_sde", **_GRPO},
+        "flow_noise_grpo": {"flow.noise_method": "flow_noise", **_GRPO},
+    }
+
+    @staticmethod
+    def default_config() -> TrainConfig:
+        return TrainConfig(
+            task="reach",
+            stages=[
+                Stage(name="sft", kind="sft", data="demos", steps=300, batch_size=64, lr=1e-3, schedule="cosine"),
+                Stage(name="rl", kind="rl", steps=150, batch_size=64, group_size=1, lr=3e-4, schedule="constant",
+                      advantage="gae", epochs=4, minibatches=4, value_lr=1e-3, dual_clip=3.0, clip_low=0.2,
+                      clip_high=0.2, gamma=0.99, lam=0.95),
+            ],
+            data=DataConfig(train_size=20_000, eval_size=256, demos=20),
+            eval=EvalConfig(sampled=True, samples_to_save=4, batch_size=64),
+            env=EnvConfig(num_envs=64, chunk_len=4, max_chunks=8, obs="state"),
+            flow=FlowConfig(noise_method="flow_sde", flow_steps=4, action_horizon=8),
+            checkpoint_every=50)
+
+    def __init__(self, cfg: TrainConfig, reward=None):
+        self.cfg = cfg
+
+    def policy(self, device="cpu"):
+        """A :class:`~mmpost.adapters.flow_policy.FlowActionPolicy` acting in the configured env."""
+        from mmpost.adapters.flow_policy import FlowActionPolicy
+
+        vlm = self.cfg.flow.vlm
+        if self.cfg.flow.backbone == "vlm" and not vlm:
+            from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
+
+            vlm = str(cached_tiny_qwen2vl("tiny-qwen2vl-reach", lambda: [t.format(c) for t in
+                                          ("reach the {} target", "touch the {} ball", "move to the {} one")
+                                          for c in ("red", "green", "blue", "yellow")] * 20,
+                                          preset="tiny", vocab_size=512, image_side=self.cfg.env.image_size, seed=0))
+        return FlowActionPolicy.build(make_env(self.cfg.env), self.cfg.flow, self.cfg.env, path=self.cfg.model,
+                                      vlm_path=vlm, device=device)
+
+    # ------------------------------------------------------------------ data
+
+    def rows(self, split: str) -> list[dict]:
+        """``train`` / ``heldout`` initial states, or ``demos`` (expert (observation, chunk) pairs)."""
+        if split == "demos":
+            return self.demonstrations()
+        from mmpost.envs.reach import episode_spec
+
+        size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
+        return [{"seed": s, "instruction": episode_spec(s)["instruction"]} for s in split_seeds(split, size)]
+
+    def demonstrations(self) -> list[dict]:
+        """(observation, next ``action_horizon`` expert actions) at every control step of
+        ``data.demos`` noisy scripted-expert episodes; a user's JSONL (``state``,
+        ``instruction``, ``actions``) when ``data.path`` is set."""
+        if self.cfg.data.path:
+            from mmpost.data.jsonl import read_jsonl
+
+            return [{"state": np.asarray(r["state"], np.float32), "instruction": r["instruction"],
+                     "actions": np.asarray(r["actions"], np.float32)}
+                    for r in read_jsonl(self.cfg.data.path, required=("state", "instruction", "actions"),
+                                        skip_bad_rows=self.cfg.data.skip_bad_rows)]
+        if self.cfg.env.name not in ("", "reach"):
+            raise ValueError(f"no scripted demonstrations for env {self.cfg.env.name!r}: set data.path to a JSONL "
+                             "of {state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
+        from mmpost.envs.reach import ReachVecEnv
+
+        env_cfg, horizon, n = self.cfg.env, self.cfg.flow.action_horizon, self.cfg.data.demos
+        steps = env_cfg.chunk_len * env_cfg.max_chunks
+        env = ReachVecEnv(n, chunk_len=1, max_chunks=steps, obs=env_cfg.obs, image_size=env_cfg.image_size)
+        rng = np.random.default_rng(self.cfg.seed)
+        obs = env.reset([DEMO_SEED_OFFSET + i for i in range(n)])
+        records, actions, alive = [], [], []
+        for _ in range(steps):
+            action = np.clip(env.expert() + rng.normal(0, DEMO_NOISE, (n, env.action_dim)), -1, 1)
+            records.append(obs)
+            actions.append(action)
+            alive.append(~env.done.copy())
+            obs, *_ = env.chunk_step(action[:, None])
+        env.close()
+        actions, alive = np.stack(actions, 1), np.stack(alive, 1)  # [n, steps, A], [n, steps]
+        actions = actions * alive[..., None]  # after the episode ends the expert holds still
+        padded = np.concatenate([actions, np.zeros((n, horizon, env.action_dim))], 1)
+        rows = []
+        for t, record in enumerate(records):
+            for i in np.flatnonzero(alive[:, t]):
+                row = {"state": record["state"][i], "instruction": record["instruction"][i],
+                       "actions": padded[i, t:t + horizon].astype(np.float32)}
+                if "image" in record:
+                    row["image"] = record["image"][i]
+                rows.append(row)
+        return rows
