@@ -1,10 +1,12 @@
 """``reach``: a real MuJoCo scene where a planar two-link arm must touch the target the
 instruction names ("touch the blue ball") among four coloured targets.
 
-The arm has position servos on both joints; an action is a joint-target change in [-1, 1]
-(scaled by :data:`ACTION_SCALE` rad) per control step of 0.05 s (10 physics steps). The state
-observation lists all four targets in a fixed colour order, so the policy must read the
-instruction to know which one to reach. Success: the fingertip within :data:`SUCCESS_RADIUS` m
+The arm has position servos on both joints. An action is an end-effector displacement in
+[-1, 1]^2 (scaled by :data:`ACTION_SCALE` m) per control step of 0.05 s (10 physics steps),
+turned into joint targets by damped least-squares inverse kinematics on MuJoCo's site Jacobian,
+like the end-effector delta controllers of LIBERO and ManiSkill (``pd_ee_delta_pos``). The state
+observation lists all four targets (relative to the fingertip) in a fixed colour order, so the
+policy must read the instruction to know which one to reach. Success: the fingertip within :data:`SUCCESS_RADIUS` m
 of the named target; the episode then terminates with reward 1 (sparse).
 
 Physics is batched as several ``MjData`` in one process (one shared ``MjModel``); images come
@@ -26,7 +28,8 @@ COLORS = {"red": "1 0.1 0.1 1", "green": "0.1 0.8 0.1 1", "blue": "0.1 0.2 1 1",
 TRAIN_TEMPLATES = ["reach the {} target", "touch the {} ball", "move to the {} one"]
 HELDOUT_TEMPLATES = ["go to the {} sphere"]  # phrasing never seen in training
 LINK = 0.12  # both links, m
-ACTION_SCALE = 0.3  # rad of joint-target change per unit action
+ACTION_SCALE = 0.03  # m of end-effector displacement per unit action and control step
+IK_DAMPING = 0.01
 FRAME_SKIP = 10
 SUCCESS_RADIUS = 0.02
 STATE_DIM = 6 + 2 + 2 * len(COLORS)
@@ -97,18 +100,9 @@ def wrap(angle):
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
-def expert_action(qpos: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
-    """Scripted expert: analytic inverse kinematics to the goal, the nearer elbow solution,
-    then a clipped joint-target step towards it (used for the few-shot demonstrations)."""
-    x, y = goal_xy
-    cos_elbow = np.clip((x * x + y * y - 2 * LINK**2) / (2 * LINK**2), -1.0, 1.0)
-    best = None
-    for elbow in (np.arccos(cos_elbow), -np.arccos(cos_elbow)):
-        shoulder = np.arctan2(y, x) - np.arctan2(LINK * np.sin(elbow), LINK * (1 + np.cos(elbow)))
-        delta = np.array([wrap(shoulder - qpos[0]), elbow - qpos[1]])
-        if best is None or np.abs(delta).sum() < np.abs(best).sum():
-            best = delta
-    return np.clip(best / ACTION_SCALE, -1.0, 1.0)
+def expert_action(tip_xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+    """Scripted expert: move the fingertip straight at the goal, at most full speed."""
+    return np.clip((goal_xy - tip_xy) / ACTION_SCALE, -1.0, 1.0)
 
 
 class ReachVecEnv:
@@ -188,7 +182,7 @@ class ReachVecEnv:
             for h in range(self.chunk_len):
                 if self.done[i]:
                     break
-                target = data.qpos + ACTION_SCALE * np.clip(actions[i, h], -1.0, 1.0)
+                target = data.qpos + self._joint_step(data, ACTION_SCALE * np.clip(actions[i, h], -1.0, 1.0))
                 data.ctrl[:] = [target[0], np.clip(target[1], -2.8, 2.8)]
                 mujoco.mj_step(self.model, data, nstep=FRAME_SKIP)
                 if i in self._recording:
@@ -208,6 +202,13 @@ class ReachVecEnv:
                 self._reset_one(i, self.seeds[i] + 1_000_003 * self._resets)
             obs = self.observe()
         return obs, rewards, terminated, truncated, info
+
+    def _joint_step(self, data, displacement: np.ndarray) -> np.ndarray:
+        """Joint change moving the fingertip by ``displacement`` (damped least squares)."""
+        jacobian = np.zeros((3, self.model.nv))
+        self._mujoco.mj_jacSite(self.model, data, jacobian, None, self.tip)
+        j = jacobian[:2]
+        return j.T @ np.linalg.solve(j @ j.T + IK_DAMPING**2 * np.eye(2), displacement)
 
     def record(self, index: list[int]) -> None:
         """Render envs ``index`` after every control step from the next reset on (for videos)."""
@@ -233,9 +234,10 @@ class ReachVecEnv:
         rows = []
         for i, data in enumerate(self.data):
             q, qd = data.qpos, data.qvel
-            row = [np.cos(q), np.sin(q), 0.1 * qd, 5.0 * data.site_xpos[self.tip][:2]]
-            if self.obs_mode == "state":
-                row.append(5.0 * self.specs[i]["targets"].ravel())
+            tip = data.site_xpos[self.tip][:2]
+            row = [np.cos(q), np.sin(q), 0.1 * qd, 5.0 * tip]
+            if self.obs_mode == "state":  # targets relative to the fingertip, as ManiSkill's tcp_to_goal_pos
+                row.append(5.0 * (self.specs[i]["targets"] - tip).ravel())
             rows.append(np.concatenate(row))
         obs = {"state": np.asarray(rows, dtype=np.float32),
                "instruction": [spec["instruction"] for spec in self.specs]}
@@ -256,4 +258,5 @@ class ReachVecEnv:
 
     def expert(self) -> np.ndarray:
         """[N, A] the scripted expert's action for every env's current state."""
-        return np.stack([expert_action(d.qpos, s["targets"][s["goal"]]) for d, s in zip(self.data, self.specs)])
+        return np.stack([expert_action(d.site_xpos[self.tip][:2], s["targets"][s["goal"]])
+                         for d, s in zip(self.data, self.specs)])

@@ -6,8 +6,12 @@ Examples::
     mmpost train --task chart2code --max-steps 20 --set rl.group_size=4 --set data.train_size=200
     mmpost train --task chart2code --reward my_rewards.py:count_words --rewards chart_render,count_words
     mmpost train --resume runs/chart2code-20261127-101500
+    mmpost train --task reach                                  # MuJoCo arm, few-shot SFT then PPO
+    mmpost train --task reach --recipe flow_noise_grpo
+    mmpost train --task reach --env maniskill:PickCube-v1 --set sft.steps=0   # GPU extra
     mmpost list
     mmpost bench-sandbox --n 300
+    mmpost bench-env
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ def _train(args) -> None:
             if user_rewards and rewards is None:  # --reward alone adds to the task's default rewards
                 rewards = list(mmpost.TASKS.get(args.task).rewards) + user_rewards
             weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+            overrides = parse_set(args.set or [])
+            if args.env:
+                overrides["env.name"] = args.env
             cfg = mmpost.build_config(args.task, model=args.model or "", recipe=args.recipe, rewards=rewards,
                                       weights=weights, seed=args.seed, max_steps=args.max_steps,
-                                      output_dir=args.output_dir, overrides=parse_set(args.set or []))
+                                      output_dir=args.output_dir, overrides=overrides)
     except (KeyError, ValueError, FileNotFoundError, AttributeError) as error:
         _fail(error)
     try:
         train(cfg, resume=args.resume)
-    except (DataError, FileExistsError, PermissionError) as error:  # bad data or run directory
+    except (DataError, FileExistsError, PermissionError, ImportError) as error:  # bad data, run dir, missing extra
         _fail(error)
 
 
@@ -54,11 +61,16 @@ def _fail(error: BaseException) -> None:
 
 
 def _list(args) -> None:
-    from mmpost.registry import REWARDS, TASKS
+    from mmpost.registry import ENVS, REWARDS, TASKS
 
     print("tasks:   " + ", ".join(TASKS.names()))
+    for name in TASKS.names():
+        recipes = getattr(TASKS.get(name), "recipes", {})
+        if recipes:
+            print(f"  {name} recipes: " + ", ".join(recipes))
     print("rewards: " + ", ".join(REWARDS.names()))
-    print("stage kinds: sft, rl (GRPO)")
+    print("envs:    " + ", ".join(ENVS.names()))
+    print("stage kinds: sft, rl (advantage: group = GRPO, gae = PPO with a value head)")
 
 
 def _bench_sandbox(args) -> None:
@@ -78,6 +90,17 @@ def _bench_sandbox(args) -> None:
           f"= {args.n / seconds * 60:.0f} executions/min ({ok} ok); network isolation: {box.network}")
 
 
+def _bench_env(args) -> None:
+    import json
+
+    from mmpost.bench_env import run
+
+    results = run(args.envs, iterations=args.iterations, quick=args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a task (SFT then RL by default)")
     t.add_argument("--task", default="chart2code", help="task name (see `mmpost list`)")
     t.add_argument("--model", help="local path or hub id of a checkpoint (default: tiny offline model)")
-    t.add_argument("--recipe", help="YAML file with `stages:` replacing the task's default recipe")
+    t.add_argument("--recipe", help="a task's named recipe (`mmpost list`) or a YAML file with `stages:`")
+    t.add_argument("--env", help="simulator for robot tasks: reach (default), maniskill:ENV_ID, libero:SUITE")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     t.add_argument("--rewards", help="comma-separated reward names (default: the task's)")
     t.add_argument("--weights", help="comma-separated reward weights")
@@ -102,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=300)
     b.add_argument("--workers", type=int, default=2)
     b.set_defaults(func=_bench_sandbox)
+    e = sub.add_parser("bench-env", help="simulator throughput and RL iteration cost split (reach scene)")
+    e.add_argument("--envs", type=int, default=64, help="parallel envs")
+    e.add_argument("--iterations", type=int, default=6, help="RL iterations per case (median reported)")
+    e.add_argument("--quick", action="store_true", help="short version (for tests)")
+    e.add_argument("--json", help="also write the results to this file")
+    e.set_defaults(func=_bench_env)
     return parser
 
 

@@ -48,6 +48,7 @@ class Stage:
     value_coef: float = 1.0  # gae: weight of the critic loss
     value_lr: float = 0.0  # gae: learning rate of the value head (0 = lr)
     value_clip: float = 0.2  # gae: PPO value clipping (0 = off)
+    bootstrap_truncated: bool = False  # gae: bootstrap from the critic at the time limit (False: the limit is terminal)
     dual_clip: float = 0.0  # rl: dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
     group_filter: list = field(default_factory=list)  # rl: [low, high] keep groups whose mean reward is inside
 

@@ -104,7 +104,8 @@ def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
         if rollout.values is None or rollout.step_rewards is None:
             raise ValueError(f"stage {stage.name!r}: advantage 'gae' needs a policy with a value head acting "
                              "in an environment (per-transition rewards and values)")
-        advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, rollout.bootstrap,
+        bootstrap = rollout.bootstrap if stage.bootstrap_truncated else torch.zeros_like(rollout.bootstrap)
+        advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, bootstrap,
                                           stage.gamma, stage.lam)
         if stage.normalize_advantages:
             advantages = normalize(advantages, rollout.alive)

@@ -17,7 +17,7 @@ import numpy as np
 from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, Stage, TrainConfig
 from mmpost.envs.base import make_env, split_seeds
 
-DEMO_NOISE = 0.3  # std of the noise on the expert's executed actions: imperfect demonstrations
+DEMO_NOISE = float(__import__("os").environ.get("DEMO_NOISE", "0.3"))  # std of the noise on the expert's executed actions: imperfect demonstrations
 DEMO_SEED_OFFSET = 5_000_000  # demonstrations come from their own initial states
 
 _GRPO = {"rl.advantage": "group", "rl.batch_size": 8, "rl.group_size": 8, "rl.group_filter": [0.1, 0.9],

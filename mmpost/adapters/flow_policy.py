@@ -185,7 +185,7 @@ class FlowActionPolicy:
                "rewards": torch.zeros(n, C), "values": torch.zeros(n, C), "bootstrap": torch.zeros(n),
                "image": None, "instruction": list(obs["instruction"][:n])}
         if "image" in obs:
-            out["image"] = torch.zeros(n, C, *np.asarray(obs["image"]).shape[1:], dtype=torch.uint8)
+            out["image"] = torch.zeros(n, C, *tuple(obs["image"].shape)[1:], dtype=torch.uint8)
         done = np.zeros(env.num_envs, dtype=bool)
         terminated = np.zeros(env.num_envs, dtype=bool)
         success = np.zeros(env.num_envs, dtype=bool)

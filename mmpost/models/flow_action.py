@@ -111,15 +111,19 @@ class FlowActionModel(nn.Module):
         c = self.config
         hidden, self.horizon, self.action_dim = c["hidden"], c["action_horizon"], c["action_dim"]
         self.instruction = InstructionEncoder(64)
-        features = c["state_dim"] + 64
+        features = c["state_dim"]
         self.image, self.vlm = None, None
         if c["backbone"].startswith("timm:"):
             self.image = ImageEncoder(c["backbone"].split(":", 1)[1], c["image_size"])
             features += self.image.out_dim
         elif c["backbone"] == "vlm":
             self.vlm = VLMEncoder(c["vlm"])
-            features = c["state_dim"] + self.vlm.out_dim
-        self.context = mlp([features, hidden, hidden])
+            features += self.vlm.out_dim
+        self.observation = mlp([features, hidden, hidden])
+        # FiLM (as RT-1): the instruction scales and shifts the observation features, so "which
+        # target" is a multiplicative choice, which a plain MLP on concatenated inputs learns slowly
+        self.film = nn.Linear(64, 2 * hidden)
+        self.context = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden))
         chunk = self.horizon * self.action_dim
         self.expert = mlp([chunk + 32 + hidden, hidden, hidden, hidden])
         self.velocity = nn.Linear(hidden, chunk)
@@ -131,14 +135,13 @@ class FlowActionModel(nn.Module):
 
     def encode(self, obs: dict) -> torch.Tensor:
         """[B, hidden] context from ``state`` [B, D], ``instruction`` list and ``image`` [B, h, w, 3]."""
-        state = obs["state"]
-        if self.vlm is not None:
-            parts = [state, self.vlm(obs["image"], obs["instruction"])]
-        else:
-            parts = [state, self.instruction(obs["instruction"])]
-            if self.image is not None:
-                parts.append(self.image(obs["image"]))
-        return self.context(torch.cat(parts, dim=-1))
+        parts = [obs["state"]]
+        if self.vlm is not None:  # the VLM reads the instruction together with the image
+            parts.append(self.vlm(obs["image"], obs["instruction"]))
+        elif self.image is not None:
+            parts.append(self.image(obs["image"]))
+        scale, shift = self.film(self.instruction(obs["instruction"])).chunk(2, dim=-1)
+        return self.context(self.observation(torch.cat(parts, dim=-1)) * (1 + scale) + shift)
 
     def velocity_and_hidden(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor):
         """Velocity [B, H, A] of chunk ``x`` at flow times ``t`` [B], and the expert's features."""

@@ -1,0 +1,126 @@
+"""LIBERO suites (robosuite + MuJoCo, off-screen EGL rendering) behind the chunk interface.
+
+Optional extra: ``pip install 'mmpost[libero]'`` then ``pip install --no-deps robomimic==0.2.0``
+(its declared torchvision pin would replace the matched torch pair). LIBERO's assets are not on
+PyPI and are never downloaded by mmpost: point ``LIBERO_ROOT`` at the ``libero/libero`` folder
+of your local copy of the LIBERO repository (it holds ``bddl_files/``, ``init_files/`` and
+``assets/``). mmpost pre-writes LIBERO's ``config.yaml`` so that importing it never prompts.
+
+robosuite is single-env, so each worker process holds a list of envs; use ``env.workers`` to
+spread them over processes. Rendering is the cost: about 5 env steps/s per core on CPU, so this
+is for GPU nodes with EGL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SETTLE_STEPS = 10  # LIBERO convention: no-op steps after set_init_state so objects come to rest
+
+
+def _prepare_config() -> None:
+    root = os.environ.get("LIBERO_ROOT")
+    if not root or not (Path(root) / "bddl_files").is_dir():
+        raise FileNotFoundError("LIBERO needs its assets from your local copy: set LIBERO_ROOT to the "
+                                "libero/libero folder of the LIBERO repository (with bddl_files/, init_files/, "
+                                "assets/); mmpost never downloads them")
+    from mmpost.models.tiny_qwen2vl import mmpost_home
+
+    config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(mmpost_home() / "libero")))
+    config_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(root)
+    (config_dir / "config.yaml").write_text(
+        f"benchmark_root: {root}\nbddl_files: {root / 'bddl_files'}\ninit_states: {root / 'init_files'}\n"
+        f"datasets: {root.parent / 'datasets'}\nassets: {root / 'assets'}\n")
+
+
+def _require():
+    import importlib.util
+
+    if importlib.util.find_spec("libero") is None:
+        raise ImportError("the LIBERO env needs the optional extra: pip install 'mmpost[libero]' "
+                          "(then pip install --no-deps robomimic==0.2.0)")
+    _prepare_config()  # before the import, which otherwise asks for paths on stdin
+    try:
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+    except ImportError as error:
+        raise ImportError("the LIBERO env needs the optional extra: pip install 'mmpost[libero]' "
+                          f"(then pip install --no-deps robomimic==0.2.0); import failed: {error}") from None
+    return benchmark, get_libero_path, OffScreenRenderEnv
+
+
+def _axis_angle(quat: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) to axis-angle, as openpi's LIBERO example."""
+    w = np.clip(quat[3], -1.0, 1.0)
+    den = np.sqrt(1.0 - w * w)
+    return np.zeros(3) if den < 1e-8 else quat[:3] * 2.0 * np.arccos(w) / den
+
+
+class LiberoChunkEnv:
+    """``num_envs`` instances of one LIBERO task; ``env_id`` is ``SUITE`` or ``SUITE/TASK_ID``
+    (e.g. ``libero_spatial/3``). A seed picks one of the task's benchmark initial states."""
+
+    action_dim = 7
+    state_dim = 8  # end-effector position, axis-angle, two gripper joints
+
+    def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,
+                 obs: str = "image", image_size: int = 128):
+        benchmark, get_libero_path, OffScreenRenderEnv = _require()
+        suite_name, _, task_id = env_id.partition("/")
+        suite = benchmark.get_benchmark_dict()[suite_name]()
+        task = suite.get_task(int(task_id or 0))
+        self.init_states = suite.get_task_init_states(int(task_id or 0))
+        bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        self.envs = [OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size)
+                     for _ in range(num_envs)]
+        self.num_envs, self.chunk_len, self.max_chunks, self.obs_mode = num_envs, chunk_len, max_chunks, obs
+        self.instruction = task.language
+        self.last, self.done, self.success = [None] * num_envs, np.zeros(num_envs, bool), np.zeros(num_envs, bool)
+        self.steps = np.zeros(num_envs, int)
+
+    def _obs(self) -> dict:
+        state = np.stack([np.concatenate([o["robot0_eef_pos"], _axis_angle(o["robot0_eef_quat"]),
+                                          o["robot0_gripper_qpos"]]) for o in self.last]).astype(np.float32)
+        obs = {"state": state, "instruction": [self.instruction] * self.num_envs}
+        if self.obs_mode == "image":  # LIBERO's camera is upside down
+            obs["image"] = np.stack([o["agentview_image"][::-1, ::-1] for o in self.last])
+        return obs
+
+    def reset(self, seeds: list[int]) -> dict:
+        for i, (env, seed) in enumerate(zip(self.envs, seeds)):
+            env.reset()
+            self.last[i] = env.set_init_state(self.init_states[int(seed) % len(self.init_states)])
+            for _ in range(SETTLE_STEPS):
+                self.last[i], *_ = env.step([0.0] * 6 + [-1.0])
+        self.done[:], self.success[:], self.steps[:] = False, False, 0
+        return self._obs()
+
+    def chunk_step(self, actions):
+        actions = np.asarray(actions, dtype=np.float64)
+        rewards = np.zeros((self.num_envs, self.chunk_len), np.float32)
+        terminated, was_done = np.zeros(self.num_envs, bool), self.done.copy()
+        for i, env in enumerate(self.envs):
+            for h in range(self.chunk_len):
+                if self.done[i]:
+                    break
+                self.last[i], reward, finished, _ = env.step(actions[i, h])
+                self.steps[i] += 1
+                rewards[i, h] = reward
+                if finished:  # LIBERO's done means the task's goal predicates hold
+                    self.success[i] = terminated[i] = self.done[i] = True
+            if self.steps[i] >= self.chunk_len * self.max_chunks:
+                self.done[i] = True
+        truncated = self.done & ~terminated & ~was_done
+        return self._obs(), rewards, terminated, truncated, {"success": self.success.copy()}
+
+    def render(self, index=None):
+        index = range(self.num_envs) if index is None else index
+        return np.stack([self.last[i]["agentview_image"][::-1, ::-1] for i in index])
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
