@@ -134,6 +134,7 @@ class ReachVecEnv:
         self.model = mujoco.MjModel.from_xml_string(scene_xml(image_size))
         self.data = [mujoco.MjData(self.model) for _ in range(num_envs)]
         self.tip = self.model.site("tip").id
+        self._jacobian = np.zeros((3, self.model.nv))
         self._renderer = None
         self.seeds = [0] * num_envs
         self.specs: list[dict] = []
@@ -204,11 +205,15 @@ class ReachVecEnv:
         return obs, rewards, terminated, truncated, info
 
     def _joint_step(self, data, displacement: np.ndarray) -> np.ndarray:
-        """Joint change moving the fingertip by ``displacement`` (damped least squares)."""
-        jacobian = np.zeros((3, self.model.nv))
-        self._mujoco.mj_jacSite(self.model, data, jacobian, None, self.tip)
-        j = jacobian[:2]
-        return j.T @ np.linalg.solve(j @ j.T + IK_DAMPING**2 * np.eye(2), displacement)
+        """Joint change moving the fingertip by ``displacement``: damped least squares,
+        ``J^T (J J^T + lambda^2 I)^-1 d``, with the 2x2 inverse written out (this runs per env
+        and control step)."""
+        self._mujoco.mj_jacSite(self.model, data, self._jacobian, None, self.tip)
+        j = self._jacobian[:2]
+        a, b, d = j[0] @ j[0] + IK_DAMPING**2, j[0] @ j[1], j[1] @ j[1] + IK_DAMPING**2
+        x, y = displacement
+        det = a * d - b * b
+        return j.T @ np.array([(d * x - b * y) / det, (a * y - b * x) / det])
 
     def record(self, index: list[int]) -> None:
         """Render envs ``index`` after every control step from the next reset on (for videos)."""

@@ -17,11 +17,11 @@ import numpy as np
 from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, Stage, TrainConfig
 from mmpost.envs.base import make_env, split_seeds
 
-DEMO_NOISE = float(__import__("os").environ.get("DEMO_NOISE", "0.3"))  # std of the noise on the expert's executed actions: imperfect demonstrations
+DEMO_NOISE = 0.3  # std of the noise on the expert's executed actions: imperfect demonstrations
 DEMO_SEED_OFFSET = 5_000_000  # demonstrations come from their own initial states
 
-_GRPO = {"rl.advantage": "group", "rl.batch_size": 8, "rl.group_size": 8, "rl.group_filter": [0.1, 0.9],
-         "rl.epochs": 2, "rl.minibatches": 2}
+# pi_RL's GRPO: groups of episodes from one initial state, groups that all succeed or all fail dropped
+_GRPO = {"rl.advantage": "group", "rl.batch_size": 16, "rl.group_size": 8, "rl.group_filter": [0.1, 0.9]}
 
 
 class Reach:
@@ -42,14 +42,15 @@ class Reach:
         return TrainConfig(
             task="reach",
             stages=[
-                Stage(name="sft", kind="sft", data="demos", steps=300, batch_size=64, lr=1e-3, schedule="cosine"),
-                Stage(name="rl", kind="rl", steps=150, batch_size=64, group_size=1, lr=3e-4, schedule="constant",
-                      advantage="gae", epochs=4, minibatches=4, value_lr=1e-3, dual_clip=3.0, clip_low=0.2,
+                Stage(name="sft", kind="sft", data="demos", steps=2000, batch_size=64, lr=1e-3, schedule="cosine"),
+                # PPO as pi_RL: GAE 0.99/0.95, clip 0.2, dual-clip 3, critic with its own learning rate
+                Stage(name="rl", kind="rl", steps=800, batch_size=128, group_size=1, lr=1e-4, schedule="constant",
+                      advantage="gae", epochs=2, minibatches=2, value_lr=1e-3, dual_clip=3.0, clip_low=0.2,
                       clip_high=0.2, gamma=0.99, lam=0.95),
             ],
-            data=DataConfig(train_size=20_000, eval_size=256, demos=20),
-            eval=EvalConfig(sampled=True, samples_to_save=4, batch_size=64),
-            env=EnvConfig(num_envs=64, chunk_len=4, max_chunks=8, obs="state"),
+            data=DataConfig(train_size=100_000, eval_size=256, demos=200),
+            eval=EvalConfig(sampled=True, samples_to_save=4, batch_size=128),
+            env=EnvConfig(num_envs=128, chunk_len=4, max_chunks=8, obs="state"),
             flow=FlowConfig(noise_method="flow_sde", flow_steps=4, action_horizon=8),
             checkpoint_every=50)
 
@@ -77,10 +78,12 @@ class Reach:
         """``train`` / ``heldout`` initial states, or ``demos`` (expert (observation, chunk) pairs)."""
         if split == "demos":
             return self.demonstrations()
+        if split == "train":  # the env derives everything from the seed
+            return [{"seed": s} for s in split_seeds("train", self.cfg.data.train_size)]
         from mmpost.envs.reach import episode_spec
 
-        size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
-        return [{"seed": s, "instruction": episode_spec(s)["instruction"]} for s in split_seeds(split, size)]
+        return [{"seed": s, "instruction": episode_spec(s)["instruction"]}
+                for s in split_seeds(split, self.cfg.data.eval_size)]
 
     def demonstrations(self) -> list[dict]:
         """(observation, next ``action_horizon`` expert actions) at every control step of
