@@ -154,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError("reward_weights needs one weight per reward")
+        if self.flow.backbone != "mlp" and self.env.obs != "image":
+            raise ValueError(f"flow.backbone={self.flow.backbone!r} reads camera images: set env.obs=image")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")

@@ -74,11 +74,15 @@ class VLMEncoder(nn.Module):
 
     def __init__(self, path: str):
         super().__init__()
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         self.path = path
         self.processor = AutoProcessor.from_pretrained(path)
-        self.net = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        local = Path(path)
+        if not local.is_dir() or any(local.glob("*.safetensors")) or any(local.glob("*.bin")):  # hub id or checkpoint
+            self.net = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        else:  # saved inside a FlowActionModel: weights come with the outer model.safetensors
+            self.net = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path))
         self.out_dim = self.net.config.get_text_config().hidden_size
 
     def forward(self, images: torch.Tensor, instructions: list[str]) -> torch.Tensor:
@@ -160,16 +164,21 @@ class FlowActionModel(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps({"model_type": "mmpost_flow_action", **self.config}, indent=1))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
+        config = dict(self.config)
+        if self.vlm is not None:  # the backbone's processor and config travel with the model
+            self.vlm.processor.save_pretrained(path / "vlm")
+            self.vlm.net.config.save_pretrained(path / "vlm")
+            config["vlm"] = "vlm"
+        (path / "config.json").write_text(json.dumps({"model_type": "mmpost_flow_action", **config}, indent=1))
+        save_model(self, str(path / "model.safetensors"))  # handles tied weights (e.g. a VLM's embeddings)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "FlowActionModel":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -177,8 +186,10 @@ class FlowActionModel(nn.Module):
         config = json.loads((path / "config.json").read_text())
         if config.pop("model_type", None) != "mmpost_flow_action":
             raise ValueError(f"{path} holds a {config.get('model_type')!r} model, not a flow action model")
+        if config.get("backbone") == "vlm" and config.get("vlm") == "vlm":
+            config["vlm"] = str(path / "vlm")
         model = cls(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        load_model(model, str(path / "model.safetensors"))
         return model
 
 
