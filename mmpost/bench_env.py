@@ -64,7 +64,7 @@ def run(num_envs: int = 64, workers: tuple[int, ...] = (1, 2), iterations: int =
             rate = env_throughput(num_envs, obs, w, seconds)
             results["env"].append({"obs": obs, "workers": w, "steps_per_s": rate})
             print(f"{obs:<8}{w:>8}{rate:>12.0f}")
-    cases = {"state + mlp": {}, "image + timm:resnet10t": {"env.obs": "image", "flow.backbone": "timm:resnet10t"}}
+    cases = {"state + mlp": {}, "image + timm:resnet10t": {"env.obs": "image"}}
     print(f"\nRL iteration (PPO, {num_envs} episodes of up to 8 chunks): median seconds")
     print(f"{'case':<24}{'total':>8}{'simulate':>10}{'infer':>8}{'update':>8}{'env steps/s':>13}")
     for name, overrides in cases.items():

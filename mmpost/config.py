@@ -95,7 +95,7 @@ class EnvConfig:
 class FlowConfig:
     """The flow-matching action policy (:class:`~mmpost.adapters.flow_policy.FlowActionPolicy`)."""
 
-    backbone: str = "mlp"  # "mlp" (state + instruction) | "timm:NAME" (image encoder) | "vlm" (a Qwen2-VL-class model)
+    backbone: str = ""  # "" = mlp for env.obs=state, timm:resnet10t for image | "mlp" | "timm:NAME" | "vlm" (Qwen2-VL class)
     vlm: str = ""  # vlm backbone checkpoint (local dir or hub id); "" = the tiny offline Qwen2-VL
     train_backbone: bool = True  # False freezes the image/VLM encoder (pi_RL trains the action expert only)
     hidden: int = 256  # width of the encoder and action-expert MLPs
@@ -114,7 +114,7 @@ class FlowConfig:
             raise ValueError(f"flow.logprob_level must be 'chunk' or 'element', got {self.logprob_level!r}")
         if self.flow_steps < 1 or self.action_horizon < 1:
             raise ValueError("flow.flow_steps and flow.action_horizon must be >= 1")
-        if not (self.backbone in ("mlp", "vlm") or self.backbone.startswith("timm:")):
+        if not (self.backbone in ("", "mlp", "vlm") or self.backbone.startswith("timm:")):
             raise ValueError(f"flow.backbone must be 'mlp', 'vlm' or 'timm:NAME', got {self.backbone!r}")
         self.noise_std_range = [float(v) for v in self.noise_std_range]
 
@@ -154,8 +154,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError("reward_weights needs one weight per reward")
-        if self.flow.backbone != "mlp" and self.env.obs != "image":
+        if self.flow.backbone not in ("", "mlp") and self.env.obs != "image":
             raise ValueError(f"flow.backbone={self.flow.backbone!r} reads camera images: set env.obs=image")
+        if self.flow.backbone == "mlp" and self.env.obs == "image":
+            raise ValueError("flow.backbone=mlp cannot see camera images: use timm:NAME or vlm with env.obs=image")
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")

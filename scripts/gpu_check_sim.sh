@@ -32,10 +32,10 @@ check "reach on GPU (torch policy, CPU MuJoCo)" mujoco --set env.num_envs=256 --
 check "ManiSkill PickCube-v1 (state)" mani_skill --env maniskill:PickCube-v1 --set env.num_envs=256 \
   --set rl.batch_size=256 --set env.max_chunks=20
 check "ManiSkill PickCube-v1 (rgb, timm encoder)" mani_skill --env maniskill:PickCube-v1 --set env.obs=image \
-  --set flow.backbone=timm:resnet10t --set env.num_envs=64 --set rl.batch_size=64 --set env.max_chunks=20
+  --set env.num_envs=64 --set rl.batch_size=64 --set env.max_chunks=20
 if [ -n "${LIBERO_ROOT:-}" ]; then
   check "LIBERO libero_spatial/0 (image)" libero --env libero:libero_spatial/0 --set env.obs=image \
-    --set flow.backbone=timm:resnet10t --set env.num_envs=8 --set env.workers=4 --set rl.batch_size=8 \
+    --set env.num_envs=8 --set env.workers=4 --set rl.batch_size=8 \
     --set env.chunk_len=5 --set env.max_chunks=44 --set flow.action_horizon=10 --set env.image_size=128
 else
   echo "SKIP LIBERO: LIBERO_ROOT is not set (assets come from your local LIBERO copy)"

@@ -70,7 +70,7 @@ class Reach:
         from mmpost.adapters.flow_policy import FlowActionPolicy
 
         vlm = self.cfg.flow.vlm
-        if self.cfg.flow.backbone == "vlm" and not vlm:
+        if self.cfg.flow.backbone == "vlm" and not vlm:  # the tiny Qwen2-VL, trained tokenizer on the phrasings
             from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
             vlm = str(cached_tiny_qwen2vl("tiny-qwen2vl-reach", lambda: [t.format(c) for t in

@@ -121,3 +121,23 @@ def test_bench_env_quick(tmp_path, mmpost_home):
     for case in results["rl"]:
         parts = case["time/simulate"] + case["time/infer"] + case["time/update"]
         assert case["seconds"] > 0 and 0 < parts <= case["seconds"] * 1.01  # the split fits inside the total
+
+
+def test_backbone_follows_the_observations(mmpost_home):
+    import mmpost as api
+    from mmpost.tasks.reach import Reach
+
+    with pytest.raises(ValueError, match="cannot see camera images"):
+        api.build_config("reach", overrides={"env.obs": "image", "flow.backbone": "mlp"})
+    with pytest.raises(ValueError, match="reads camera images"):
+        api.build_config("reach", overrides={"flow.backbone": "vlm"})
+    cfg = api.build_config("reach", overrides={"env.obs": "image", "env.num_envs": 2})
+    policy = Reach(cfg).policy()
+    try:
+        assert policy.model.config["backbone"] == "timm:resnet10t" and policy.model.image is not None
+        rollout = policy.rollout([{"seed": 1}], 2)
+        assert rollout.actions.image.shape[-3:] == (64, 64, 3)
+        with torch.no_grad():
+            assert torch.allclose(policy.logprobs(rollout), rollout.logprobs, atol=1e-4)
+    finally:
+        policy.close()

@@ -31,6 +31,7 @@ from mmpost.config import EnvConfig, FlowConfig
 from mmpost.models.flow_action import FlowActionModel, as_tensor_obs
 from mmpost.types import Rollout
 
+DEFAULT_IMAGE_BACKBONE = "timm:resnet10t"
 GREEDY, ALL_STEPS = -2, -1  # values of FlowActions.stochastic_step besides a step index
 
 
@@ -83,16 +84,18 @@ class FlowActionPolicy:
     def build(cls, env, flow: FlowConfig, env_cfg: EnvConfig, path: str = "", vlm_path: str = "",
               device="cpu") -> "FlowActionPolicy":
         """A fresh model sized for ``env`` (or the one saved in ``path``)."""
+        backbone = flow.backbone or ("mlp" if env_cfg.obs == "state" else DEFAULT_IMAGE_BACKBONE)
         if path:
             model = FlowActionModel.from_pretrained(path)
         else:
             model = FlowActionModel({
-                "state_dim": env.state_dim, "action_dim": env.action_dim, "backbone": flow.backbone,
+                "state_dim": env.state_dim, "action_dim": env.action_dim, "backbone": backbone,
                 "vlm": vlm_path, "hidden": flow.hidden, "action_horizon": flow.action_horizon,
                 "image_size": env_cfg.image_size, "noise_std_range": flow.noise_std_range,
                 "detach_critic": flow.detach_critic})
-        if flow.backbone != "mlp" and env_cfg.obs != "image":
-            raise ValueError(f"flow.backbone={flow.backbone!r} reads camera images: set env.obs=image")
+        if (model.config["backbone"] != "mlp") != (env_cfg.obs == "image"):
+            raise ValueError(f"backbone {model.config['backbone']!r} does not match env.obs={env_cfg.obs!r}: "
+                             "mlp reads state observations, timm:NAME and vlm read camera images")
         for encoder in (model.image, model.vlm):
             if encoder is not None and not flow.train_backbone:
                 encoder.requires_grad_(False)
@@ -116,25 +119,27 @@ class FlowActionPolicy:
             step = torch.randint(0, K, (batch,), device=self.device)
         else:
             step = torch.full((batch,), ALL_STEPS, device=self.device)
+        learned_noise = step[0] == ALL_STEPS
         chain = [x]
-        logp = gaussian_logprob(x, torch.zeros_like(x), torch.ones_like(x)) if step[0] == ALL_STEPS else 0
+        logp = gaussian_logprob(x, torch.zeros_like(x), torch.ones_like(x)) if learned_noise else torch.zeros_like(x)
         for k in range(K):
             t, delta = grid[k], grid[k] - grid[k + 1]
             velocity, hidden = self.model.velocity_and_hidden(x, torch.full((batch,), t, device=self.device,
                                                                             dtype=x.dtype), context)
-            mean, std = transition(x, velocity, t, delta, "ode")
-            if step[0] == ALL_STEPS:
+            if learned_noise:
                 mean, std = transition(x, velocity, t, delta, "noise", noise_std=self.model.noise_std(hidden))
-            elif step[0] != GREEDY:
-                sde_mean, sde_std = transition(x, velocity, t, delta, "sde", sigma=sigmas[k])
-                chosen = (step == k)[:, None, None]
-                mean, std = torch.where(chosen, sde_mean, mean), torch.where(chosen, sde_std, std)
+            else:  # ODE, except the one Flow-SDE step chosen for each sample (none when greedy)
+                mean, std = transition(x, velocity, t, delta, "ode")
+                stochastic = (step == k)[:, None, None]
+                if stochastic.any():
+                    sde_mean, sde_std = transition(x, velocity, t, delta, "sde", sigma=sigmas[k])
+                    mean, std = torch.where(stochastic, sde_mean, mean), torch.where(stochastic, sde_std, std)
             x = mean + std * torch.randn_like(x)
             logp = logp + gaussian_logprob(x, mean, std)
             chain.append(x)
-        if step[0] == ALL_STEPS:
+        if learned_noise:  # RLinf's joint log-prob: the mean over the K + 1 terms of the chain
             logp = logp / (K + 1)
-        logp = (logp if torch.is_tensor(logp) else torch.zeros_like(x))[:, :self.env.chunk_len]
+        logp = logp[:, :self.env.chunk_len]
         return torch.stack(chain, 1), step, logp
 
     def _reduce(self, element_logp: torch.Tensor) -> torch.Tensor:

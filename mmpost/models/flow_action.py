@@ -60,8 +60,18 @@ class ImageEncoder(nn.Module):
         import timm
 
         self.net = timm.create_model(name, pretrained=False, num_classes=0)
+        self.train()
         with torch.no_grad():
             self.out_dim = self.net(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+
+    def train(self, mode: bool = True):
+        """Batch norm always uses its running statistics: a policy's log-probs must not depend on
+        which other observations share the batch (rollout batches differ from update batches)."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # uint8 [B, h, w, 3]
         x = images.permute(0, 3, 1, 2).float() / 255.0
