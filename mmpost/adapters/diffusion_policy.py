@@ -1,0 +1,180 @@
+"""``DiffusionPolicy``: a diffusers UNet generating 2x2 multi-view tiles from a description, as a
+:class:`Policy` (work in progress for the multi-view task: DDIM-eta sampler only so far).
+
+An action step is one denoising step; its log-prob is the DDIM-eta Gaussian transition averaged
+over the image's elements (DDPO). The whole latent trajectory is stored in the Rollout, so
+:meth:`logprobs` recomputes the sampled log-probs exactly; RL trains on a random subset of the
+steps of each sample (``timestep_fraction``), the other steps are masked out.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmpost.algos.diffusion import ddim_transition, mean_logprob
+from mmpost.types import Rollout
+
+WORD_BUCKETS = 4096
+
+
+class WordEncoder(nn.Module):
+    """Hashed words -> a sequence of embeddings for the UNet's cross-attention (no tokenizer to
+    ship); the empty description is the unconditional input of classifier-free guidance."""
+
+    def __init__(self, dim: int, max_words: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(WORD_BUCKETS + 1, dim)  # the last row pads and stands for "no prompt"
+        self.max_words = max_words
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        ids = torch.full((len(texts), self.max_words), WORD_BUCKETS, dtype=torch.long)
+        for i, text in enumerate(texts):
+            words = [zlib.crc32(w.encode()) % WORD_BUCKETS for w in text.lower().replace(",", " ").split()]
+            ids[i, :len(words[:self.max_words])] = torch.tensor(words[:self.max_words], dtype=torch.long)
+        return self.embed(ids.to(self.embed.weight.device))
+
+
+class TileDiffusionModel(nn.Module):
+    """A ``UNet2DConditionModel`` over tiles plus the word encoder it is conditioned on."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        self.config = dict(config)
+        c = self.config
+        self.unet = UNet2DConditionModel(
+            sample_size=c["tile_size"], in_channels=3, out_channels=3, block_out_channels=tuple(c["channels"]),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=c["text_dim"], layers_per_block=1, attention_head_dim=8, norm_num_groups=8)
+        self.words = WordEncoder(c["text_dim"])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=self.words(texts)).sample
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"model_type": "mmpost_tile_diffusion", **self.config}, indent=1))
+        save_model(self, str(path / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TileDiffusionModel":
+        from safetensors.torch import load_model
+
+        config = json.loads((Path(path) / "config.json").read_text())
+        config.pop("model_type", None)
+        model = cls(config)
+        load_model(model, str(Path(path) / "model.safetensors"))
+        return model
+
+
+@dataclass
+class DiffusionActions:
+    """The stored trajectory: latents at every step (noise first) and each sample's prompt."""
+
+    latents: torch.Tensor  # [N, K + 1, 3, S, S]
+    texts: list[str]
+
+    def __getitem__(self, index: torch.Tensor) -> "DiffusionActions":
+        return DiffusionActions(self.latents[index], [self.texts[i] for i in index.tolist()])
+
+
+class DiffusionPolicy:
+    """DDIM-eta sampling with per-step log-probs, classifier-free guidance, denoising SFT.
+
+    Args:
+        model: a :class:`TileDiffusionModel`.
+        steps: denoising steps per sample; eta: DDIM's noise (> 0 for RL: eta 0 has no density).
+        guidance: classifier-free guidance scale (1 = off).
+        timestep_fraction: fraction of each sample's steps trained on (DDPO).
+    """
+
+    def __init__(self, model: TileDiffusionModel, steps: int = 10, eta: float = 1.0, guidance: float = 1.0,
+                 timestep_fraction: float = 0.5, device="cpu"):
+        from diffusers import DDIMScheduler
+
+        self.model, self.steps, self.eta, self.guidance = model, steps, eta, guidance
+        self.timestep_fraction, self.device = timestep_fraction, torch.device(device)
+        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+        self.scheduler.set_timesteps(steps)
+        self.timesteps = self.scheduler.timesteps.clone()  # [K], descending
+        alphas = self.scheduler.alphas_cumprod
+        self.alpha = alphas[self.timesteps]
+        previous = self.timesteps - 1000 // steps
+        self.alpha_prev = torch.where(previous >= 0, alphas[previous.clamp(min=0)], self.scheduler.final_alpha_cumprod)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        if self.guidance == 1.0:
+            return self.model(x, t, texts)
+        both = self.model(torch.cat([x, x]), torch.cat([t, t]), texts + [""] * len(texts))
+        cond, uncond = both.chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
+        """``n`` tiles per row's ``description``; ``greedy`` = deterministic DDIM (eta 0)."""
+        texts = [row["description"] for row in batch for _ in range(n)]
+        size = self.model.config["tile_size"]
+        x = torch.randn(len(texts), 3, size, size, device=self.device, dtype=next(self.model.parameters()).dtype)
+        eta = 0.0 if greedy else self.eta
+        latents, logps = [x], []
+        for k, t in enumerate(self.timesteps):
+            eps = self._eps(x, t.expand(len(texts)).to(self.device), texts)
+            mean, std = ddim_transition(eps, x, self.alpha[k], self.alpha_prev[k], eta)
+            x = mean + std * torch.randn_like(x)
+            logps.append(mean_logprob(x, mean, std) if eta > 0 else torch.zeros(len(texts), dtype=x.dtype))
+            latents.append(x)
+        mask = torch.zeros(len(texts), self.steps)
+        chosen = max(1, round(self.timestep_fraction * self.steps))
+        for i in range(len(texts)):  # DDPO trains each sample on a random subset of its steps
+            mask[i, torch.randperm(self.steps)[:chosen]] = 1.0
+        images = ((x.clamp(-1, 1) + 1) / 2).cpu()
+        return Rollout(logprobs=torch.stack(logps, 1).cpu(), mask=mask,
+                       group=torch.arange(len(batch)).repeat_interleave(n), outputs=list(images), prompts=texts,
+                       columns={k: [row[k] for row in batch for _ in range(n)] for k in batch[0] if k != "tile"},
+                       actions=DiffusionActions(torch.stack(latents, 1).cpu(), texts), temperature=temperature)
+
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """[N, K] log-probs of the stored transitions under the current parameters (masked steps only)."""
+        actions: DiffusionActions = rollout.actions
+        rows, steps = rollout.mask.nonzero(as_tuple=True)
+        x = actions.latents[rows, steps].to(self.device)
+        target = actions.latents[rows, steps + 1].to(self.device)
+        eps = self._eps(x, self.timesteps[steps].to(self.device), [actions.texts[i] for i in rows.tolist()])
+        a_t = self.alpha[steps].to(x).view(-1, 1, 1, 1)
+        a_prev = self.alpha_prev[steps].to(x).view(-1, 1, 1, 1)
+        mean, std = ddim_transition(eps, x, a_t, a_prev, self.eta)
+        out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
+        out[rows.to(self.device), steps.to(self.device)] = mean_logprob(target, mean, std)
+        return out
+
+    def sft_loss(self, batch: list[dict], uncond_fraction: float = 0.1) -> tuple[torch.Tensor, dict]:
+        """Denoising (epsilon) regression on the rows' rendered tiles (``tile`` in [0, 1]);
+        descriptions dropped with ``uncond_fraction`` so guidance has an unconditional model."""
+        x0 = torch.stack([row["tile"] for row in batch]).to(self.device) * 2 - 1
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (len(batch),), device=self.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        texts = [row["description"] if torch.rand(()) >= uncond_fraction else "" for row in batch]
+        loss = ((self.model(x_t, t, texts) - noise) ** 2).mean()
+        return loss, {"samples": float(len(batch))}
+
+    def demo_logprobs(self, batch: list[dict]):
+        raise NotImplementedError("a diffusion policy has no closed-form likelihood of an image; its SFT term is "
+                                  "sft_loss (denoising regression)")
+
+    def save(self, path: Path) -> None:
+        self.model.save_pretrained(path)
+
+    def close(self) -> None:
+        pass
