@@ -215,10 +215,14 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
 
         def update(loss: torch.Tensor) -> float:
-            """One optimiser step on ``loss``; returns the gradient norm before clipping."""
-            accelerator.backward(loss)
-            grad_norm = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
-            optimizer.step()
+            """One optimiser step on ``loss``; returns the gradient norm before clipping. A
+            non-finite loss or gradient skips the step (NaN is logged) rather than poisoning the weights."""
+            grad_norm = math.nan
+            if torch.isfinite(loss):
+                accelerator.backward(loss)
+                grad_norm = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
+            if math.isfinite(grad_norm):
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             return grad_norm

@@ -66,7 +66,11 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
         for i, sample in enumerate(samples):
             for j, image in enumerate(sample["row"].get("images", [])):
                 image.save(directory / f"{i:03d}_input{j}.png")
-            if isinstance(sample["output"], dict) and sample["output"].get("frames"):
+            if isinstance(sample["output"], torch.Tensor):  # a generated image [3, H, W] in [0, 1]
+                pixels = (sample["output"].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+                Image.fromarray(pixels).save(directory / f"{i:03d}_output.png")
+                sample["output"] = f"{i:03d}_output.png"
+            elif isinstance(sample["output"], dict) and sample["output"].get("frames"):
                 sample["output"] = dict(sample["output"])
                 frames = [Image.fromarray(frame) for frame in sample["output"].pop("frames")]
                 frames[0].save(directory / f"{i:03d}_episode.gif", save_all=True, append_images=frames[1:],
@@ -74,6 +78,9 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
             if sample.get("png"):
                 (directory / f"{i:03d}_render.png").write_bytes(base64.b64decode(sample["png"]))
             columns = {k: v for k, v in sample["row"].items() if isinstance(v, (str, int, float)) and k != "completion"}
+            if isinstance(sample["row"].get("tile"), torch.Tensor):  # the training rendering, for comparison
+                pixels = (sample["row"]["tile"].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+                Image.fromarray(pixels).save(directory / f"{i:03d}_reference.png")
             f.write(json.dumps({"index": i, "output": sample["output"], "reward": sample["reward"],
                                 "reason": sample.get("reason"), "reference": sample["row"].get("completion"),
                                 **columns}) + "\n")

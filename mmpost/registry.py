@@ -52,13 +52,15 @@ class Registry:
         return name in self._entries
 
 
-TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach"})
+TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach",
+                           "multiview3d": "mmpost.tasks.multiview3d:Multiview3D"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
     "code_block": "mmpost.rewards.text:code_block",
     "success": "mmpost.rewards.env:success",
     "env_return": "mmpost.rewards.env:env_return",
+    "mrc": "mmpost.rewards.mrc:mrc",
 })
 ENVS = Registry("env", {
     "reach": "mmpost.envs.reach:ReachVecEnv",

@@ -105,7 +105,10 @@ class DiffusionPolicy:
 
         self.model, self.steps, self.eta, self.guidance = model, steps, eta, guidance
         self.timestep_fraction, self.device = timestep_fraction, torch.device(device)
-        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+        # Stable Diffusion's schedule (which DDPO uses): with set_alpha_to_one=False and steps_offset=1
+        # the last step (t=1 -> alpha_0) keeps a non-zero std, so every step has a density
+        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                       beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
         self.scheduler.set_timesteps(steps)
         self.timesteps = self.scheduler.timesteps.clone()  # [K], descending
         alphas = self.scheduler.alphas_cumprod
