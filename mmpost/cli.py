@@ -12,6 +12,7 @@ Examples::
     mmpost list
     mmpost bench-sandbox --n 300
     mmpost bench-env
+    mmpost bench-mrc
 """
 
 from __future__ import annotations
@@ -91,13 +92,22 @@ def _bench_sandbox(args) -> None:
 
 
 def _bench_env(args) -> None:
-    import json
-
     from mmpost.bench_env import run
 
-    results = run(args.envs, iterations=args.iterations, quick=args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
+    _write_json(run(args.envs, iterations=args.iterations, quick=args.quick), args.json)
+
+
+def _bench_mrc(args) -> None:
+    from mmpost.bench_mrc import run
+
+    _write_json(run(args.objects, iterations=args.iterations, quick=args.quick), args.json)
+
+
+def _write_json(results: dict, path: str | None) -> None:
+    import json
+
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1)
 
 
@@ -132,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quick", action="store_true", help="short version (for tests)")
     e.add_argument("--json", help="also write the results to this file")
     e.set_defaults(func=_bench_env)
+    m = sub.add_parser("bench-mrc", help="MRC reward seconds per object; multiview3d RL iteration cost split")
+    m.add_argument("--objects", type=int, default=8)
+    m.add_argument("--iterations", type=int, default=4)
+    m.add_argument("--quick", action="store_true", help="short version (for tests)")
+    m.add_argument("--json", help="also write the results to this file")
+    m.set_defaults(func=_bench_mrc)
     return parser
 
 

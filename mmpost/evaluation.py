@@ -37,7 +37,7 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
             score_rollout(rollout, rewards, weights)
             for key, values in rollout.reward_components.items():
                 components.setdefault(key, []).extend(values)
-            if mode == "greedy" and start == 0:
+            if mode == "greedy" and start == 0 and cfg.samples_to_save > 0:
                 details = getattr(_raw_scores(rewards, metric, rollout, cfg.samples_to_save), "details", [])
                 for i, row in enumerate(chunk[:cfg.samples_to_save]):
                     out["samples"].append({"row": row, "output": rollout.outputs[i],

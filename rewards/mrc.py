@@ -126,6 +126,8 @@ def mrc(prompts, completions, **columns) -> list[float]:
     """TRL-signature reward: completions are tiles ([3, 2H, 2W] tensors in [0, 1] or PIL images)."""
     import numpy as np
 
+    if not completions:
+        return []
     tiles = torch.stack([c if torch.is_tensor(c) else torch.from_numpy(np.asarray(c.convert("RGB"), dtype=np.float32)
                                                                          / 255.0).permute(2, 0, 1) for c in completions])
     return mrc_scores(tiles).tolist()

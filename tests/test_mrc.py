@@ -72,3 +72,22 @@ def test_ssim_and_trl_signature():
     assert (ssim(x, torch.rand(2, 3, 16, 16)) < 0.5).all()
     rewards = mrc(prompts=["a", "b"], completions=[tile(VIEWS[0]), tile(VIEWS[1])])
     assert len(rewards) == 2 and all(-1 < r < 0 for r in rewards)
+
+
+def test_bench_mrc_quick(tmp_path, mmpost_home):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "mmpost.cli", "bench-mrc", "--quick", "--json", str(out)], check=True,
+                   capture_output=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=600)
+    results = json.loads(out.read_text())
+    assert results["mrc"][0]["seconds_per_object"] > 0
+    rl = results["rl"]
+    assert 0 < rl["time/generate"] + rl["time/reward"] + rl["time/update"] <= rl["seconds"] * 1.01
+
+
+def test_empty_batch_scores_nothing():
+    assert mrc(prompts=[], completions=[]) == []
