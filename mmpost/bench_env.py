@@ -37,20 +37,25 @@ def env_throughput(num_envs: int, obs: str, workers: int, seconds: float = 3.0) 
         env.close()
 
 
-def rl_iterations(iterations: int, num_envs: int, overrides: dict) -> dict:
-    """Median seconds per RL iteration and its split, from a real short run of the trainer."""
+def median_iteration_metrics(task: str, overrides: dict, keys: tuple[str, ...]) -> dict:
+    """Medians of ``keys`` over the RL iterations of a short real run of the trainer (the first
+    iteration, which pays one-off warm-up costs, is left out when there are more)."""
     import mmpost
     from mmpost.engine import train
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = mmpost.build_config("reach", output_dir=str(Path(tmp) / "run"), overrides={
-            "sft.steps": 0, "rl.steps": iterations, "rl.batch_size": num_envs, "env.num_envs": num_envs,
-            "data.eval_size": 8, "eval.sampled": False, "env.video_episodes": 0, **overrides})
-        train(cfg)
+        train(mmpost.build_config(task, output_dir=str(Path(tmp) / "run"), overrides=overrides))
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    records = records[1:] or records  # the first iteration includes one-off warm-up
-    keys = ("seconds", "time/simulate", "time/infer", "time/update", "env/steps")
+    records = records[1:] or records
     return {k: float(np.median([r[k] for r in records])) for k in keys}
+
+
+def rl_iterations(iterations: int, num_envs: int, overrides: dict) -> dict:
+    """Median seconds per reach RL iteration and its split."""
+    return median_iteration_metrics("reach", {
+        "sft.steps": 0, "rl.steps": iterations, "rl.batch_size": num_envs, "env.num_envs": num_envs,
+        "data.eval_size": 8, "eval.sampled": False, "env.video_episodes": 0, **overrides},
+        ("seconds", "time/simulate", "time/infer", "time/update", "env/steps"))
 
 
 def run(num_envs: int = 64, workers: tuple[int, ...] = (1, 2), iterations: int = 6, quick: bool = False) -> dict:

@@ -3,12 +3,8 @@ of a multiview3d RL iteration (sample / reward / update) from a short real run o
 
 from __future__ import annotations
 
-import json
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -25,18 +21,12 @@ def mrc_seconds(objects: int, grid: int, steps: int) -> float:
 
 
 def rl_iterations(iterations: int, overrides: dict) -> dict:
-    import mmpost
-    from mmpost.engine import train
+    """Median seconds per multiview3d RL iteration and its split."""
+    from mmpost.bench_env import median_iteration_metrics
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = mmpost.build_config("multiview3d", output_dir=str(Path(tmp) / "run"), overrides={
-            "sft.steps": 0, "rl.steps": iterations, "data.train_size": 16, "data.eval_size": 1,
-            "eval.samples_to_save": 0, **overrides})
-        train(cfg)
-        records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    records = records[1:] or records
-    keys = ("seconds", "time/generate", "time/reward", "time/update")
-    return {k: float(np.median([r[k] for r in records])) for k in keys}
+    return median_iteration_metrics("multiview3d", {
+        "sft.steps": 0, "rl.steps": iterations, "data.train_size": 16, "data.eval_size": 1,
+        "eval.samples_to_save": 0, **overrides}, ("seconds", "time/generate", "time/reward", "time/update"))
 
 
 def run(objects: int = 8, iterations: int = 4, quick: bool = False) -> dict:
