@@ -57,6 +57,13 @@ def _raw_scores(rewards: dict, metric: str, rollout, n: int):
     return rewards[metric](prompts=part.prompts, completions=part.outputs, **part.columns)
 
 
+def _save_image(image: torch.Tensor, path: Path) -> None:
+    """Write a [3, H, W] image in [0, 1] as a PNG."""
+    from PIL import Image
+
+    Image.fromarray((image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()).save(path)
+
+
 def save_samples(directory: Path, samples: list[dict]) -> None:
     """Write each sample's input image, output, rendered output or episode GIF (when any) and reward."""
     from PIL import Image
@@ -67,8 +74,7 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
             for j, image in enumerate(sample["row"].get("images", [])):
                 image.save(directory / f"{i:03d}_input{j}.png")
             if isinstance(sample["output"], torch.Tensor):  # a generated image [3, H, W] in [0, 1]
-                pixels = (sample["output"].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-                Image.fromarray(pixels).save(directory / f"{i:03d}_output.png")
+                _save_image(sample["output"], directory / f"{i:03d}_output.png")
                 sample["output"] = f"{i:03d}_output.png"
             elif isinstance(sample["output"], dict) and sample["output"].get("frames"):
                 sample["output"] = dict(sample["output"])
@@ -79,8 +85,7 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
                 (directory / f"{i:03d}_render.png").write_bytes(base64.b64decode(sample["png"]))
             columns = {k: v for k, v in sample["row"].items() if isinstance(v, (str, int, float)) and k != "completion"}
             if isinstance(sample["row"].get("tile"), torch.Tensor):  # the training rendering, for comparison
-                pixels = (sample["row"]["tile"].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
-                Image.fromarray(pixels).save(directory / f"{i:03d}_reference.png")
+                _save_image(sample["row"]["tile"], directory / f"{i:03d}_reference.png")
             f.write(json.dumps({"index": i, "output": sample["output"], "reward": sample["reward"],
                                 "reason": sample.get("reason"), "reference": sample["row"].get("completion"),
                                 **columns}) + "\n")
