@@ -36,7 +36,8 @@ class Stage:
     max_new_tokens: int = 72  # rl: generation cap
     clip_low: float = 0.2  # rl: PPO clip range below 1
     clip_high: float = 0.2  # rl: above 1 (> clip_low is DAPO's clip-higher)
-    kl_coef: float = 0.0  # rl: k3 KL to the frozen start-of-stage model; 0 = no reference forward
+    kl_coef: float = 0.0  # rl: weight of the KL to the frozen start-of-stage model; 0 = no reference forward
+    kl_in: str = "loss"  # rl: "loss" (k3 term, TRL's GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
     epochs: int = 1  # rl: optimisation passes over each sampled batch (>1 reuses stored log-probs)
     minibatches: int = 1  # rl: optimiser steps per pass (outputs split evenly)
     aggregation: str = "token_mean"  # "token_mean" (DAPO/TRL default) | "sequence_mean" (GRPO paper)
@@ -51,6 +52,8 @@ class Stage:
     bootstrap_truncated: bool = False  # gae: bootstrap from the critic at the time limit (False: the limit is terminal)
     dual_clip: float = 0.0  # rl: dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
     group_filter: list = field(default_factory=list)  # rl: [low, high] keep groups whose mean reward is inside
+    curate: list = field(default_factory=list)  # rl: [candidates, keep] train on the keep rows of the first
+    #   candidates with the lowest mean reward under the start-of-stage model (Carve3D); [] = all rows
 
     def __post_init__(self):
         if self.kind not in ("sft", "rl"):
@@ -63,9 +66,17 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
         if self.advantage not in ("group", "gae"):
             raise ValueError(f"stage {self.name!r}: advantage must be 'group' or 'gae', got {self.advantage!r}")
+        if self.kl_in not in ("loss", "advantage"):
+            raise ValueError(f"stage {self.name!r}: kl_in must be 'loss' or 'advantage', got {self.kl_in!r}")
+        if self.kl_in == "advantage" and self.advantage != "group":
+            raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
         if self.group_filter and len(self.group_filter) != 2:
             raise ValueError(f"stage {self.name!r}: group_filter is [low, high], got {self.group_filter}")
         self.group_filter = [float(v) for v in self.group_filter]
+        if self.curate and (len(self.curate) != 2 or not 0 < int(self.curate[1]) <= int(self.curate[0])):
+            raise ValueError(f"stage {self.name!r}: curate is [candidates, keep] with 0 < keep <= candidates, "
+                             f"got {self.curate}")
+        self.curate = [int(v) for v in self.curate]
 
 
 @dataclass
@@ -120,6 +131,26 @@ class FlowConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """The image diffusion policy (:class:`~mmpost.adapters.diffusion_policy.DiffusionPolicy`)."""
+
+    sampler: str = "ddim"  # "ddim" (DDPO/Carve3D, epsilon model) | "flow_sde" (Flow-GRPO, flow-matching model)
+    steps: int = 10  # denoising steps per sample (RL and evaluation)
+    eta: float = 1.0  # ddim: noise of the stochastic sampler (> 0 so every step has a density)
+    noise_level: float = 0.7  # flow_sde: a in sigma_s = a * sqrt(s / (1 - s)) (Flow-GRPO's default)
+    guidance: float = 1.0  # classifier-free guidance scale (1 = off)
+    timestep_fraction: float = 0.5  # rl: fraction of each sample's steps trained on (DDPO)
+
+    def __post_init__(self):
+        if self.sampler not in ("ddim", "flow_sde"):
+            raise ValueError(f"diffusion.sampler must be 'ddim' or 'flow_sde', got {self.sampler!r}")
+        if self.steps < 1 or not 0 < self.timestep_fraction <= 1:
+            raise ValueError("diffusion.steps >= 1 and 0 < diffusion.timestep_fraction <= 1 required")
+        if self.sampler == "ddim" and self.eta <= 0:
+            raise ValueError("diffusion.eta must be > 0: deterministic DDIM steps have no log-prob to train on")
+
+
+@dataclass
 class EvalConfig:
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
     samples_to_save: int = 8  # held-out samples written to the run directory
@@ -147,6 +178,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # robot tasks only
     flow: FlowConfig = field(default_factory=FlowConfig)  # flow-matching action policies only
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)  # image diffusion policies only
     stages: list[Stage] = field(default_factory=list)
 
     def __post_init__(self):
@@ -257,6 +289,7 @@ def from_dict(data: dict) -> TrainConfig:
     data["eval"] = EvalConfig(**data.get("eval", {}))
     data["env"] = EnvConfig(**data.get("env", {}))
     data["flow"] = FlowConfig(**data.get("flow", {}))
+    data["diffusion"] = DiffusionConfig(**data.get("diffusion", {}))
     data["stages"] = [Stage(**s) for s in data.get("stages", [])]
     return TrainConfig(**data)
 

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from mmpost.algos.advantages import gae, group_advantages, group_keep_mask, normalize
-from mmpost.algos.kl import kl_k3
+from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.algos.pg import aggregate, clipped_pg_loss
 from mmpost.algos.value import value_loss
 from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
-from mmpost.evaluation import evaluate, print_table, save_samples
+from mmpost.curation import lowest_reward_rows
+from mmpost.evaluation import evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
 from mmpost.rewarding import score_rollout
 
@@ -100,6 +101,9 @@ def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
     metrics = {}
     if stage.advantage == "group":
         rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
+        if stage.kl_coef > 0 and stage.kl_in == "advantage":  # Carve3D: A = z(r) - beta * z(KL), per prompt
+            kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask)
+            rollout.advantages = rollout.advantages - stage.kl_coef * group_advantages(kl, rollout.group)
     else:
         if rollout.values is None or rollout.step_rewards is None:
             raise ValueError(f"stage {stage.name!r}: advantage 'gae' needs a policy with a value head acting "
@@ -145,8 +149,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
 
     task_cls = TASKS.get(cfg.task)
     rewards, weights = resolve_rewards(cfg, task_cls)
-    # Held-out evaluation always reports the task's metric, whatever rewards drive training.
-    eval_rewards = {task_cls.metric: REWARDS.get(task_cls.metric), **rewards}
+    # Held-out evaluation always reports the task's metric (and its checks, e.g. that generated images
+    # still show the object), whatever rewards drive training.
+    eval_rewards = {name: REWARDS.get(name) for name in (task_cls.metric, *getattr(task_cls, "eval_rewards", ()))}
+    eval_rewards.update(rewards)
     for fn in eval_rewards.values():
         if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
             fn.workers = cfg.sandbox_workers
@@ -189,6 +195,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if stage.data not in rows:
             rows[stage.data] = task.rows(stage.data)
         train_rows = rows[stage.data]
+        if stage.kind == "rl" and stage.curate:
+            train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *stage.curate, stage.group_size,
+                                            stage.batch_size, run_dir / f"curated-{stage.name}.json")
         params = [p for p in policy.model.parameters() if p.requires_grad]
         network = getattr(policy.model, "module", policy.model)  # unwrapped from DDP
         critic = {id(p) for p in getattr(network, "value_head", torch.nn.Module()).parameters()}
@@ -247,10 +256,12 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                 generated = time.perf_counter()
                 metrics.update(score_rollout(rollout, rewards, weights))
                 scored = time.perf_counter()
-                metrics.update(compute_advantages(rollout, stage))
                 if reference is not None:
                     with torch.no_grad():
                         rollout.ref_logprobs = reference.logprobs(rollout).cpu()
+                    metrics["kl/sampled"] = float(sequence_kl(rollout.logprobs, rollout.ref_logprobs,
+                                                              rollout.mask).mean())
+                metrics.update(compute_advantages(rollout, stage))
                 for _ in range(stage.epochs):
                     order = torch.randperm(len(rollout))
                     for index in order.chunk(stage.minibatches):
@@ -268,7 +279,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                                                          part.alive.to(logprobs.device), stage.value_clip)
                                 loss = loss + stage.value_coef * critic_loss
                                 metrics["loss/value"] = critic_loss.item()
-                            if reference is not None:
+                            if reference is not None and stage.kl_in == "loss":
                                 kl = aggregate(kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)), mask,
                                                stage.aggregation)
                                 loss = loss + stage.kl_coef * kl
@@ -299,6 +310,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                 raise KeyboardInterrupt
         bar.close()
         checkpoint = None
+        if reference is not None:  # how far this stage moved the model, on held-out prompts
+            results.setdefault("kl_to_start", {})[stage.name] = heldout_kl(policy, reference, eval_rows, cfg.eval)
+            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:
             key = f"after_{stage.name}"  # per-stage evaluation: e.g. SFT vs SFT+RL on the same charts
             results[key] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.config import EvalConfig
 from mmpost.rewarding import score_rollout
 
@@ -47,6 +48,24 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
         out["per_sample"][mode] = components.get(metric, [])
     policy.model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def heldout_kl(policy, reference, rows: list[dict], cfg: EvalConfig) -> dict:
+    """KL of ``policy`` to ``reference`` (e.g. RL model vs the model RL started from) on held-out
+    rows: outputs sampled at T=1, per output the mean over its steps of ``k1 = log p - log p_ref``
+    (an unbiased estimate of the per-step KL; Carve3D's measure) and of the non-negative ``k3``."""
+    was_training = policy.model.training
+    policy.model.eval()
+    k1, k3 = [], []
+    for start in range(0, len(rows), cfg.batch_size):
+        rollout = policy.rollout(rows[start:start + cfg.batch_size], 1, temperature=1.0)
+        ref = reference.logprobs(rollout).cpu()
+        mask = rollout.mask.to(ref.dtype)
+        k1 += sequence_kl(rollout.logprobs, ref, mask).tolist()
+        k3 += ((kl_k3(rollout.logprobs, ref) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+    policy.model.train(was_training)
+    return {"k1": _mean(k1), "k3": _mean(k3)}
 
 
 def _raw_scores(rewards: dict, metric: str, rollout, n: int):
@@ -102,3 +121,6 @@ def print_table(results: dict) -> None:
             fmt = lambda v: f"{v:10.3f}" if v is not None else f"{'-':>10}"  # noqa: E731
             delta = a - b if a is not None and b is not None else None
             print(f"{mode + ' ' + key:<34}{fmt(b)}{fmt(a)}{fmt(delta)}")
+    for stage, kl in results.get("kl_to_start", {}).items():
+        print(f"KL of the model after stage {stage!r} to its start (held-out, per step): "
+              f"k1 {kl['k1']:.3g}, k3 {kl['k3']:.3g}")

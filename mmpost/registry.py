@@ -61,6 +61,8 @@ REWARDS = Registry("reward", {
     "success": "mmpost.rewards.env:success",
     "env_return": "mmpost.rewards.env:env_return",
     "mrc": "mmpost.rewards.mrc:mrc",
+    "mrc_nerfstudio": "mmpost.rewards.mrc_nerfstudio:mrc_nerfstudio",
+    "object_match": "mmpost.rewards.object_match:object_match",
 })
 ENVS = Registry("env", {
     "reach": "mmpost.envs.reach:ReachVecEnv",

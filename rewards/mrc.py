@@ -122,12 +122,16 @@ def mrc_scores(tiles: torch.Tensor, reconstructor=None, cameras: Cameras | None 
     return -distance.view(b, v).mean(1)
 
 
-def mrc(prompts, completions, **columns) -> list[float]:
-    """TRL-signature reward: completions are tiles ([3, 2H, 2W] tensors in [0, 1] or PIL images)."""
+def as_tiles(completions: list) -> torch.Tensor:
+    """[B, 3, 2H, 2W] float tiles in [0, 1] from tensors of that shape or PIL images."""
     import numpy as np
 
+    return torch.stack([c if torch.is_tensor(c) else torch.from_numpy(np.asarray(c.convert("RGB"), dtype=np.float32)
+                                                                        / 255.0).permute(2, 0, 1) for c in completions])
+
+
+def mrc(prompts, completions, **columns) -> list[float]:
+    """TRL-signature reward: completions are tiles ([3, 2H, 2W] tensors in [0, 1] or PIL images)."""
     if not completions:
         return []
-    tiles = torch.stack([c if torch.is_tensor(c) else torch.from_numpy(np.asarray(c.convert("RGB"), dtype=np.float32)
-                                                                         / 255.0).permute(2, 0, 1) for c in completions])
-    return mrc_scores(tiles).tolist()
+    return mrc_scores(as_tiles(completions)).tolist()

@@ -23,6 +23,7 @@ class Multiview3D:
     name = "multiview3d"
     rewards = ["mrc"]
     metric = "mrc"
+    eval_rewards = ["object_match"]  # held-out check that tiles still show the described object
 
     @staticmethod
     def default_config() -> TrainConfig:
@@ -39,9 +40,13 @@ class Multiview3D:
     def policy(self, device="cpu"):
         from mmpost.adapters.diffusion_policy import DiffusionPolicy, TileDiffusionModel
 
-        model = (TileDiffusionModel.from_pretrained(self.cfg.model) if self.cfg.model else
-                 TileDiffusionModel({"tile_size": 2 * VIEW_SIZE, "channels": [16, 32, 32], "text_dim": 32}))
-        return DiffusionPolicy(model.to(device), steps=10, eta=1.0, guidance=1.0, device=device)
+        d = self.cfg.diffusion
+        model = TileDiffusionModel.from_pretrained(self.cfg.model) if self.cfg.model else TileDiffusionModel(
+            {"tile_size": 2 * VIEW_SIZE, "channels": [16, 32, 32, 64], "text_dim": 32,
+             "prediction": DiffusionPolicy.PREDICTION[d.sampler]})
+        return DiffusionPolicy(model.to(device), sampler=d.sampler, steps=d.steps, eta=d.eta,
+                               noise_level=d.noise_level, guidance=d.guidance, timestep_fraction=d.timestep_fraction,
+                               device=device)
 
     def rows(self, split: str) -> list[dict]:
         from mmpost.envs.base import split_seeds

@@ -1,5 +1,5 @@
-"""DiffusionPolicy: sampled DDIM-eta log-probs are recomputed exactly (ratio 1 before any update),
-with and without guidance; denoising SFT lowers its loss; saves reload."""
+"""DiffusionPolicy: sampled log-probs (DDIM-eta and Flow-GRPO SDE) are recomputed exactly (ratio 1
+before any update), with and without guidance; denoising / flow-matching SFT lowers its loss; saves reload."""
 
 import pytest
 import torch
@@ -10,10 +10,17 @@ CONFIG = {"tile_size": 16, "channels": [8, 16, 16], "text_dim": 16}
 ROWS = [{"description": "a red sphere", "seed": 1}, {"description": "a blue box and a green cylinder", "seed": 2}]
 
 
+def make_policy(sampler: str, **kwargs) -> DiffusionPolicy:
+    model = TileDiffusionModel({**CONFIG, "prediction": DiffusionPolicy.PREDICTION[sampler]})
+    return DiffusionPolicy(model, sampler=sampler, steps=4, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_recomputed_logprobs_equal_sampled(guidance):
+def test_recomputed_logprobs_equal_sampled(sampler, guidance):
     torch.manual_seed(0)
-    policy = DiffusionPolicy(TileDiffusionModel(CONFIG).double(), steps=4, guidance=guidance, timestep_fraction=0.5)
+    policy = make_policy(sampler, guidance=guidance, timestep_fraction=0.5)
+    policy.model.double()
     policy.model.eval()
     rollout = policy.rollout(ROWS, 2)
     assert rollout.logprobs.shape == rollout.mask.shape == (4, 4) and (rollout.mask.sum(1) == 2).all()
@@ -25,9 +32,26 @@ def test_recomputed_logprobs_equal_sampled(guidance):
     assert (recomputed[~masked] == 0).all()
 
 
-def test_sft_loss_falls_and_save_reloads(tmp_path):
+def test_greedy_sampling_is_deterministic_given_the_noise():
+    for sampler in ("ddim", "flow_sde"):
+        policy = make_policy(sampler)
+        policy.model.eval()
+        outputs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            outputs.append(policy.rollout(ROWS[:1], 1, greedy=True))
+        assert torch.equal(outputs[0].outputs[0], outputs[1].outputs[0]) and (outputs[0].logprobs == 0).all()
+
+
+def test_sampler_must_match_the_models_prediction():
+    with pytest.raises(ValueError, match="velocity-predicting"):
+        DiffusionPolicy(TileDiffusionModel(CONFIG), sampler="flow_sde")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
+def test_sft_loss_falls_and_save_reloads(tmp_path, sampler):
     torch.manual_seed(0)
-    policy = DiffusionPolicy(TileDiffusionModel(CONFIG), steps=4)
+    policy = make_policy(sampler)
     rows = [{"description": r["description"], "tile": torch.rand(3, 16, 16) * 0.1 + 0.8} for r in ROWS] * 4
     optimizer = torch.optim.Adam(policy.model.parameters(), lr=2e-3)
     average = lambda: sum(policy.sft_loss(rows)[0].item() for _ in range(8)) / 8  # noqa: E731
@@ -41,6 +65,7 @@ def test_sft_loss_falls_and_save_reloads(tmp_path):
     policy.save(tmp_path / "m")
     loaded = TileDiffusionModel.from_pretrained(tmp_path / "m")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), policy.model.state_dict().values()))
+    assert loaded.config["prediction"] == DiffusionPolicy.PREDICTION[sampler]
 
 
 def test_multiview3d_task_runs_end_to_end(tmp_path, mmpost_home):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mmpost.algos.kl import kl_k3
+from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.algos.pg import aggregate, clipped_pg_loss
 
 
@@ -43,6 +43,34 @@ def test_sequence_mean_aggregation_by_hand():
 def test_k3_by_hand():
     # delta = ref - logp = -1 -> e^-1 + 1 - 1
     assert kl_k3(torch.tensor([0.0]), torch.tensor([-1.0])).item() == pytest.approx(math.exp(-1), abs=1e-7)
+
+
+def test_sequence_kl_by_hand():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, 9.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # row 0: mean(0.5, -1.0) over its two masked steps; row 1: 0.5 on its one step
+    assert torch.allclose(sequence_kl(logprobs, ref, mask), torch.tensor([-0.25, 0.5]))
+    assert sequence_kl(logprobs, ref, torch.zeros_like(mask)).tolist() == [0.0, 0.0]
+
+
+def test_kl_in_the_advantage_is_carve3d_normalised_difference():
+    """Carve3D: A = z(r) - beta * z(KL) within each prompt's group."""
+    from mmpost.algos.advantages import group_advantages
+    from mmpost.config import Stage
+    from mmpost.engine import compute_advantages
+
+    rewards, group = torch.tensor([1.0, 2.0, 4.0, 0.0]), torch.tensor([0, 0, 1, 1])
+    logprobs = torch.tensor([[-1.0, -1.0], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -1.0]])
+    ref = torch.tensor([[-1.2, -1.0], [-1.0, -1.0], [-2.0, -3.0], [-1.0, -1.0]])
+    rollout = SimpleNamespace(rewards=rewards, group=group, logprobs=logprobs, ref_logprobs=ref, mask=torch.ones(4, 2))
+    compute_advantages(rollout, Stage(kind="rl", kl_coef=0.2, kl_in="advantage", batch_size=2, group_size=2))
+    kl = torch.tensor([0.1, 0.0, 0.5, 0.0])  # mean over steps of logp - ref
+    z = lambda v: group_advantages(v, group)  # noqa: E731
+    assert torch.allclose(rollout.advantages, z(rewards) - 0.2 * z(kl))
+    # in the loss instead (the default), advantages are the rewards' alone
+    compute_advantages(rollout, Stage(kind="rl", kl_coef=0.2, batch_size=2, group_size=2))
+    assert torch.allclose(rollout.advantages, z(rewards))
 
 
 class _SingleProcess:

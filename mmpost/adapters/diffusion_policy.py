@@ -1,8 +1,9 @@
 """``DiffusionPolicy``: a diffusers UNet generating 2x2 multi-view tiles from a description, as a
-:class:`Policy` (work in progress for the multi-view task: DDIM-eta sampler only so far).
+:class:`Policy`.
 
-An action step is one denoising step; its log-prob is the DDIM-eta Gaussian transition averaged
-over the image's elements (DDPO). The whole latent trajectory is stored in the Rollout, so
+An action step is one denoising step; its log-prob is the step's Gaussian transition (DDIM-eta
+or Flow-GRPO's SDE) averaged over the image's elements, as DDPO and Flow-GRPO do (a sum would
+make the ratio's sensitivity grow with resolution). The whole latent trajectory is stored in the Rollout, so
 :meth:`logprobs` recomputes the sampled log-probs exactly; RL trains on a random subset of the
 steps of each sample (``timestep_fraction``), the other steps are masked out.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmpost.algos.diffusion import ddim_transition, mean_logprob
+from mmpost.algos.diffusion import ddim_transition, flow_sde_transition, mean_logprob
 from mmpost.types import Rollout
 
 WORD_BUCKETS = 4096
@@ -47,12 +48,15 @@ class TileDiffusionModel(nn.Module):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
-        self.config = dict(config)
+        self.config = {"prediction": "epsilon", **config}
         c = self.config
+        # attention only at the coarse levels: self-attention there links the four views across the
+        # tile, and at 64x64 it would cost most of the step for little gain
+        attention = c.get("attention", [False] * (len(c["channels"]) - 2) + [True, True])
         self.unet = UNet2DConditionModel(
             sample_size=c["tile_size"], in_channels=3, out_channels=3, block_out_channels=tuple(c["channels"]),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
             cross_attention_dim=c["text_dim"], layers_per_block=1, attention_head_dim=8, norm_num_groups=8)
         self.words = WordEncoder(c["text_dim"])
 
@@ -90,21 +94,41 @@ class DiffusionActions:
 
 
 class DiffusionPolicy:
-    """DDIM-eta sampling with per-step log-probs, classifier-free guidance, denoising SFT.
+    """Sampling with per-step log-probs, classifier-free guidance, denoising SFT.
+
+    Two samplers, each a Gaussian transition per step (:mod:`mmpost.algos.diffusion`):
+    ``"ddim"`` (DDPO / Carve3D: an epsilon-predicting model, DDIM with ``eta`` > 0 on Stable
+    Diffusion's schedule) and ``"flow_sde"`` (Flow-GRPO: a velocity-predicting flow-matching model,
+    sampled by the SDE with the same marginals as its ODE, noise scale ``noise_level``). The model's
+    training objective must match: its config records ``prediction`` ("epsilon" or "velocity").
 
     Args:
         model: a :class:`TileDiffusionModel`.
+        sampler: ``"ddim"`` or ``"flow_sde"``.
         steps: denoising steps per sample; eta: DDIM's noise (> 0 for RL: eta 0 has no density).
+        noise_level: Flow-GRPO's ``a`` in ``sigma_s = a sqrt(s / (1 - s))``.
         guidance: classifier-free guidance scale (1 = off).
         timestep_fraction: fraction of each sample's steps trained on (DDPO).
     """
 
-    def __init__(self, model: TileDiffusionModel, steps: int = 10, eta: float = 1.0, guidance: float = 1.0,
-                 timestep_fraction: float = 0.5, device="cpu"):
+    PREDICTION = {"ddim": "epsilon", "flow_sde": "velocity"}
+
+    def __init__(self, model: TileDiffusionModel, sampler: str = "ddim", steps: int = 10, eta: float = 1.0,
+                 noise_level: float = 0.7, guidance: float = 1.0, timestep_fraction: float = 0.5, device="cpu"):
         from diffusers import DDIMScheduler
 
-        self.model, self.steps, self.eta, self.guidance = model, steps, eta, guidance
-        self.timestep_fraction, self.device = timestep_fraction, torch.device(device)
+        if sampler not in self.PREDICTION:
+            raise ValueError(f"sampler must be 'ddim' or 'flow_sde', got {sampler!r}")
+        prediction = model.config.get("prediction", "epsilon")
+        if prediction != self.PREDICTION[sampler]:
+            raise ValueError(f"sampler {sampler!r} needs a {self.PREDICTION[sampler]}-predicting model; this one "
+                             f"predicts {prediction}")
+        self.model, self.sampler, self.steps, self.eta, self.guidance = model, sampler, steps, eta, guidance
+        self.noise_level, self.timestep_fraction, self.device = noise_level, timestep_fraction, torch.device(device)
+        if sampler == "flow_sde":  # x_s = (1 - s) x0 + s noise, from s = 1 to 0 on a uniform grid
+            self.sigmas = torch.linspace(1, 0, steps + 1)
+            self.timesteps = self.sigmas[:-1] * 1000  # the UNet's time input
+            return
         # Stable Diffusion's schedule (which DDPO uses): with set_alpha_to_one=False and steps_offset=1
         # the last step (t=1 -> alpha_0) keeps a non-zero std, so every step has a density
         self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
@@ -116,33 +140,42 @@ class DiffusionPolicy:
         previous = self.timesteps - 1000 // steps
         self.alpha_prev = torch.where(previous >= 0, alphas[previous.clamp(min=0)], self.scheduler.final_alpha_cumprod)
 
-    def _eps(self, x: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
         if self.guidance == 1.0:
             return self.model(x, t, texts)
         both = self.model(torch.cat([x, x]), torch.cat([t, t]), texts + [""] * len(texts))
         cond, uncond = both.chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
+    def _transition(self, x: torch.Tensor, steps: torch.Tensor, texts: list[str], noisy: bool = True):
+        """(mean, std) of the step-``steps`` transitions ([B] step indices) from latents ``x``."""
+        out = self._predict(x, self.timesteps[steps].to(x), texts)
+        if self.sampler == "flow_sde":
+            view = lambda v: v[steps].to(x).view(-1, 1, 1, 1)  # noqa: E731
+            return flow_sde_transition(out, x, view(self.sigmas), view(self.sigmas[1:]),
+                                       self.noise_level if noisy else 0.0, sigma_one=float(self.sigmas[1]))
+        a_t, a_prev = (v[steps].to(x).view(-1, 1, 1, 1) for v in (self.alpha, self.alpha_prev))
+        return ddim_transition(out, x, a_t, a_prev, self.eta if noisy else 0.0)
+
     @torch.no_grad()
     def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
-        """``n`` tiles per row's ``description``; ``greedy`` = deterministic DDIM (eta 0)."""
+        """``n`` tiles per row's ``description``; ``greedy`` = the deterministic sampler (DDIM eta 0,
+        or the flow ODE), whose steps have no density (log-probs 0)."""
         texts = [row["description"] for row in batch for _ in range(n)]
         size = self.model.config["tile_size"]
         x = torch.randn(len(texts), 3, size, size, device=self.device, dtype=next(self.model.parameters()).dtype)
-        eta = 0.0 if greedy else self.eta
         latents, logps = [x], []
-        for k, t in enumerate(self.timesteps):
-            eps = self._eps(x, t.expand(len(texts)).to(self.device), texts)
-            mean, std = ddim_transition(eps, x, self.alpha[k], self.alpha_prev[k], eta)
+        for k in range(self.steps):
+            mean, std = self._transition(x, torch.full((len(texts),), k), texts, noisy=not greedy)
             x = mean + std * torch.randn_like(x)
-            logps.append(mean_logprob(x, mean, std) if eta > 0 else torch.zeros(len(texts), dtype=x.dtype))
+            logps.append(torch.zeros(len(texts), dtype=x.dtype) if greedy else mean_logprob(x, mean, std).cpu())
             latents.append(x)
         mask = torch.zeros(len(texts), self.steps)
         chosen = max(1, round(self.timestep_fraction * self.steps))
         for i in range(len(texts)):  # DDPO trains each sample on a random subset of its steps
             mask[i, torch.randperm(self.steps)[:chosen]] = 1.0
         images = ((x.clamp(-1, 1) + 1) / 2).cpu()
-        return Rollout(logprobs=torch.stack(logps, 1).cpu(), mask=mask,
+        return Rollout(logprobs=torch.stack(logps, 1), mask=mask,
                        group=torch.arange(len(batch)).repeat_interleave(n), outputs=list(images), prompts=texts,
                        columns={k: [row[k] for row in batch for _ in range(n)] for k in batch[0] if k != "tile"},
                        actions=DiffusionActions(torch.stack(latents, 1).cpu(), texts), temperature=temperature)
@@ -153,10 +186,7 @@ class DiffusionPolicy:
         rows, steps = rollout.mask.nonzero(as_tuple=True)
         x = actions.latents[rows, steps].to(self.device)
         target = actions.latents[rows, steps + 1].to(self.device)
-        eps = self._eps(x, self.timesteps[steps].to(self.device), [actions.texts[i] for i in rows.tolist()])
-        a_t = self.alpha[steps].to(x).view(-1, 1, 1, 1)
-        a_prev = self.alpha_prev[steps].to(x).view(-1, 1, 1, 1)
-        mean, std = ddim_transition(eps, x, a_t, a_prev, self.eta)
+        mean, std = self._transition(x, steps, [actions.texts[i] for i in rows.tolist()])
         out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
         out[rows.to(self.device), steps.to(self.device)] = mean_logprob(target, mean, std)
         return out
@@ -166,10 +196,14 @@ class DiffusionPolicy:
         descriptions dropped with ``uncond_fraction`` so guidance has an unconditional model."""
         x0 = torch.stack([row["tile"] for row in batch]).to(self.device) * 2 - 1
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (len(batch),), device=self.device)
-        x_t = self.scheduler.add_noise(x0, noise, t)
         texts = [row["description"] if torch.rand(()) >= uncond_fraction else "" for row in batch]
-        loss = ((self.model(x_t, t, texts) - noise) ** 2).mean()
+        if self.sampler == "flow_sde":  # flow matching: velocity of the straight path noise -> image
+            s = torch.rand(len(batch), device=self.device)
+            x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
+            loss = ((self.model(x_s, s * 1000, texts) - (noise - x0)) ** 2).mean()
+        else:
+            t = torch.randint(0, 1000, (len(batch),), device=self.device)
+            loss = ((self.model(self.scheduler.add_noise(x0, noise, t), t, texts) - noise) ** 2).mean()
         return loss, {"samples": float(len(batch))}
 
     def demo_logprobs(self, batch: list[dict]):

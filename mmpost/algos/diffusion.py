@@ -32,15 +32,17 @@ def ddim_transition(eps: torch.Tensor, x_t: torch.Tensor, alpha_t, alpha_prev, e
     return mean, std.expand_as(mean) if std.dim() else std
 
 
-def flow_sde_transition(velocity: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float,
-                        noise_level: float = 0.7, sigma_one: float | None = None):
-    """(mean, std) of the next latent for Flow-GRPO's SDE step from ``sigma`` to ``sigma_next``;
-    ``sigma_one`` replaces ``sigma = 1`` in ``sqrt(s / (1 - s))`` (Flow-GRPO uses the grid's second value)."""
-    s = sigma_one if sigma == 1.0 and sigma_one is not None else sigma
-    std_s = noise_level * math.sqrt(s / (1 - s))
+def flow_sde_transition(velocity: torch.Tensor, x: torch.Tensor, sigma, sigma_next, noise_level: float = 0.7,
+                        sigma_one=None):
+    """(mean, std) of the next latent for Flow-GRPO's SDE step from ``sigma`` to ``sigma_next``
+    (floats, or tensors broadcasting against ``x`` for per-sample steps); ``sigma_one`` replaces
+    ``sigma = 1`` in ``sqrt(s / (1 - s))`` (Flow-GRPO uses the grid's second value)."""
+    sigma, sigma_next = torch.as_tensor(sigma, dtype=x.dtype), torch.as_tensor(sigma_next, dtype=x.dtype)
+    s = torch.where(sigma == 1, torch.as_tensor(sigma_one, dtype=x.dtype), sigma) if sigma_one is not None else sigma
+    std_s = noise_level * (s / (1 - s)).sqrt()
     dt = sigma_next - sigma
     mean = x * (1 + std_s**2 / (2 * sigma) * dt) + velocity * (1 + std_s**2 * (1 - sigma) / (2 * sigma)) * dt
-    return mean, torch.full_like(x, std_s * math.sqrt(-dt))
+    return mean, (std_s * (-dt).sqrt()).expand_as(x)
 
 
 def mean_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
