@@ -207,6 +207,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
         reference = None
+        if stage.kind == "rl" and stage.kl_estimator == "closed_form" and not hasattr(policy, "closed_form_kl"):
+            raise ValueError(f"stage {stage.name!r}: kl_estimator 'closed_form' needs a policy with Gaussian "
+                             f"transitions (closed_form_kl); {type(policy).__name__} has none: use 'k3'")
         if stage.kind == "rl" and stage.kl_coef > 0:  # frozen start-of-stage model, only when KL is on
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
@@ -280,8 +283,10 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                                 loss = loss + stage.value_coef * critic_loss
                                 metrics["loss/value"] = critic_loss.item()
                             if reference is not None and stage.kl_in == "loss":
-                                kl = aggregate(kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)), mask,
-                                               stage.aggregation)
+                                per_step = (policy.closed_form_kl(part, reference)
+                                            if stage.kl_estimator == "closed_form" else
+                                            kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)))
+                                kl = aggregate(per_step, mask, stage.aggregation)
                                 loss = loss + stage.kl_coef * kl
                                 metrics["kl"] = kl.item()
                         metrics.update({"grad_norm": update(loss), **pg_metrics})

@@ -32,15 +32,14 @@ def test_recomputed_logprobs_equal_sampled(sampler, guidance):
     assert (recomputed[~masked] == 0).all()
 
 
-def test_greedy_sampling_is_deterministic_given_the_noise():
+def test_greedy_sampling_starts_from_the_rows_seed():
     for sampler in ("ddim", "flow_sde"):
         policy = make_policy(sampler)
         policy.model.eval()
-        outputs = []
-        for _ in range(2):
-            torch.manual_seed(3)
-            outputs.append(policy.rollout(ROWS[:1], 1, greedy=True))
+        outputs = [policy.rollout(ROWS[:1], 1, greedy=True) for _ in range(2)]  # noise from the row's seed
         assert torch.equal(outputs[0].outputs[0], outputs[1].outputs[0]) and (outputs[0].logprobs == 0).all()
+        other = policy.rollout([{**ROWS[0], "seed": 5}], 1, greedy=True)
+        assert not torch.equal(other.outputs[0], outputs[0].outputs[0])
 
 
 def test_sampler_must_match_the_models_prediction():
@@ -83,3 +82,31 @@ def test_multiview3d_task_runs_end_to_end(tmp_path, mmpost_home):
     assert len(list((run / "samples" / "after").glob("*_output.png"))) == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss/pg"]) for r in records if r["stage"] == "rl")
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
+def test_closed_form_kl_is_zero_to_itself_and_matches_the_gaussian_formula(sampler):
+    import copy
+
+    from mmpost.algos.diffusion import gaussian_kl
+
+    torch.manual_seed(0)
+    policy = make_policy(sampler)
+    policy.model.double().eval()
+    reference = copy.deepcopy(policy)
+    rollout = policy.rollout(ROWS, 2)
+    assert policy.closed_form_kl(rollout, reference).abs().max() == 0
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    kl = policy.closed_form_kl(rollout, reference)
+    rows, steps = rollout.mask.nonzero(as_tuple=True)
+    x = rollout.actions.latents[rows, steps]
+    texts = [rollout.actions.texts[i] for i in rows.tolist()]
+    with torch.no_grad():
+        mean, std = policy._transition(x, steps, texts)
+        ref_mean, _ = reference._transition(x, steps, texts)
+    assert torch.allclose(kl[rows, steps], gaussian_kl(mean, ref_mean, std)) and (kl[rows, steps] > 0).all()
+    kl.sum().backward()
+    assert any(p.grad is not None for p in policy.model.parameters())
+    assert all(p.grad is None for p in reference.model.parameters())

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmpost.algos.diffusion import ddim_transition, flow_sde_transition, mean_logprob
+from mmpost.algos.diffusion import ddim_transition, flow_sde_transition, gaussian_kl, mean_logprob
 from mmpost.types import Rollout
 
 WORD_BUCKETS = 4096
@@ -160,10 +160,16 @@ class DiffusionPolicy:
     @torch.no_grad()
     def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
         """``n`` tiles per row's ``description``; ``greedy`` = the deterministic sampler (DDIM eta 0,
-        or the flow ODE), whose steps have no density (log-probs 0)."""
+        or the flow ODE), whose steps have no density (log-probs 0), started from noise drawn from
+        each row's ``seed`` when rows have one."""
         texts = [row["description"] for row in batch for _ in range(n)]
         size = self.model.config["tile_size"]
-        x = torch.randn(len(texts), 3, size, size, device=self.device, dtype=next(self.model.parameters()).dtype)
+        dtype = next(self.model.parameters()).dtype
+        if greedy and all("seed" in row for row in batch):  # each row's own noise: before/after runs are paired
+            x = torch.stack([torch.randn(3, size, size, generator=torch.Generator().manual_seed(int(row["seed"])))
+                             for row in batch for _ in range(n)]).to(self.device, dtype)
+        else:
+            x = torch.randn(len(texts), 3, size, size, device=self.device, dtype=dtype)
         latents, logps = [x], []
         for k in range(self.steps):
             mean, std = self._transition(x, torch.full((len(texts),), k), texts, noisy=not greedy)
@@ -189,6 +195,21 @@ class DiffusionPolicy:
         mean, std = self._transition(x, steps, [actions.texts[i] for i in rows.tolist()])
         out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
         out[rows.to(self.device), steps.to(self.device)] = mean_logprob(target, mean, std)
+        return out
+
+    def closed_form_kl(self, rollout: Rollout, reference: "DiffusionPolicy") -> torch.Tensor:
+        """[N, K] per-step KL to ``reference`` at the stored latents, in closed form (Flow-GRPO): both
+        transitions are Gaussians with the same std, so ``KL = mean_elements (mu - mu_ref)^2 / (2 std^2)``.
+        Differentiable in this policy's parameters only (masked steps; others 0)."""
+        actions: DiffusionActions = rollout.actions
+        rows, steps = rollout.mask.nonzero(as_tuple=True)
+        x = actions.latents[rows, steps].to(self.device)
+        texts = [actions.texts[i] for i in rows.tolist()]
+        mean, std = self._transition(x, steps, texts)
+        with torch.no_grad():
+            ref_mean, _ = reference._transition(x, steps, texts)
+        out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
+        out[rows.to(self.device), steps.to(self.device)] = gaussian_kl(mean, ref_mean, std)
         return out
 
     def sft_loss(self, batch: list[dict], uncond_fraction: float = 0.1) -> tuple[torch.Tensor, dict]:
