@@ -189,6 +189,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError("reward_weights needs one weight per reward")
+        try:  # from --set they arrive as strings
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        except ValueError:
+            raise ValueError(f"reward_weights must be numbers, got {self.reward_weights}") from None
         if self.flow.backbone not in ("", "mlp") and self.env.obs != "image":
             raise ValueError(f"flow.backbone={self.flow.backbone!r} reads camera images: set env.obs=image")
         if self.flow.backbone == "mlp" and self.env.obs == "image":

@@ -36,3 +36,12 @@ def test_recipe_file(tmp_path):
     path.write_text("stages:\n  - {name: warm, kind: sft, stpes: 5}\n")
     with pytest.raises(KeyError, match="Did you mean 'steps'"):
         stages_from_yaml(path)
+
+
+def test_reward_weights_from_the_command_line_become_numbers():
+    import mmpost
+
+    cfg = mmpost.build_config("multiview3d", overrides={"rewards": "mrc,object_match", "reward_weights": "1,0.1"})
+    assert cfg.rewards == ["mrc", "object_match"] and cfg.reward_weights == [1.0, 0.1]
+    with pytest.raises(ValueError, match="must be numbers"):
+        mmpost.build_config("multiview3d", overrides={"rewards": "mrc", "reward_weights": "heavy"})

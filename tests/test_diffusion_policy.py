@@ -10,16 +10,19 @@ CONFIG = {"tile_size": 16, "channels": [8, 16, 16], "text_dim": 16}
 ROWS = [{"description": "a red sphere", "seed": 1}, {"description": "a blue box and a green cylinder", "seed": 2}]
 
 
-def make_policy(sampler: str, **kwargs) -> DiffusionPolicy:
-    model = TileDiffusionModel({**CONFIG, "prediction": DiffusionPolicy.PREDICTION[sampler]})
+def make_policy(sampler: str, prediction: str = "", **kwargs) -> DiffusionPolicy:
+    model = TileDiffusionModel({**CONFIG, "prediction": prediction or DiffusionPolicy.PREDICTION[sampler]})
     return DiffusionPolicy(model, sampler=sampler, steps=4, **kwargs)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
+SAMPLERS = [("ddim", "v_prediction"), ("ddim", "epsilon"), ("flow_sde", "velocity")]
+
+
+@pytest.mark.parametrize("sampler,prediction", SAMPLERS)
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_recomputed_logprobs_equal_sampled(sampler, guidance):
+def test_recomputed_logprobs_equal_sampled(sampler, prediction, guidance):
     torch.manual_seed(0)
-    policy = make_policy(sampler, guidance=guidance, timestep_fraction=0.5)
+    policy = make_policy(sampler, prediction, guidance=guidance, timestep_fraction=0.5)
     policy.model.double()
     policy.model.eval()
     rollout = policy.rollout(ROWS, 2)
@@ -43,14 +46,14 @@ def test_greedy_sampling_starts_from_the_rows_seed():
 
 
 def test_sampler_must_match_the_models_prediction():
-    with pytest.raises(ValueError, match="velocity-predicting"):
+    with pytest.raises(ValueError, match="needs a model predicting velocity"):
         DiffusionPolicy(TileDiffusionModel(CONFIG), sampler="flow_sde")
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
-def test_sft_loss_falls_and_save_reloads(tmp_path, sampler):
+@pytest.mark.parametrize("sampler,prediction", SAMPLERS)
+def test_sft_loss_falls_and_save_reloads(tmp_path, sampler, prediction):
     torch.manual_seed(0)
-    policy = make_policy(sampler)
+    policy = make_policy(sampler, prediction)
     rows = [{"description": r["description"], "tile": torch.rand(3, 16, 16) * 0.1 + 0.8} for r in ROWS] * 4
     optimizer = torch.optim.Adam(policy.model.parameters(), lr=2e-3)
     average = lambda: sum(policy.sft_loss(rows)[0].item() for _ in range(8)) / 8  # noqa: E731
@@ -64,7 +67,7 @@ def test_sft_loss_falls_and_save_reloads(tmp_path, sampler):
     policy.save(tmp_path / "m")
     loaded = TileDiffusionModel.from_pretrained(tmp_path / "m")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), policy.model.state_dict().values()))
-    assert loaded.config["prediction"] == DiffusionPolicy.PREDICTION[sampler]
+    assert loaded.config["prediction"] == prediction
 
 
 def test_multiview3d_task_runs_end_to_end(tmp_path, mmpost_home):
@@ -110,3 +113,21 @@ def test_closed_form_kl_is_zero_to_itself_and_matches_the_gaussian_formula(sampl
     kl.sum().backward()
     assert any(p.grad is not None for p in policy.model.parameters())
     assert all(p.grad is None for p in reference.model.parameters())
+
+
+def test_v_prediction_converts_to_the_true_noise():
+    """With a model that outputs the exact v target, the DDIM transition equals the one from the true noise."""
+    from mmpost.algos.diffusion import ddim_transition
+
+    policy = make_policy("ddim", "v_prediction")
+    torch.manual_seed(0)
+    x0, noise = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16)
+    k = torch.tensor([3, 3])
+    t = policy.timesteps[k]
+    x_t = policy.scheduler.add_noise(x0, noise, t)
+    v = policy.scheduler.get_velocity(x0, noise, t)
+    policy._predict = lambda x, t, texts: v  # the exact v target in place of the network
+    mean, std = policy._transition(x_t, k, ["", ""])
+    a_t, a_prev = policy.alpha[k].view(-1, 1, 1, 1), policy.alpha_prev[k].view(-1, 1, 1, 1)
+    expected_mean, expected_std = ddim_transition(noise, x_t, a_t, a_prev, policy.eta)
+    assert torch.allclose(mean, expected_mean, atol=1e-5) and torch.allclose(std, expected_std)

@@ -97,10 +97,11 @@ class DiffusionPolicy:
     """Sampling with per-step log-probs, classifier-free guidance, denoising SFT.
 
     Two samplers, each a Gaussian transition per step (:mod:`mmpost.algos.diffusion`):
-    ``"ddim"`` (DDPO / Carve3D: an epsilon-predicting model, DDIM with ``eta`` > 0 on Stable
+    ``"ddim"`` (DDPO / Carve3D: an epsilon- or v-predicting model, DDIM with ``eta`` > 0 on Stable
     Diffusion's schedule) and ``"flow_sde"`` (Flow-GRPO: a velocity-predicting flow-matching model,
     sampled by the SDE with the same marginals as its ODE, noise scale ``noise_level``). The model's
-    training objective must match: its config records ``prediction`` ("epsilon" or "velocity").
+    training objective must match: its config records ``prediction`` (DDIM: "epsilon", or
+    "v_prediction", which new models learn since it denoised far better at this size; flow: "velocity").
 
     Args:
         model: a :class:`TileDiffusionModel`.
@@ -111,7 +112,8 @@ class DiffusionPolicy:
         timestep_fraction: fraction of each sample's steps trained on (DDPO).
     """
 
-    PREDICTION = {"ddim": "epsilon", "flow_sde": "velocity"}
+    PREDICTION = {"ddim": "v_prediction", "flow_sde": "velocity"}  # what a new model for each sampler learns
+    ACCEPTS = {"ddim": ("epsilon", "v_prediction"), "flow_sde": ("velocity",)}
 
     def __init__(self, model: TileDiffusionModel, sampler: str = "ddim", steps: int = 10, eta: float = 1.0,
                  noise_level: float = 0.7, guidance: float = 1.0, timestep_fraction: float = 0.5, device="cpu"):
@@ -119,10 +121,10 @@ class DiffusionPolicy:
 
         if sampler not in self.PREDICTION:
             raise ValueError(f"sampler must be 'ddim' or 'flow_sde', got {sampler!r}")
-        prediction = model.config.get("prediction", "epsilon")
-        if prediction != self.PREDICTION[sampler]:
-            raise ValueError(f"sampler {sampler!r} needs a {self.PREDICTION[sampler]}-predicting model; this one "
-                             f"predicts {prediction}")
+        self.prediction = model.config.get("prediction", "epsilon")
+        if self.prediction not in self.ACCEPTS[sampler]:
+            raise ValueError(f"sampler {sampler!r} needs a model predicting {' or '.join(self.ACCEPTS[sampler])}; "
+                             f"this one predicts {self.prediction}")
         self.model, self.sampler, self.steps, self.eta, self.guidance = model, sampler, steps, eta, guidance
         self.noise_level, self.timestep_fraction, self.device = noise_level, timestep_fraction, torch.device(device)
         if sampler == "flow_sde":  # x_s = (1 - s) x0 + s noise, from s = 1 to 0 on a uniform grid
@@ -155,6 +157,8 @@ class DiffusionPolicy:
             return flow_sde_transition(out, x, view(self.sigmas), view(self.sigmas[1:]),
                                        self.noise_level if noisy else 0.0, sigma_one=float(self.sigmas[1]))
         a_t, a_prev = (v[steps].to(x).view(-1, 1, 1, 1) for v in (self.alpha, self.alpha_prev))
+        if self.prediction == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0  =>  eps = sqrt(a) v + sqrt(1 - a) x
+            out = a_t.sqrt() * out + (1 - a_t).sqrt() * x
         return ddim_transition(out, x, a_t, a_prev, self.eta if noisy else 0.0)
 
     @torch.no_grad()
@@ -224,7 +228,8 @@ class DiffusionPolicy:
             loss = ((self.model(x_s, s * 1000, texts) - (noise - x0)) ** 2).mean()
         else:
             t = torch.randint(0, 1000, (len(batch),), device=self.device)
-            loss = ((self.model(self.scheduler.add_noise(x0, noise, t), t, texts) - noise) ** 2).mean()
+            target = self.scheduler.get_velocity(x0, noise, t) if self.prediction == "v_prediction" else noise
+            loss = ((self.model(self.scheduler.add_noise(x0, noise, t), t, texts) - target) ** 2).mean()
         return loss, {"samples": float(len(batch))}
 
     def demo_logprobs(self, batch: list[dict]):
