@@ -9,6 +9,8 @@ Examples::
     mmpost train --task reach                                  # MuJoCo arm, few-shot SFT then PPO
     mmpost train --task reach --recipe flow_noise_grpo
     mmpost train --task reach --env maniskill:PickCube-v1 --set sft.steps=0   # GPU extra
+    mmpost train --task multiview3d                            # multi-view diffusion, Flow-GRPO on MRC
+    mmpost train --task multiview3d --recipe carve3d
     mmpost list
     mmpost bench-sandbox --n 300
     mmpost bench-env

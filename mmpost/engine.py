@@ -207,9 +207,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
         reference = None
-        if stage.kind == "rl" and stage.kl_estimator == "closed_form" and not hasattr(policy, "closed_form_kl"):
+        if stage.kind == "rl" and stage.kl_estimator == "closed_form" and not hasattr(policy, "logprobs_and_kl"):
             raise ValueError(f"stage {stage.name!r}: kl_estimator 'closed_form' needs a policy with Gaussian "
-                             f"transitions (closed_form_kl); {type(policy).__name__} has none: use 'k3'")
+                             f"transitions (logprobs_and_kl); {type(policy).__name__} has none: use 'k3'")
         if stage.kind == "rl" and stage.kl_coef > 0:  # frozen start-of-stage model, only when KL is on
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
@@ -269,8 +269,12 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                     order = torch.randperm(len(rollout))
                     for index in order.chunk(stage.minibatches):
                         part = rollout.subset(index)
+                        closed_form = reference is not None and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
                         with accelerator.autocast():
-                            logprobs = policy.logprobs(part)
+                            if closed_form:  # Gaussian policies: log-probs and exact KL from one forward
+                                logprobs, step_kl = policy.logprobs_and_kl(part, reference)
+                            else:
+                                logprobs = policy.logprobs(part)
                             mask = part.mask.to(logprobs.device)
                             loss, pg_metrics = clipped_pg_loss(
                                 logprobs, part.logprobs.to(logprobs.device), part.advantages.to(logprobs.device),
@@ -283,10 +287,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                                 loss = loss + stage.value_coef * critic_loss
                                 metrics["loss/value"] = critic_loss.item()
                             if reference is not None and stage.kl_in == "loss":
-                                per_step = (policy.closed_form_kl(part, reference)
-                                            if stage.kl_estimator == "closed_form" else
-                                            kl_k3(logprobs, part.ref_logprobs.to(logprobs.device)))
-                                kl = aggregate(per_step, mask, stage.aggregation)
+                                if not closed_form:
+                                    step_kl = kl_k3(logprobs, part.ref_logprobs.to(logprobs.device))
+                                kl = aggregate(step_kl, mask, stage.aggregation)
                                 loss = loss + stage.kl_coef * kl
                                 metrics["kl"] = kl.item()
                         metrics.update({"grad_norm": update(loss), **pg_metrics})

@@ -55,7 +55,7 @@ class Multiview3D:
             stages=[
                 Stage(name="sft", kind="sft", steps=1000, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.02),
                 # on-policy (one update per batch) with DDPO's clip 1e-4; Flow-GRPO's closed-form KL in the loss
-                Stage(name="rl", kind="rl", steps=40, batch_size=4, group_size=4, lr=1e-4, schedule="constant",
+                Stage(name="rl", kind="rl", steps=32, batch_size=4, group_size=4, lr=1e-4, schedule="constant",
                       clip_low=1e-4, clip_high=1e-4, kl_coef=0.05, kl_in="loss", kl_estimator="closed_form"),
             ],
             diffusion=DiffusionConfig(sampler="flow_sde", steps=10, noise_level=0.3, timestep_fraction=0.5),

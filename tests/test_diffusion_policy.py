@@ -70,21 +70,27 @@ def test_sft_loss_falls_and_save_reloads(tmp_path, sampler, prediction):
     assert loaded.config["prediction"] == prediction
 
 
-def test_multiview3d_task_runs_end_to_end(tmp_path, mmpost_home):
-    """The work-in-progress task wires SFT and RL through the engine with the MRC reward."""
+@pytest.mark.parametrize("recipe,extra", [("flow_grpo", {}), ("ddpo", {"rl.curate": [4, 2]})])
+def test_multiview3d_task_runs_end_to_end(tmp_path, mmpost_home, recipe, extra):
+    """SFT then RL through the engine with the MRC reward: held-out MRC, object_match and the KL to
+    the SFT model are reported, the gallery is written; the ddpo case also curates its prompts."""
     import json
     import math
 
     import mmpost
 
     run = tmp_path / "run"
-    results = mmpost.train(task="multiview3d", output_dir=str(run), **{
+    results = mmpost.train(task="multiview3d", output_dir=str(run), recipe=recipe, **{
         "sft.steps": 3, "rl.steps": 2, "data.train_size": 8, "data.eval_size": 2, "rl.batch_size": 2,
-        "rl.group_size": 2})
+        "rl.group_size": 2, "diffusion.steps": 4, **extra})
     assert results["after"]["greedy"]["mrc"] is not None and results["before"]["greedy"]["mrc"] < 0
+    assert 0 <= results["after"]["greedy"]["object_match"] <= 1
+    assert math.isfinite(results["kl_to_start"]["rl"]["k1"]) and results["kl_to_start"]["rl"]["k3"] >= 0
     assert len(list((run / "samples" / "after").glob("*_output.png"))) == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["loss/pg"]) for r in records if r["stage"] == "rl")
+    assert all(math.isfinite(r["loss/pg"]) and math.isfinite(r["kl/sampled"]) for r in records if r["stage"] == "rl")
+    if extra:
+        assert len(json.loads((run / "curated-rl.json").read_text())["rows"]) == 2
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "flow_sde"])
@@ -98,11 +104,12 @@ def test_closed_form_kl_is_zero_to_itself_and_matches_the_gaussian_formula(sampl
     policy.model.double().eval()
     reference = copy.deepcopy(policy)
     rollout = policy.rollout(ROWS, 2)
-    assert policy.closed_form_kl(rollout, reference).abs().max() == 0
+    logprobs, kl = policy.logprobs_and_kl(rollout, reference)
+    assert kl.abs().max() == 0 and torch.allclose(logprobs, policy.logprobs(rollout))
     with torch.no_grad():
         for p in policy.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    kl = policy.closed_form_kl(rollout, reference)
+    _, kl = policy.logprobs_and_kl(rollout, reference)
     rows, steps = rollout.mask.nonzero(as_tuple=True)
     x = rollout.actions.latents[rows, steps]
     texts = [rollout.actions.texts[i] for i in rows.tolist()]
@@ -131,3 +138,17 @@ def test_v_prediction_converts_to_the_true_noise():
     a_t, a_prev = policy.alpha[k].view(-1, 1, 1, 1), policy.alpha_prev[k].view(-1, 1, 1, 1)
     expected_mean, expected_std = ddim_transition(noise, x_t, a_t, a_prev, policy.eta)
     assert torch.allclose(mean, expected_mean, atol=1e-5) and torch.allclose(std, expected_std)
+
+
+def test_saved_unet_is_a_diffusers_directory_and_bare_unets_load(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    model = TileDiffusionModel(CONFIG)
+    model.save_pretrained(tmp_path / "saved")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "saved" / "unet")  # plain diffusers can read it
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), model.unet.state_dict().values()))
+    unet.save_pretrained(tmp_path / "bare")  # a user's diffusers UNet, without our word encoder
+    loaded = TileDiffusionModel.from_pretrained(tmp_path / "bare")
+    assert loaded.config["tile_size"] == 16 and loaded(torch.randn(1, 3, 16, 16), torch.tensor([5]), ["a"]).shape == (1, 3, 16, 16)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        TileDiffusionModel.from_pretrained(tmp_path)

@@ -42,22 +42,30 @@ class WordEncoder(nn.Module):
 
 
 class TileDiffusionModel(nn.Module):
-    """A ``UNet2DConditionModel`` over tiles plus the word encoder it is conditioned on."""
+    """A ``UNet2DConditionModel`` over tiles plus the word encoder it is conditioned on.
 
-    def __init__(self, config: dict):
+    Saved as a diffusers UNet directory (``unet/``, loadable by ``UNet2DConditionModel.from_pretrained``)
+    plus ``words.safetensors`` and ``config.json``; :meth:`from_pretrained` also takes a bare
+    diffusers ``UNet2DConditionModel`` directory (pixel space, 3 channels), whose word encoder then
+    starts untrained.
+    """
+
+    def __init__(self, config: dict, unet=None):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         self.config = {"prediction": "epsilon", **config}
         c = self.config
-        # attention only at the coarse levels: self-attention there links the four views across the
-        # tile, and at 64x64 it would cost most of the step for little gain
-        attention = c.get("attention", [False] * (len(c["channels"]) - 2) + [True, True])
-        self.unet = UNet2DConditionModel(
-            sample_size=c["tile_size"], in_channels=3, out_channels=3, block_out_channels=tuple(c["channels"]),
-            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-            cross_attention_dim=c["text_dim"], layers_per_block=1, attention_head_dim=8, norm_num_groups=8)
+        if unet is None:
+            # attention only at the coarse levels: self-attention there links the four views across the
+            # tile, and at 64x64 it would cost most of the step for little gain
+            attention = c.get("attention", [False] * (len(c["channels"]) - 2) + [True, True])
+            unet = UNet2DConditionModel(
+                sample_size=c["tile_size"], in_channels=3, out_channels=3, block_out_channels=tuple(c["channels"]),
+                down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+                up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+                cross_attention_dim=c["text_dim"], layers_per_block=1, attention_head_dim=8, norm_num_groups=8)
+        self.unet = unet
         self.words = WordEncoder(c["text_dim"])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -68,17 +76,31 @@ class TileDiffusionModel(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(path / "unet")
+        save_model(self.words, str(path / "words.safetensors"))
         (path / "config.json").write_text(json.dumps({"model_type": "mmpost_tile_diffusion", **self.config}, indent=1))
-        save_model(self, str(path / "model.safetensors"))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TileDiffusionModel":
+        from diffusers import UNet2DConditionModel
         from safetensors.torch import load_model
 
-        config = json.loads((Path(path) / "config.json").read_text())
-        config.pop("model_type", None)
-        model = cls(config)
-        load_model(model, str(Path(path) / "model.safetensors"))
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a saved model directory (no config.json)")
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") != "mmpost_tile_diffusion":  # a bare diffusers UNet directory
+            unet = UNet2DConditionModel.from_pretrained(path)
+            if unet.config.in_channels != 3 or unet.config.out_channels != 3:
+                raise ValueError(f"{path}: a latent-space UNet ({unet.config.in_channels} channels); the tile policy "
+                                 "denoises RGB pixels and has no VAE")
+            print(f"{path}: diffusers UNet loaded; its word encoder starts untrained (fine-tune with SFT first)")
+            # a UNet does not record its parameterisation (its scheduler does): DDPM's epsilon assumed
+            return cls({"tile_size": unet.config.sample_size, "text_dim": unet.config.cross_attention_dim,
+                        "prediction": "epsilon"}, unet=unet)
+        config.pop("model_type")
+        model = cls(config, unet=UNet2DConditionModel.from_pretrained(path / "unet"))
+        load_model(model.words, str(path / "words.safetensors"))
         return model
 
 
@@ -190,31 +212,37 @@ class DiffusionPolicy:
                        columns={k: [row[k] for row in batch for _ in range(n)] for k in batch[0] if k != "tile"},
                        actions=DiffusionActions(torch.stack(latents, 1).cpu(), texts), temperature=temperature)
 
-    def logprobs(self, rollout: Rollout) -> torch.Tensor:
-        """[N, K] log-probs of the stored transitions under the current parameters (masked steps only)."""
+    def _stored_steps(self, rollout: Rollout):
+        """The masked (trained) steps of a rollout: row and step indices, the latents they start
+        from and end at, and their prompts."""
         actions: DiffusionActions = rollout.actions
         rows, steps = rollout.mask.nonzero(as_tuple=True)
         x = actions.latents[rows, steps].to(self.device)
         target = actions.latents[rows, steps + 1].to(self.device)
-        mean, std = self._transition(x, steps, [actions.texts[i] for i in rows.tolist()])
-        out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
-        out[rows.to(self.device), steps.to(self.device)] = mean_logprob(target, mean, std)
+        return rows, steps, x, target, [actions.texts[i] for i in rows.tolist()]
+
+    def _per_step(self, rollout: Rollout, rows, steps, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(rollout.mask.shape, device=self.device, dtype=values.dtype)
+        out[rows.to(self.device), steps.to(self.device)] = values
         return out
 
-    def closed_form_kl(self, rollout: Rollout, reference: "DiffusionPolicy") -> torch.Tensor:
-        """[N, K] per-step KL to ``reference`` at the stored latents, in closed form (Flow-GRPO): both
-        transitions are Gaussians with the same std, so ``KL = mean_elements (mu - mu_ref)^2 / (2 std^2)``.
-        Differentiable in this policy's parameters only (masked steps; others 0)."""
-        actions: DiffusionActions = rollout.actions
-        rows, steps = rollout.mask.nonzero(as_tuple=True)
-        x = actions.latents[rows, steps].to(self.device)
-        texts = [actions.texts[i] for i in rows.tolist()]
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """[N, K] log-probs of the stored transitions under the current parameters (masked steps only)."""
+        rows, steps, x, target, texts = self._stored_steps(rollout)
+        mean, std = self._transition(x, steps, texts)
+        return self._per_step(rollout, rows, steps, mean_logprob(target, mean, std))
+
+    def logprobs_and_kl(self, rollout: Rollout, reference: "DiffusionPolicy") -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`logprobs` plus the per-step KL to ``reference`` in closed form (Flow-GRPO), from the
+        same forward: both transitions are Gaussians with the same std, so
+        ``KL = mean_elements (mu - mu_ref)^2 / (2 std^2)``. Both [N, K], differentiable in this
+        policy's parameters only (masked steps; others 0)."""
+        rows, steps, x, target, texts = self._stored_steps(rollout)
         mean, std = self._transition(x, steps, texts)
         with torch.no_grad():
             ref_mean, _ = reference._transition(x, steps, texts)
-        out = torch.zeros(rollout.mask.shape, device=self.device, dtype=x.dtype)
-        out[rows.to(self.device), steps.to(self.device)] = gaussian_kl(mean, ref_mean, std)
-        return out
+        return (self._per_step(rollout, rows, steps, mean_logprob(target, mean, std)),
+                self._per_step(rollout, rows, steps, gaussian_kl(mean, ref_mean, std)))
 
     def sft_loss(self, batch: list[dict], uncond_fraction: float = 0.1) -> tuple[torch.Tensor, dict]:
         """Denoising (epsilon) regression on the rows' rendered tiles (``tile`` in [0, 1]);
