@@ -37,7 +37,8 @@ class Stage:
     clip_low: float = 0.2  # rl: PPO clip range below 1
     clip_high: float = 0.2  # rl: above 1 (> clip_low is DAPO's clip-higher)
     kl_coef: float = 0.0  # rl: weight of the KL to the frozen start-of-stage model; 0 = no reference forward
-    kl_in: str = "loss"  # rl: "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
+    # rl: "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
+    kl_in: str = "loss"
     kl_estimator: str = "k3"  # rl, kl_in=loss: "k3" on the sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
     epochs: int = 1  # rl: optimisation passes over each sampled batch (>1 reuses stored log-probs)
     minibatches: int = 1  # rl: optimiser steps per pass (outputs split evenly)
@@ -70,7 +71,8 @@ class Stage:
         if self.kl_in not in ("loss", "advantage"):
             raise ValueError(f"stage {self.name!r}: kl_in must be 'loss' or 'advantage', got {self.kl_in!r}")
         if self.kl_estimator not in ("k3", "closed_form"):
-            raise ValueError(f"stage {self.name!r}: kl_estimator must be 'k3' or 'closed_form', got {self.kl_estimator!r}")
+            raise ValueError(f"stage {self.name!r}: kl_estimator must be 'k3' or 'closed_form', "
+                             f"got {self.kl_estimator!r}")
         if self.kl_in == "advantage" and self.advantage != "group":
             raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
         if self.group_filter and len(self.group_filter) != 2:

@@ -269,7 +269,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                     order = torch.randperm(len(rollout))
                     for index in order.chunk(stage.minibatches):
                         part = rollout.subset(index)
-                        closed_form = reference is not None and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
+                        closed_form = (reference is not None and stage.kl_in == "loss"
+                                       and stage.kl_estimator == "closed_form")
                         with accelerator.autocast():
                             if closed_form:  # Gaussian policies: log-probs and exact KL from one forward
                                 logprobs, step_kl = policy.logprobs_and_kl(part, reference)
