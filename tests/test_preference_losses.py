@@ -49,3 +49,26 @@ def test_orpo_odds_ratio_by_hand():
     assert orpo_odds_ratio(torch.tensor([mw]), torch.tensor([ml])).item() == pytest.approx(expected)
     # stable where P is close to 1 (mean log-prob near 0)
     assert torch.isfinite(orpo_odds_ratio(torch.tensor([-1e-7]), torch.tensor([-3.0]))).all()
+
+
+def test_kto_by_hand():
+    from mmpost.algos.preference import kto
+
+    logp, ref = torch.tensor([-2.0, -3.0]), torch.tensor([-2.5, -2.0])  # ratios +0.5 and -1.0
+    desirable = torch.tensor([True, False])
+    kl_logp, kl_ref = torch.tensor([-4.0, -5.0]), torch.tensor([-4.2, -5.0])  # z0 = max(0, 0.1) = 0.1
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = [1 - sig(0.1 * (0.5 - 0.1)), 2.0 * (1 - sig(0.1 * (0.1 + 1.0)))]
+    out = kto(logp, ref, desirable, kl_logp, kl_ref, beta=0.1, weight_undesirable=2.0)
+    assert torch.allclose(out, torch.tensor(expected))
+    # a negative mean mismatched ratio is clamped to z0 = 0
+    out = kto(logp, ref, desirable, kl_ref, kl_logp, beta=0.1, weight_undesirable=2.0)
+    assert out[0].item() == pytest.approx(1 - sig(0.05))
+
+
+def test_best_worst_pairs():
+    from mmpost.algos.preference import best_worst_pairs
+
+    rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, 0.5, 0.3, 0.7, 0.7])
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    assert best_worst_pairs(rewards, group) == [(1, 2), (6, 5)]  # group 1 has no spread: dropped

@@ -15,6 +15,10 @@ With ``D_w = logp_w - ref_w``, ``D_l = logp_l - ref_l``:
 * SimPO (reference-free): ``-log s(b logp_w / |y_w| - b logp_l / |y_l| - g)``.
 * ORPO's odds-ratio term: ``-log s(log odds(y_w) - log odds(y_l))`` with
   ``odds = P / (1 - P)``, ``P = exp(mean-token log-prob)``; weighted by ``lambda`` beside the NLL.
+* KTO (unpaired, TRL ``kto_trainer.py``): ``z0 = max(0, mean D')`` over mismatched completions
+  (detached); desirable ``l_D (1 - s(b (D - z0)))``, undesirable ``l_U (1 - s(b (z0 - D)))``.
+
+:func:`best_worst_pairs` builds pairs from rewarded samples (CheXalign: best vs worst of n).
 """
 
 from __future__ import annotations
@@ -58,3 +62,26 @@ def orpo_odds_ratio(mean_logp_w, mean_logp_l) -> torch.Tensor:
         return mean_logp - torch.log(-torch.expm1(mean_logp))
 
     return -F.logsigmoid(log_odds(mean_logp_w) - log_odds(mean_logp_l))
+
+
+def kto(logp, ref, desirable, kl_logp, kl_ref, beta: float = 0.1, weight_desirable: float = 1.0,
+        weight_undesirable: float = 1.0) -> torch.Tensor:
+    """KTO on unpaired completions: ``desirable`` [B] bool; ``kl_logp`` / ``kl_ref`` the log-probs of
+    mismatched (prompt, completion) pairs, whose mean log-ratio is the reference point ``z0``."""
+    z0 = (kl_logp - kl_ref).mean().clamp(min=0).detach()
+    ratio = logp - ref
+    return torch.where(desirable, weight_desirable * (1 - torch.sigmoid(beta * (ratio - z0))),
+                       weight_undesirable * (1 - torch.sigmoid(beta * (z0 - ratio))))
+
+
+def best_worst_pairs(rewards: torch.Tensor, group: torch.Tensor, min_spread: float = 1e-8) -> list[tuple[int, int]]:
+    """(chosen, rejected) indices per group: the highest- and lowest-rewarded sample, groups whose
+    rewards spread by no more than ``min_spread`` dropped (CheXalign ``get_preference.py``)."""
+    pairs = []
+    for g in torch.unique(group).tolist():
+        members = (group == g).nonzero().squeeze(1)
+        values = rewards[members]
+        if values.numel() < 2 or float(values.max() - values.min()) <= min_spread:
+            continue
+        pairs.append((int(members[values.argmax()]), int(members[values.argmin()])))
+    return pairs
