@@ -207,6 +207,9 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
         reference = None
+        # Gaussian policies give log-probs and the exact KL to the reference from one forward
+        closed_form = stage.kind == "rl" and stage.kl_coef > 0 and stage.kl_in == "loss" \
+            and stage.kl_estimator == "closed_form"
         if stage.kind == "rl" and stage.kl_estimator == "closed_form" and not hasattr(policy, "logprobs_and_kl"):
             raise ValueError(f"stage {stage.name!r}: kl_estimator 'closed_form' needs a policy with Gaussian "
                              f"transitions (logprobs_and_kl); {type(policy).__name__} has none: use 'k3'")
@@ -269,10 +272,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                     order = torch.randperm(len(rollout))
                     for index in order.chunk(stage.minibatches):
                         part = rollout.subset(index)
-                        closed_form = (reference is not None and stage.kl_in == "loss"
-                                       and stage.kl_estimator == "closed_form")
                         with accelerator.autocast():
-                            if closed_form:  # Gaussian policies: log-probs and exact KL from one forward
+                            if closed_form:
                                 logprobs, step_kl = policy.logprobs_and_kl(part, reference)
                             else:
                                 logprobs = policy.logprobs(part)
