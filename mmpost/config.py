@@ -16,13 +16,22 @@ import yaml
 
 from mmpost.registry import closest
 
+# Valid names, kept here so a typo fails when the config is built, before any model loads.
+STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft")
+AGGREGATIONS = ("token_mean", "sequence_mean", "max_length")
+RATIO_LEVELS = ("token", "sequence", "sequence_sum")
+ADVANTAGES = ("group", "gae", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft")
+PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
+
 
 @dataclass
 class Stage:
     """One stage of a recipe: an objective, its data and its optimisation settings."""
 
     name: str = "sft"
-    kind: str = "sft"  # "sft": the policy's supervised loss on demonstrations; "rl": sample, score, policy gradient
+    kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft
     data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
     steps: int = 100  # optimiser steps in this stage
     batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
@@ -31,20 +40,29 @@ class Stage:
     warmup: float = 0.0  # fraction of steps of linear warm-up
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    group_size: int = 8  # rl: completions per prompt (GRPO group)
-    temperature: float = 1.0  # rl: sampling temperature
-    max_new_tokens: int = 72  # rl: generation cap
-    clip_low: float = 0.2  # rl: PPO clip range below 1
-    clip_high: float = 0.2  # rl: above 1 (> clip_low is DAPO's clip-higher)
-    kl_coef: float = 0.0  # rl: weight of the KL to the frozen start-of-stage model; 0 = no reference forward
-    # rl: "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
-    kl_in: str = "loss"
-    kl_estimator: str = "k3"  # rl, kl_in=loss: "k3" on the sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
-    epochs: int = 1  # rl: optimisation passes over each sampled batch (>1 reuses stored log-probs)
-    minibatches: int = 1  # rl: optimiser steps per pass (outputs split evenly)
-    aggregation: str = "token_mean"  # "token_mean" (DAPO/TRL default) | "sequence_mean" (GRPO paper)
-    scale_rewards: bool = True  # rl: divide advantages by the group std (False: Dr.GRPO)
-    advantage: str = "group"  # rl: "group" (GRPO, critic-free) | "gae" (PPO with the policy's value head)
+    # --- sampling (rl, mixed, dpo, spin, rft)
+    group_size: int = 8  # completions per prompt (GRPO group; candidates for pairs / rejection sampling)
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 72  # generation cap
+    # --- policy-gradient term (rl, mixed)
+    clip_low: float = 0.2  # PPO clip range below 1
+    clip_high: float = 0.2  # above 1 (> clip_low is DAPO's clip-higher)
+    ratio_level: str = "token"  # "token" (PPO/GRPO) | "sequence" (GSPO) | "sequence_sum" (TRL's RLOO)
+    dual_clip: float = 0.0  # dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
+    epochs: int = 1  # optimisation passes over each sampled batch (>1 reuses stored log-probs)
+    minibatches: int = 1  # optimiser steps per pass (outputs split evenly)
+    # "token_mean" (DAPO, TRL bnpo/dapo) | "sequence_mean" (GRPO paper, TRL grpo) | "max_length" (Dr.GRPO)
+    aggregation: str = "token_mean"
+    # --- advantages (rl, mixed)
+    # "group" (GRPO) | "gae" (PPO with a value head) | "rloo" | "reinforce_pp" | "reinforce_pp_baseline"
+    advantage: str = "group"
+    scale_rewards: bool = True  # group: divide by the group std (False: Dr.GRPO)
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
+    overlong: list = field(default_factory=list)  # [max_length, cache]: DAPO's soft overlong penalty on the reward
+    mask_truncated: bool = False  # outputs cut at max_new_tokens get no loss (DAPO's overlong filtering)
+    group_filter: list = field(default_factory=list)  # [low, high] keep groups whose mean reward is inside
+    curate: list = field(default_factory=list)  # [candidates, keep] train on the keep rows of the first
+    #   candidates with the lowest mean reward under the start-of-stage model (Carve3D); [] = all rows
     gamma: float = 0.99  # gae: discount per transition
     lam: float = 0.95  # gae: lambda
     normalize_advantages: bool = True  # gae: whiten advantages over the batch
@@ -52,27 +70,50 @@ class Stage:
     value_lr: float = 0.0  # gae: learning rate of the value head (0 = lr)
     value_clip: float = 0.2  # gae: PPO value clipping (0 = off)
     bootstrap_truncated: bool = False  # gae: bootstrap from the critic at the time limit (False: the limit is terminal)
-    dual_clip: float = 0.0  # rl: dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
-    group_filter: list = field(default_factory=list)  # rl: [low, high] keep groups whose mean reward is inside
-    curate: list = field(default_factory=list)  # rl: [candidates, keep] train on the keep rows of the first
-    #   candidates with the lowest mean reward under the start-of-stage model (Carve3D); [] = all rows
+    # --- KL to the frozen start-of-stage model, entropy
+    kl_coef: float = 0.0  # weight of the KL term; 0 = no reference forward
+    # "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
+    kl_in: str = "loss"
+    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" on sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
+    entropy_coef: float = 0.0  # entropy bonus: loss - coef * token-mean entropy (token policies)
+    target_entropy: float = 0.0  # > 0: adjust the sampling temperature toward this token entropy (AceReason)
+    temperature_rate: float = 0.5  # step size of that controller
+    # --- demonstrations (sft, mixed, rft, and inside rl)
+    sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft"
+    sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
+    sstoken_ratio: float = 0.6  # sstoken: fraction of demonstrated tokens trained on
+    mu: list = field(default_factory=lambda: [0.1, 0.1, 0, 0])  # mixed: CHORD's [peak, valley, warmup, decay]
+    demo_in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf)
+    relift_size: int = 0  # rl: SFT on prompts no sample solved once this many are buffered (ReLIFT); 0 = off
+    solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
+    rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
+    rft_demo_fallback: bool = False  # rft: prompts with no solved sample train on the demonstration (S3FT)
+    # --- preference (dpo, spin)
+    preference_loss: str = "dpo"  # dpo | robust | ipo | rdpo | dpo_norm | simpo | orpo | kto | asft
+    beta: float = 0.1  # the preference losses' beta (SimPO: 2.5)
+    label_smoothing: float = 0.0  # dpo: cDPO; robust: the flip rate
+    rdpo_alpha: float = 0.05  # rdpo: weight of the length difference
+    simpo_gamma: float = 1.375  # simpo: target margin
+    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term beside the NLL
+    iteration_steps: int = 0  # spin: steps per self-play iteration (reference refreshed); 0 = one iteration
 
     def __post_init__(self):
-        if self.kind not in ("sft", "rl"):
-            raise ValueError(f"stage {self.name!r}: kind must be 'sft' or 'rl', got {self.kind!r}")
+        choices = {"kind": (self.kind, STAGE_KINDS), "aggregation": (self.aggregation, AGGREGATIONS),
+                   "ratio_level": (self.ratio_level, RATIO_LEVELS), "advantage": (self.advantage, ADVANTAGES),
+                   "kl_estimator": (self.kl_estimator, (*KL_ESTIMATORS, "closed_form")),
+                   "sft_weight": (self.sft_weight, SFT_WEIGHTS), "preference_loss": (self.preference_loss, PREFERENCE_LOSSES)}
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ValueError(f"stage {self.name!r}: {key} must be one of {', '.join(valid)}, got {value!r}."
+                                 f"{closest(str(value), valid)}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"stage {self.name!r}: unknown schedule {self.schedule!r}")
         if self.steps < 0 or self.batch_size < 1 or self.group_size < 1:
             raise ValueError(f"stage {self.name!r}: steps >= 0, batch_size >= 1, group_size >= 1 required")
-        if self.kind == "rl" and (self.group_size * self.batch_size) % self.minibatches:
+        if self.kind in ("rl", "mixed") and (self.group_size * self.batch_size) % self.minibatches:
             raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
-        if self.advantage not in ("group", "gae"):
-            raise ValueError(f"stage {self.name!r}: advantage must be 'group' or 'gae', got {self.advantage!r}")
         if self.kl_in not in ("loss", "advantage"):
             raise ValueError(f"stage {self.name!r}: kl_in must be 'loss' or 'advantage', got {self.kl_in!r}")
-        if self.kl_estimator not in ("k3", "closed_form"):
-            raise ValueError(f"stage {self.name!r}: kl_estimator must be 'k3' or 'closed_form', "
-                             f"got {self.kl_estimator!r}")
         if self.kl_in == "advantage" and self.advantage != "group":
             raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
         if self.group_filter and len(self.group_filter) != 2:
@@ -82,6 +123,17 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: curate is [candidates, keep] with 0 < keep <= candidates, "
                              f"got {self.curate}")
         self.curate = [int(v) for v in self.curate]
+        if self.overlong and (len(self.overlong) != 2 or not 0 < int(self.overlong[1]) <= int(self.overlong[0])):
+            raise ValueError(f"stage {self.name!r}: overlong is [max_length, cache] with 0 < cache <= max_length, "
+                             f"got {self.overlong}")
+        self.overlong = [int(v) for v in self.overlong]
+        if len(self.mu) != 4:
+            raise ValueError(f"stage {self.name!r}: mu is [peak, valley, warmup_steps, decay_steps], got {self.mu}")
+        self.mu = [float(self.mu[0]), float(self.mu[1]), int(self.mu[2]), int(self.mu[3])]
+        if self.kind == "dpo" and self.group_size < 2:
+            raise ValueError(f"stage {self.name!r}: dpo builds pairs from group_size >= 2 samples per prompt")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"stage {self.name!r}: label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
 
 @dataclass

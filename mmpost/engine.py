@@ -7,11 +7,11 @@ held-out split, runs each stage of the recipe, evaluates again and writes the ru
     checkpoints/     atomic, resumable          samples/        held-out samples before/after
     final/           from_pretrained-loadable   results.json    before/after metrics
 
-Each stage is ``sft`` (the policy's supervised loss on demonstrations) or ``rl`` (sample a group
-per prompt or initial state, score, advantages -- group-normalised, or GAE with the policy's value
-head --, clipped policy gradient, optional KL and critic terms). The engine speaks only the
-:class:`~mmpost.policy.Policy` contract and :class:`~mmpost.types.Rollout`, so token, flow and
-diffusion policies share it.
+Each stage has a kind -- ``sft``, ``rl``, ``mixed``, ``dpo``, ``spin``, ``rft`` -- whose step function
+(:mod:`mmpost.stages`) turns a batch of row indices into one or more optimiser updates; this loop
+owns everything around it: data order, optimiser and schedule, the frozen reference, logging,
+checkpoints and evaluation. The engine speaks only the :class:`~mmpost.policy.Policy` contract and
+:class:`~mmpost.types.Rollout`, so token, flow and diffusion policies share it.
 """
 
 from __future__ import annotations
@@ -30,16 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpost.algos.advantages import gae, group_advantages, group_keep_mask, normalize
-from mmpost.algos.kl import kl_k3, sequence_kl
-from mmpost.algos.pg import aggregate, clipped_pg_loss
-from mmpost.algos.value import value_loss
 from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.evaluation import evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
-from mmpost.rewarding import score_rollout
+from mmpost.stages import STEPS, StageContext, needs_reference, token_only_reason, updates_per_step
 
 
 def batch_indices(seed: int, stage_index: int, step: int, batch_size: int, n: int) -> list[int]:
@@ -96,31 +92,18 @@ def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
     return {n: REWARDS.get(n) for n in names}, dict(zip(names, weights))
 
 
-def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
-    """Set ``rollout.advantages`` (and ``returns`` for GAE); drop filtered groups from the mask."""
-    metrics = {}
-    if stage.advantage == "group":
-        rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
-        if stage.kl_coef > 0 and stage.kl_in == "advantage":  # Carve3D: A = z(r) - beta * z(KL), per prompt
-            kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask)
-            rollout.advantages = rollout.advantages - stage.kl_coef * group_advantages(kl, rollout.group)
-    else:
-        if rollout.values is None or rollout.step_rewards is None:
-            raise ValueError(f"stage {stage.name!r}: advantage 'gae' needs a policy with a value head acting "
-                             "in an environment (per-transition rewards and values)")
-        bootstrap = rollout.bootstrap if stage.bootstrap_truncated else torch.zeros_like(rollout.bootstrap)
-        advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, bootstrap,
-                                          stage.gamma, stage.lam)
-        if stage.normalize_advantages:
-            advantages = normalize(advantages, rollout.alive)
-        # the action steps of a transition are contiguous: one advantage per transition, repeated
-        rollout.advantages = advantages.repeat_interleave(rollout.mask.shape[1] // advantages.shape[1], dim=1)
-        metrics["value/mean"] = float((rollout.values * rollout.alive).sum() / rollout.alive.sum().clamp(min=1))
-    if stage.group_filter:
-        keep = group_keep_mask(rollout.rewards, rollout.group, *stage.group_filter)
-        rollout.mask = rollout.mask * keep[:, None].to(rollout.mask.dtype)
-        metrics["rl/kept_fraction"] = float(keep.float().mean())
-    return metrics
+SHOWN = ("loss/sft", "loss/pg", "loss/value", "loss/preference", "reward/total/mean")
+
+
+def check_policy_supports(stage: Stage, policy) -> None:
+    """Fail before the stage's first step when a term needs what this policy kind lacks."""
+    reason = token_only_reason(stage)
+    if reason and not hasattr(policy, "demo_rollout"):
+        raise ValueError(f"stage {stage.name!r}: {reason} needs a token policy (demonstrations as token "
+                         f"sequences); {type(policy).__name__} is not one")
+    if stage.kl_estimator == "closed_form" and stage.kind in ("rl", "mixed") and not hasattr(policy, "logprobs_and_kl"):
+        raise ValueError(f"stage {stage.name!r}: kl_estimator 'closed_form' needs a policy with Gaussian "
+                         f"transitions (logprobs_and_kl); {type(policy).__name__} has none: use 'k3'")
 
 
 def _default_output_dir(cfg: TrainConfig) -> Path:
@@ -191,7 +174,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if checkpoint and stage_index < checkpoint["stage_index"]:
             continue
         steps = min(stage.steps, cfg.max_steps) if cfg.max_steps else stage.steps
-        updates_per_step = stage.epochs * stage.minibatches if stage.kind == "rl" else 1
+        check_policy_supports(stage, policy)
         if stage.data not in rows:
             rows[stage.data] = task.rows(stage.data)
         train_rows = rows[stage.data]
@@ -205,23 +188,20 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                   {"params": [p for p in params if id(p) in critic], "lr": stage.value_lr or stage.lr}]
         optimizer = accelerator.prepare_optimizer(
             torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
-        scheduler = build_scheduler(optimizer, stage, steps * updates_per_step)
+        scheduler = build_scheduler(optimizer, stage, steps * updates_per_step(stage))
         reference = None
-        # Gaussian policies give log-probs and the exact KL to the reference from one forward
-        closed_form = stage.kind == "rl" and stage.kl_coef > 0 and stage.kl_in == "loss" \
-            and stage.kl_estimator == "closed_form"
-        if stage.kind == "rl" and stage.kl_estimator == "closed_form" and not hasattr(policy, "logprobs_and_kl"):
-            raise ValueError(f"stage {stage.name!r}: kl_estimator 'closed_form' needs a policy with Gaussian "
-                             f"transitions (logprobs_and_kl); {type(policy).__name__} has none: use 'k3'")
-        if stage.kind == "rl" and stage.kl_coef > 0:  # frozen start-of-stage model, only when KL is on
+        if needs_reference(stage):  # frozen start-of-stage model, only when a term reads it
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
+        ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
+                           scheduler, params)
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             if checkpoint.get("reference") is not None:
                 reference.model.load_state_dict(checkpoint["reference"])
+            ctx.state = checkpoint.get("stage_state") or {}
             set_rng_state(checkpoint["rng"])
             start = checkpoint["step"]
         if hasattr(policy, "max_new_tokens"):
@@ -229,86 +209,24 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         policy.model.train()
         bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
 
-        def update(loss: torch.Tensor) -> float:
-            """One optimiser step on ``loss``; returns the gradient norm before clipping. A
-            non-finite loss or gradient skips the step (NaN is logged) rather than poisoning the weights."""
-            grad_norm = math.nan
-            if torch.isfinite(loss):
-                accelerator.backward(loss)
-                grad_norm = float(accelerator.clip_grad_norm_(params, stage.max_grad_norm))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            return grad_norm
-
         def checkpoint_now(step: int) -> None:
             save_checkpoint(run_dir, stage_index, step, {
                 "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "scheduler": scheduler.state_dict(), "stage_state": ctx.state,
                 "reference": reference.model.state_dict() if reference is not None else None,
             }, keep=cfg.keep_checkpoints)
 
         for step in bar:
             started = time.perf_counter()
-            batch = [train_rows[i] for i in batch_indices(cfg.seed, stage_index, step, stage.batch_size, len(train_rows))]
-            metrics: dict[str, float] = {}
-            if stage.kind == "sft":
-                with accelerator.autocast():
-                    loss, sft_metrics = policy.sft_loss(batch)
-                metrics.update({"grad_norm": update(loss), "loss/sft": loss.item(), **sft_metrics})
-            else:
-                rollout = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
-                generated = time.perf_counter()
-                metrics.update(score_rollout(rollout, rewards, weights))
-                scored = time.perf_counter()
-                if reference is not None:
-                    with torch.no_grad():
-                        rollout.ref_logprobs = reference.logprobs(rollout).cpu()
-                    metrics["kl/sampled"] = float(sequence_kl(rollout.logprobs, rollout.ref_logprobs,
-                                                              rollout.mask).mean())
-                metrics.update(compute_advantages(rollout, stage))
-                for _ in range(stage.epochs):
-                    order = torch.randperm(len(rollout))
-                    for index in order.chunk(stage.minibatches):
-                        part = rollout.subset(index)
-                        with accelerator.autocast():
-                            if closed_form:
-                                logprobs, step_kl = policy.logprobs_and_kl(part, reference)
-                            else:
-                                logprobs = policy.logprobs(part)
-                            mask = part.mask.to(logprobs.device)
-                            loss, pg_metrics = clipped_pg_loss(
-                                logprobs, part.logprobs.to(logprobs.device), part.advantages.to(logprobs.device),
-                                mask, stage.clip_low, stage.clip_high, stage.aggregation, stage.dual_clip)
-                            metrics["loss/pg"] = loss.item()
-                            if stage.advantage == "gae":
-                                critic_loss = value_loss(policy.values(part), part.values.to(logprobs.device),
-                                                         part.returns.to(logprobs.device),
-                                                         part.alive.to(logprobs.device), stage.value_clip)
-                                loss = loss + stage.value_coef * critic_loss
-                                metrics["loss/value"] = critic_loss.item()
-                            if reference is not None and stage.kl_in == "loss":
-                                if not closed_form:
-                                    step_kl = kl_k3(logprobs, part.ref_logprobs.to(logprobs.device))
-                                kl = aggregate(step_kl, mask, stage.aggregation)
-                                loss = loss + stage.kl_coef * kl
-                                metrics["kl"] = kl.item()
-                        metrics.update({"grad_norm": update(loss), **pg_metrics})
-                metrics.update({
-                    **rollout.metrics, "time/update": time.perf_counter() - scored,
-                    "loss/total": loss.item(), "tokens": float(rollout.mask.sum()),
-                    # -mean log p of sampled tokens: an unbiased estimate of the policy's entropy
-                    "entropy": float(-(rollout.logprobs * rollout.mask).sum() / rollout.mask.sum().clamp(min=1)),
-                    "rollout/len": float(rollout.num_steps.float().mean()),
-                    "time/generate": generated - started, "time/reward": scored - generated,
-                })
+            ctx.step = step
+            metrics = STEPS[stage.kind](ctx, batch_indices(cfg.seed, stage_index, step, stage.batch_size,
+                                                           len(train_rows)))
             seconds = time.perf_counter() - started
             unit = "tokens" if "tokens" in metrics else "samples"
             metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,
                             f"{unit}_per_s": metrics.get(unit, 0.0) / seconds})
             log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
-            shown = {k: metrics[k] for k in ("loss/sft", "loss/pg", "loss/value", "reward/total/mean") if k in metrics}
+            shown = {k: metrics[k] for k in SHOWN if k in metrics}
             bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"
                              for k, v in shown.items()})
             done = step + 1
@@ -320,7 +238,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                 raise KeyboardInterrupt
         bar.close()
         checkpoint = None
-        if reference is not None:  # how far this stage moved the model, on held-out prompts
+        if reference is not None and stage.kind != "spin":  # how far this stage moved the model (held out)
             results.setdefault("kl_to_start", {})[stage.name] = heldout_kl(policy, reference, eval_rows, cfg.eval)
             (run_dir / "results.json").write_text(json.dumps(results, indent=1))
         if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:

@@ -38,6 +38,7 @@ class Rollout:
     bootstrap: torch.Tensor | None = None  # [N] value after the last transition (0 if terminated)
     alive: torch.Tensor | None = None  # [N, C] 1.0 for real transitions
     returns: torch.Tensor | None = None  # [N, C] critic targets (GAE advantages + values)
+    truncated: torch.Tensor | None = None  # [N] bool: cut at the length limit (token policies)
     metrics: dict = field(default_factory=dict)  # sampling statistics for the log (times, success)
 
     def __post_init__(self):
@@ -57,6 +58,31 @@ class Rollout:
     def num_steps(self) -> torch.Tensor:
         """[N] number of real action steps of each output."""
         return self.mask.sum(-1)
+
+    @staticmethod
+    def concat(parts: list["Rollout"]) -> "Rollout":
+        """Outputs of several rollouts of the same policy kind as one (steps padded to the longest);
+        ``actions`` must support ``concat`` too. Used to add demonstrations to sampled groups."""
+        width = max(p.mask.shape[1] for p in parts)
+        pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1])) if t.dim() == 2 else t  # noqa: E731
+        values = {}
+        for f in fields(Rollout):
+            items = [getattr(p, f.name) for p in parts]
+            if f.name in ("temperature", "metrics"):
+                values[f.name] = items[0]
+            elif all(isinstance(v, torch.Tensor) for v in items):
+                values[f.name] = torch.cat([pad(v) for v in items])
+            elif all(v is None for v in items):
+                values[f.name] = None
+            elif f.name in ("outputs", "prompts"):
+                values[f.name] = [x for v in items for x in v]
+            elif f.name in ("columns", "reward_components"):
+                values[f.name] = {k: [x for v in items for x in v[k]] for k in items[0]}
+            elif f.name == "actions":
+                values[f.name] = type(items[0]).concat(items)
+            else:
+                raise ValueError(f"cannot concatenate rollouts: {f.name!r} is set on only some of them")
+        return Rollout(**values)
 
     def subset(self, index: torch.Tensor) -> "Rollout":
         """The rollout restricted to outputs ``index`` (for minibatches); ``actions`` must be indexable."""

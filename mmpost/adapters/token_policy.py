@@ -26,10 +26,17 @@ class TokenActions:
     """What :meth:`TokenPolicy.logprobs` needs to recompute a token rollout exactly."""
 
     prompt_rows: list[dict]  # one row per output
-    completion_ids: torch.Tensor  # [N, T] generated tokens, padded with pad_token_id
+    completion_ids: torch.Tensor  # [N, T] generated tokens, padded with pad_id
+    pad_id: int
 
     def __getitem__(self, index: torch.Tensor) -> "TokenActions":
-        return TokenActions([self.prompt_rows[i] for i in index.tolist()], self.completion_ids[index])
+        return TokenActions([self.prompt_rows[i] for i in index.tolist()], self.completion_ids[index], self.pad_id)
+
+    @staticmethod
+    def concat(parts: list["TokenActions"]) -> "TokenActions":
+        width = max(p.completion_ids.shape[1] for p in parts)
+        ids = [F.pad(p.completion_ids, (0, width - p.completion_ids.shape[1]), value=p.pad_id) for p in parts]
+        return TokenActions([r for p in parts for r in p.prompt_rows], torch.cat(ids), parts[0].pad_id)
 
 
 class TokenPolicy:
@@ -84,8 +91,10 @@ class TokenPolicy:
             raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-        """[N, T] log-probs of ``completion_ids`` after each row's prompt, teacher-forced, with grad."""
+    def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,
+                           return_logits: bool = False):
+        """[N, T] log-probs of ``completion_ids`` after each row's prompt, teacher-forced, with grad
+        (and the [N, T, V] sampling logits when ``return_logits``)."""
         prompt = self.encode_prompts(rows)
         completion_ids = completion_ids.to(self.device)
         completion_mask = (completion_ids != self.pad_id).long()
@@ -99,7 +108,8 @@ class TokenPolicy:
         logits = logits / temperature
         if self.suppress_ids:
             logits[..., self.suppress_ids] = float("-inf")
-        return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+        return (logprobs, logits) if return_logits else logprobs
 
     def _completion_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """1.0 up to and including the first EOS (all steps when the output was truncated)."""
@@ -133,24 +143,55 @@ class TokenPolicy:
         logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        truncated = ~(ids == self.eos_id).any(dim=1)  # hit max_new_tokens before EOS (DAPO's overlong filter)
         return Rollout(logprobs=logprobs.cpu(), mask=mask.cpu(), group=torch.arange(len(batch)).repeat_interleave(n),
                        outputs=texts, prompts=[row["prompt"] for row in rows], columns=columns,
-                       actions=TokenActions(rows, ids.cpu()), temperature=1.0 if greedy else temperature)
+                       actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=1.0 if greedy else temperature,
+                       truncated=truncated.cpu())
 
-    def logprobs(self, rollout: Rollout) -> torch.Tensor:
-        lp = self._sequence_logprobs(rollout.actions.prompt_rows, rollout.actions.completion_ids, rollout.temperature)
-        return lp * rollout.mask.to(lp.device)
+    def logprobs(self, rollout: Rollout, return_entropy: bool = False):
+        """[N, T] log-probs of the rollout's tokens (with grad); with ``return_entropy`` also the [N, T]
+        entropy of the sampling distribution at each step (for an entropy bonus)."""
+        lp, logits = self._sequence_logprobs(rollout.actions.prompt_rows, rollout.actions.completion_ids,
+                                             rollout.temperature, return_logits=True)
+        mask = rollout.mask.to(lp.device)
+        if not return_entropy:
+            return lp * mask
+        log_p = F.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
+        return lp * mask, entropy * mask
 
-    def demo_logprobs(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded."""
-        encoded = [self.tokenizer(r["completion"] + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    def _demo_ids(self, batch: list[dict], field: str) -> torch.Tensor:
+        """Right-padded token ids of each row's ``field`` text followed by EOS."""
+        encoded = [self.tokenizer(r[field] + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
                    for r in batch]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         for i, e in enumerate(encoded):
             ids[i, :len(e)] = torch.tensor(e)
+        return ids
+
+    def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
+        """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded.
+        Returns ``(logprobs, mask)``, plus the [B, T, V] logits when ``return_logits``."""
+        ids = self._demo_ids(batch, "completion")
         mask = (ids != self.pad_id).float().to(self.device)
-        return self._sequence_logprobs(batch, ids, temperature=1.0) * mask, mask
+        logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
+        return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
+
+    @torch.no_grad()
+    def demo_rollout(self, batch: list[dict], field: str = "completion", temperature: float = 1.0) -> Rollout:
+        """The rows' texts in ``field`` (the demonstration, or a ``chosen``/``rejected`` answer) as a
+        one-output-per-row Rollout, scored by the current model: a demonstration can then join a
+        sampled group (LUFFY, ViSurf; scored at the group's ``temperature``) or a preference pair."""
+        ids = self._demo_ids(batch, field)
+        mask = (ids != self.pad_id).float()
+        logprobs = self._sequence_logprobs(batch, ids, temperature=temperature).cpu() * mask
+        columns = {k: [row[k] for row in batch] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        return Rollout(logprobs=logprobs, mask=mask, group=torch.arange(len(batch)),
+                       outputs=[row[field] for row in batch], prompts=[row["prompt"] for row in batch],
+                       columns=columns, actions=TokenActions(list(batch), ids, self.pad_id), temperature=temperature,
+                       truncated=torch.zeros(len(batch), dtype=torch.bool))
 
     def sft_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict]:
         """Token NLL of the rows' completions (mean over demonstrated tokens)."""

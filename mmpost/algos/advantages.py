@@ -33,6 +33,68 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: bool = T
     return advantages
 
 
+def rloo_advantages(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """RLOO: ``r_i - mean_{j != i} r_j`` within each group (no std scaling).
+
+    NaN rewards are excluded from their siblings' baselines and get advantage 0, as in TRL's
+    ``RLOOTrainer``; an output with no scorable sibling has no baseline and gets 0.
+    """
+    advantages = torch.zeros_like(rewards)
+    for g in torch.unique(group):
+        members = (group == g) & ~torch.isnan(rewards)
+        values = rewards[members]
+        if values.numel() < 2:
+            continue
+        advantages[members] = values - (values.sum() - values) / (values.numel() - 1)
+    return advantages
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group: torch.Tensor, mask: torch.Tensor,
+                            subtract_group_mean: bool = False) -> torch.Tensor:
+    """REINFORCE++: the outcome reward on every step of its output, whitened over all real steps of
+    the *batch* (not per group); ``subtract_group_mean`` first centres each reward on its group's mean
+    (verl's ``reinforce_plus_plus_baseline``). Returns [N, T]; NaN rewards give 0.
+
+    With gamma = 1 and the KL kept out of the reward, verl's per-step return is the outcome reward
+    itself, so the per-step advantage before whitening is that reward (``core_algos.py``).
+    """
+    scores = torch.nan_to_num(rewards, nan=0.0)
+    if subtract_group_mean:
+        scores = group_advantages(rewards, group, scale=False)
+    valid = mask * (~torch.isnan(rewards)).to(mask.dtype)[:, None]
+    return masked_whiten(scores[:, None].expand_as(mask), valid)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """verl's ``masked_whiten``: ``(x - mean) * rsqrt(var + 1e-8)`` over the real entries, with the
+    unbiased (Bessel-corrected) variance; 0 on padding."""
+    mask = mask.to(values.dtype)
+    count = mask.sum()
+    mean = (values * mask).sum() / count.clamp(min=1.0)
+    var = (((values - mean) * mask) ** 2).sum() / count.clamp(min=1.0) * count / (count - 1).clamp(min=1.0)
+    return (values - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, cache: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment, added to the reward: 0 up to ``max_length - cache`` tokens,
+    then a linear ramp to -1 at ``max_length``, -1 beyond (``((L - cache) - |y|) / cache``)."""
+    start = max_length - cache
+    ramp = (start - lengths.float()) / max(cache, 1)
+    return torch.where(lengths <= start, torch.zeros_like(ramp), torch.clamp(ramp, min=-1.0))
+
+
+def uniform_group_mask(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """[N] bool: outputs whose group's rewards are not all equal (DAPO's dynamic sampling keeps
+    only these; an all-equal group has zero advantages and only dilutes the token normaliser)."""
+    keep = torch.zeros_like(group, dtype=torch.bool)
+    for g in torch.unique(group):
+        members = group == g
+        values = rewards[members]
+        values = values[~torch.isnan(values)]
+        keep[members] = bool(values.numel() > 1 and float(values.max() - values.min()) > 0)
+    return keep
+
+
 def group_keep_mask(rewards: torch.Tensor, group: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """[N] bool: outputs whose group's mean reward lies in ``[low, high]``.
 

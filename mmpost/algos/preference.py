@@ -4,11 +4,11 @@ Inputs are per-pair tensors [B]: ``logp_*`` the policy's summed log-prob of a co
 ``ref_*`` the frozen reference's, ``len_*`` completion lengths in tokens. Each function returns the
 per-pair loss [B]; the caller averages. Formulas as TRL 1.16 writes them (``DPOTrainer._compute_loss``:
 sigmoid, ipo with its length normalisation, sigmoid_norm; CPO's simpo; ORPO's ``odds_ratio_loss``)
-and CheXalign's ``rdpo_trainer.py``; agreement tests against TRL's trainers are still to come (issue 6).
+and CheXalign's ``rdpo_trainer.py``; ``tests/test_preference_losses.py`` checks them against TRL's trainers.
 With ``D_w = logp_w - ref_w``, ``D_l = logp_l - ref_l``:
 
 * DPO (sigmoid): ``-log s(b (D_w - D_l))``; cDPO (label smoothing ``e``):
-  ``-(1 - e) log s(b x) - e log s(-b x)``.
+  ``-(1 - e) log s(b x) - e log s(-b x)``; robust DPO: ``[(1 - e) L(b x) - e L(-b x)] / (1 - 2e)``.
 * IPO: ``(D_w / |y_w| - D_l / |y_l| - 1 / (2 b))^2`` (TRL normalises by length).
 * R-DPO: ``-log s(b (D_w - D_l) + a (|y_w| - |y_l|))`` (CheXalign ``rdpo_trainer.py``).
 * length-normalised DPO (TULU 3): ``-log s(b (D_w / |y_w| - D_l / |y_l|))``.
@@ -31,6 +31,14 @@ def dpo(logp_w, logp_l, ref_w, ref_l, beta: float = 0.1, label_smoothing: float 
     """DPO's sigmoid loss; ``label_smoothing`` > 0 gives cDPO (labels flipped with that probability)."""
     margin = beta * ((logp_w - ref_w) - (logp_l - ref_l))
     return -(1 - label_smoothing) * F.logsigmoid(margin) - label_smoothing * F.logsigmoid(-margin)
+
+
+def robust_dpo(logp_w, logp_l, ref_w, ref_l, beta: float = 0.1, label_smoothing: float = 0.1) -> torch.Tensor:
+    """Robust DPO (TRL ``robust``): ``[(1 - e) L(b x) - e L(-b x)] / (1 - 2 e)`` with
+    ``L(z) = -log s(z)``: unbiased under labels flipped with probability ``e < 0.5``."""
+    margin = beta * ((logp_w - ref_w) - (logp_l - ref_l))
+    return (-(1 - label_smoothing) * F.logsigmoid(margin) + label_smoothing * F.logsigmoid(-margin)) \
+        / (1 - 2 * label_smoothing)
 
 
 def ipo(logp_w, logp_l, ref_w, ref_l, len_w, len_l, beta: float = 0.1) -> torch.Tensor:
@@ -62,6 +70,13 @@ def orpo_odds_ratio(mean_logp_w, mean_logp_l) -> torch.Tensor:
         return mean_logp - torch.log(-torch.expm1(mean_logp))
 
     return -F.logsigmoid(log_odds(mean_logp_w) - log_odds(mean_logp_l))
+
+
+def asft(mean_logp_w, mean_logp_l) -> torch.Tensor:
+    """ASFT (arXiv 2409.10571), reference-free: each response's own likelihood pushed up (chosen) or
+    down (rejected), ``-log s(log p_w) - log s(-log p_l)`` on mean-token log-probs. The paper's exact
+    normalisation is unverified (abstract only); the caller adds the NLL of the chosen answer."""
+    return -F.logsigmoid(mean_logp_w) - F.logsigmoid(-mean_logp_l)
 
 
 def kto(logp, ref, desirable, kl_logp, kl_ref, beta: float = 0.1, weight_desirable: float = 1.0,

@@ -1,12 +1,69 @@
-"""Supervised term: negative log-likelihood of demonstrations, masked to the demonstrated steps."""
+"""Supervised terms on demonstrations: NLL with a token-weight function, and its relatives.
+
+The common form is ``L = sum_t w_t * (-log p_t) / N`` over demonstrated tokens, with
+``w_t = sg(phi(p_t))`` (``shared/reference/algorithms.md`` §B):
+
+* ``uniform``: ``phi = 1`` (plain SFT).
+* ``dft``: ``phi(p) = p`` (DFT, arXiv 2508.05629; TRL ``sft_trainer.py::dft_loss``).
+* ``chord``: ``phi(p) = p (1 - p)`` (CHORD-phi, arXiv 2508.11408; Trinity-RFT ``SFTPhiLossFn``).
+
+Plus ssToken's token selection by excess loss over a history model, and PoFT's preference of the
+policy over a reference on the same demonstration.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from mmpost.algos.pg import aggregate
+
+TOKEN_WEIGHTS = ("uniform", "dft", "chord")
 
 
 def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, aggregation: str = "token_mean") -> torch.Tensor:
     """``-mean log p(demo step)`` over real steps ([N, T] inputs); prompt tokens are not in ``mask``."""
     return aggregate(-logprobs, mask, aggregation)
+
+
+def token_weights(logprobs: torch.Tensor, kind: str) -> torch.Tensor:
+    """[N, T] detached weights ``phi(p_t)`` of demonstrated tokens (see the module docstring)."""
+    p = logprobs.detach().exp()
+    if kind == "uniform":
+        return torch.ones_like(p)
+    if kind == "dft":
+        return p
+    if kind == "chord":
+        return p * (1 - p)
+    raise ValueError(f"unknown token weighting {kind!r}; expected one of {', '.join(TOKEN_WEIGHTS)}")
+
+
+def weighted_nll(logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "uniform",
+                 aggregation: str = "token_mean") -> torch.Tensor:
+    """``aggregate(-sg(phi(p_t)) log p_t)``: the SFT term with a token-weight function."""
+    return aggregate(-token_weights(logprobs, kind) * logprobs, mask, aggregation)
+
+
+def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,
+                 ratio: float) -> torch.Tensor:
+    """ssToken's selection: keep the top ``ratio`` of the batch's demonstrated tokens by retrospective
+    excess loss ``REL = L_history - L_theta = log p_theta - log p_history`` (history = the model at the
+    start of the stage); the attention-score half of ssToken's score is not used here (gamma = 1)."""
+    excess = (logprobs - history_logprobs).detach().masked_fill(mask == 0, float("-inf"))
+    real = int(mask.sum())
+    keep = max(1, int(round(ratio * real))) if real else 0
+    selected = torch.zeros_like(mask)
+    if keep:
+        top = torch.topk(excess.flatten(), keep).indices
+        selected.view(-1)[top] = 1.0
+    return selected * mask
+
+
+def poft_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PoFT (arXiv 2412.12865): Bradley-Terry preference of the policy over a frozen reference on the
+    same demonstration, ``-log s(s_theta - s_ref)`` with ``s`` the mean-token log-likelihood; the
+    gradient ``s(s_ref - s_theta) grad s_theta`` weights samples the reference finds likely."""
+    length = mask.sum(-1).clamp(min=1.0)
+    s_theta = (logprobs * mask).sum(-1) / length
+    s_ref = (ref_logprobs * mask).sum(-1) / length
+    return -F.logsigmoid(s_theta - s_ref).mean()

@@ -1,0 +1,165 @@
+"""The ``rl`` and ``mixed`` stages: sample a group per prompt, score, advantages, clipped policy gradient.
+
+Terms, each switched on by the stage's config: KL to the start-of-stage model (in the loss or the
+advantage), entropy bonus, critic loss (GAE), the demonstration term weighted by CHORD's mu
+(``mixed``), the demonstration as one member of its group (LUFFY / ViSurf), SFT on a buffer of
+prompts that no sample solved (ReLIFT), and a temperature controller holding the rollouts' entropy
+near a target (AceReason).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mmpost.algos.advantages import (gae, group_advantages, group_keep_mask, normalize, overlong_penalty,
+                                     reinforce_pp_advantages, rloo_advantages, uniform_group_mask)
+from mmpost.algos.kl import per_step_kl, sequence_kl
+from mmpost.algos.pg import aggregate, clipped_pg_loss
+from mmpost.algos.schedules import chord_mu, entropy_temperature
+from mmpost.algos.value import value_loss
+from mmpost.config import Stage
+from mmpost.rewarding import score_rollout
+from mmpost.stages.context import StageContext
+from mmpost.stages.sft import demo_loss
+from mmpost.types import Rollout
+
+
+def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
+    """Set ``rollout.advantages`` (and ``returns`` for GAE); drop filtered groups from the mask."""
+    metrics = {}
+    if stage.advantage == "group":
+        rollout.advantages = group_advantages(rollout.rewards, rollout.group, scale=stage.scale_rewards)
+        if stage.kl_coef > 0 and stage.kl_in == "advantage":  # Carve3D: A = z(r) - beta * z(KL), per prompt
+            kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask)
+            rollout.advantages = rollout.advantages - stage.kl_coef * group_advantages(kl, rollout.group)
+    elif stage.advantage == "rloo":
+        rollout.advantages = rloo_advantages(rollout.rewards, rollout.group)
+    elif stage.advantage.startswith("reinforce_pp"):
+        rollout.advantages = reinforce_pp_advantages(rollout.rewards, rollout.group, rollout.mask,
+                                                     subtract_group_mean=stage.advantage.endswith("baseline"))
+    else:
+        if rollout.values is None or rollout.step_rewards is None:
+            raise ValueError(f"stage {stage.name!r}: advantage 'gae' needs a policy with a value head acting "
+                             "in an environment (per-transition rewards and values)")
+        bootstrap = rollout.bootstrap if stage.bootstrap_truncated else torch.zeros_like(rollout.bootstrap)
+        advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, bootstrap,
+                                          stage.gamma, stage.lam)
+        if stage.normalize_advantages:
+            advantages = normalize(advantages, rollout.alive)
+        # the action steps of a transition are contiguous: one advantage per transition, repeated
+        rollout.advantages = advantages.repeat_interleave(rollout.mask.shape[1] // advantages.shape[1], dim=1)
+        metrics["value/mean"] = float((rollout.values * rollout.alive).sum() / rollout.alive.sum().clamp(min=1))
+    keep = torch.ones(rollout.rewards.shape[0], dtype=torch.bool)
+    if stage.group_filter:
+        keep &= group_keep_mask(rollout.rewards, rollout.group, *stage.group_filter)
+    if stage.dynamic_sampling:
+        keep &= uniform_group_mask(rollout.rewards, rollout.group)
+    if stage.mask_truncated and getattr(rollout, "truncated", None) is not None:
+        keep &= ~rollout.truncated
+        metrics["rl/truncated_fraction"] = float(rollout.truncated.float().mean())
+    if not bool(keep.all()):
+        rollout.mask = rollout.mask * keep[:, None].to(rollout.mask.dtype)
+    if stage.group_filter or stage.dynamic_sampling:
+        metrics["rl/kept_fraction"] = float(keep.float().mean())
+    return metrics
+
+
+def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy gradient + critic + KL + entropy terms on one minibatch of outputs."""
+    stage, policy, reference = ctx.stage, ctx.policy, ctx.reference
+    entropy = None
+    if closed_form:  # Gaussian policies: log-probs and the exact KL to the reference from one forward
+        logprobs, step_kl = policy.logprobs_and_kl(part, reference)
+    elif stage.entropy_coef:
+        logprobs, entropy = policy.logprobs(part, return_entropy=True)
+    else:
+        logprobs = policy.logprobs(part)
+    device = logprobs.device
+    mask = part.mask.to(device)
+    loss, metrics = clipped_pg_loss(logprobs, part.logprobs.to(device), part.advantages.to(device), mask,
+                                    stage.clip_low, stage.clip_high, stage.aggregation, stage.dual_clip,
+                                    stage.ratio_level, stage.max_new_tokens)
+    metrics["loss/pg"] = loss.item()
+    if stage.advantage == "gae":
+        critic = value_loss(policy.values(part), part.values.to(device), part.returns.to(device),
+                            part.alive.to(device), stage.value_clip)
+        loss = loss + stage.value_coef * critic
+        metrics["loss/value"] = critic.item()
+    if reference is not None and stage.kl_coef > 0 and stage.kl_in == "loss":
+        if not closed_form:
+            step_kl = per_step_kl(logprobs, part.ref_logprobs.to(device), stage.kl_estimator)
+        kl = aggregate(step_kl, mask, stage.aggregation, stage.max_new_tokens)
+        loss = loss + stage.kl_coef * kl
+        metrics["kl"] = kl.item()
+    if entropy is not None:  # token-mean entropy, whatever the PG aggregation (as TRL)
+        mean_entropy = aggregate(entropy, mask, "token_mean")
+        loss = loss - stage.entropy_coef * mean_entropy
+        metrics["entropy/full"] = mean_entropy.item()
+    return loss, metrics
+
+
+def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
+    """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps."""
+    stage, policy = ctx.stage, ctx.policy
+    started = time.perf_counter()
+    batch = ctx.batch(indices)
+    temperature = ctx.state.get("temperature", stage.temperature)
+    rollout = policy.rollout(batch, stage.group_size, temperature=temperature)
+    if stage.demo_in_group:  # the demonstration competes inside its prompt's group
+        rollout = Rollout.concat([rollout, policy.demo_rollout(batch, temperature=temperature)])
+    generated = time.perf_counter()
+    metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
+    scored = time.perf_counter()
+    if stage.overlong:
+        rollout.rewards = rollout.rewards + overlong_penalty(rollout.num_steps, *stage.overlong)
+    if ctx.reference is not None and stage.kl_coef > 0:
+        with torch.no_grad():
+            rollout.ref_logprobs = ctx.reference.logprobs(rollout).cpu()
+        metrics["kl/sampled"] = float(sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask).mean())
+    metrics.update(compute_advantages(rollout, stage))
+    closed_form = stage.kl_coef > 0 and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
+    mu = chord_mu(ctx.step, *stage.mu) if stage.kind == "mixed" else 0.0
+    for _ in range(stage.epochs):
+        for index in torch.randperm(len(rollout)).chunk(stage.minibatches):
+            with ctx.accelerator.autocast():
+                loss, part_metrics = pg_objective(ctx, rollout.subset(index), closed_form)
+                if mu:  # CHORD: (1 - mu) * GRPO + mu * SFT on the prompts' demonstrations
+                    sft, sft_metrics = demo_loss(ctx, batch)
+                    loss = (1 - mu) * loss + mu * sft
+                    part_metrics.update({"loss/sft": sft.item(), "mu": mu})
+            metrics.update({"grad_norm": ctx.update(loss), **part_metrics})
+    if stage.relift_size:
+        metrics.update(_relift(ctx, indices, rollout))
+    entropy = float(-(rollout.logprobs * rollout.mask).sum() / rollout.mask.sum().clamp(min=1))
+    if stage.target_entropy:
+        ctx.state["temperature"] = entropy_temperature(temperature, entropy, stage.target_entropy,
+                                                       stage.temperature_rate)
+    metrics.update({
+        **rollout.metrics, "time/update": time.perf_counter() - scored, "loss/total": loss.item(),
+        "tokens": float(rollout.mask.sum()), "temperature": temperature,
+        # -mean log p of sampled tokens: an unbiased estimate of the sampling distribution's entropy
+        "entropy": entropy, "rollout/len": float(rollout.num_steps.float().mean()),
+        "time/generate": generated - started, "time/reward": scored - generated,
+    })
+    return metrics
+
+
+def _relift(ctx: StageContext, indices: list[int], rollout: Rollout) -> dict[str, float]:
+    """ReLIFT: prompts none of whose samples reached ``solved_threshold`` go to a buffer; once it holds
+    ``relift_size`` of them, one SFT step on their demonstrations (``TheRoadQaQ/ReLIFT`` trainer.py)."""
+    stage = ctx.stage
+    buffer = ctx.state.setdefault("relift", [])
+    rewards = torch.nan_to_num(rollout.rewards, nan=float("-inf"))
+    for g, row in enumerate(indices):
+        if float(rewards[rollout.group == g].max()) < stage.solved_threshold:
+            buffer.append(row)
+    metrics = {"relift/buffer": float(len(buffer))}
+    if len(buffer) >= stage.relift_size:
+        rows = ctx.batch(buffer[:stage.relift_size])
+        del buffer[:stage.relift_size]
+        with ctx.accelerator.autocast():
+            loss, _ = demo_loss(ctx, rows)
+        metrics.update({"relift/loss": loss.item(), "relift/grad_norm": ctx.update(loss)})
+    return metrics

@@ -1,0 +1,53 @@
+"""The ``sft`` stage and the demonstration term every stage shares (``mixed``, ``rft``, ReLIFT)."""
+
+from __future__ import annotations
+
+import torch
+
+from mmpost.algos.kl import full_forward_kl
+from mmpost.algos.pg import aggregate
+from mmpost.algos.sft import nll_loss, poft_loss, sstoken_mask, weighted_nll
+from mmpost.stages.context import StageContext
+
+
+def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+    """The supervised loss on ``batch``'s demonstrations under ``ctx.stage``'s weighting.
+
+    Uniform weights and no KL: the policy's own ``sft_loss`` (token NLL, flow matching or denoising,
+    so any policy kind). Otherwise token log-probs of the demonstrations: a token-weight function
+    (DFT, CHORD-phi), ssToken's selection or PoFT's preference over the reference, plus Anchored
+    SFT's full-vocabulary KL to the reference when ``sft_kl_coef`` > 0.
+    """
+    stage, policy = ctx.stage, ctx.policy
+    if stage.sft_weight == "uniform" and not stage.sft_kl_coef:
+        return policy.sft_loss(batch)
+    with_logits = stage.sft_kl_coef > 0
+    out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
+    logprobs, mask = out[0], out[1]
+    metrics = {"tokens": float(mask.sum())}
+    if stage.sft_weight in ("sstoken", "poft"):
+        with torch.no_grad():
+            ref_logprobs = ctx.reference.demo_logprobs(batch)[0]
+        if stage.sft_weight == "sstoken":
+            keep = sstoken_mask(logprobs, ref_logprobs, mask, stage.sstoken_ratio)
+            loss = nll_loss(logprobs, keep)
+            metrics["sft/kept_tokens"] = float(keep.sum())
+        else:
+            loss = poft_loss(logprobs, ref_logprobs, mask)
+    else:
+        loss = weighted_nll(logprobs, mask, stage.sft_weight)
+    metrics["sft/nll"] = float(nll_loss(logprobs.detach(), mask))
+    if with_logits:
+        with torch.no_grad():
+            ref_logits = ctx.reference.demo_logprobs(batch, return_logits=True)[2]
+        kl = aggregate(full_forward_kl(out[2], ref_logits), mask, "token_mean")
+        loss = loss + stage.sft_kl_coef * kl
+        metrics["kl/demo"] = kl.item()
+    return loss, metrics
+
+
+def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
+    """One optimiser step on the demonstrations of ``indices``."""
+    with ctx.accelerator.autocast():
+        loss, metrics = demo_loss(ctx, ctx.batch(indices))
+    return {"grad_norm": ctx.update(loss), "loss/sft": loss.item(), **metrics}
