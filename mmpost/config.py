@@ -77,7 +77,7 @@ class Stage:
     kl_estimator: str = "k3"  # "k1" | "k2" | "k3" on sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
     entropy_coef: float = 0.0  # entropy bonus: loss - coef * token-mean entropy (token policies)
     target_entropy: float = 0.0  # > 0: adjust the sampling temperature toward this token entropy (AceReason)
-    temperature_rate: float = 0.5  # step size of that controller
+    temperature_rate: float = 0.05  # step size of that controller (log T per nat of entropy error)
     # --- demonstrations (sft, mixed, rft, and inside rl)
     sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft"
     sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)

@@ -53,11 +53,14 @@ class Registry:
 
 
 TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach",
-                           "multiview3d": "mmpost.tasks.multiview3d:Multiview3D"})
+                           "multiview3d": "mmpost.tasks.multiview3d:Multiview3D",
+                           "arithmetic": "mmpost.tasks.arithmetic:Arithmetic"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
     "code_block": "mmpost.rewards.text:code_block",
+    "answer_match": "mmpost.rewards.answer:answer_match",
+    "answer_partial": "mmpost.rewards.answer:answer_partial",
     "success": "mmpost.rewards.env:success",
     "env_return": "mmpost.rewards.env:env_return",
     "mrc": "mmpost.rewards.mrc:mrc",

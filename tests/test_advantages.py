@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from mmpost.algos.advantages import group_advantages
@@ -31,3 +32,79 @@ def test_group_advantages_match_trl_formula():
     grouped = rewards.view(-1, 4)
     trl = (rewards - grouped.mean(1).repeat_interleave(4)) / (grouped.std(1).repeat_interleave(4) + 1e-4)
     assert torch.allclose(group_advantages(rewards, group), trl, atol=1e-6)
+
+
+def test_rloo_by_hand():
+    from mmpost.algos.advantages import rloo_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 2.0, 5.0, float("nan"), 3.0])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    # group 0: 1 - (0+2)/2 = 0, 0 - 1.5 = -1.5, 2 - 0.5 = 1.5; group 1: NaN excluded -> 5 - 3, 3 - 5, NaN -> 0
+    expected = torch.tensor([0.0, -1.5, 1.5, 2.0, 0.0, -2.0])
+    assert torch.allclose(rloo_advantages(rewards, group), expected)
+    # equals G/(G-1) times the mean-centred reward (the identity RLOO papers state)
+    centred = rewards[:3] - rewards[:3].mean()
+    assert torch.allclose(rloo_advantages(rewards[:3], group[:3]), 1.5 * centred)
+
+
+def test_reinforce_pp_whitens_over_the_batch():
+    from mmpost.algos.advantages import reinforce_pp_advantages
+
+    rewards = torch.tensor([1.0, 0.0, 3.0])
+    group = torch.tensor([0, 0, 1])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    # real steps carry 1, 1, 0, 3: mean 1.25, unbiased var (0.0625*2 + 1.5625 + 3.0625) / 3 = 1.5833
+    adv = reinforce_pp_advantages(rewards, group, mask)
+    std = math.sqrt((2 * 0.0625 + 1.5625 + 3.0625) / 3 + 1e-8)
+    assert torch.allclose(adv, torch.tensor([[-0.25 / std, -0.25 / std], [-1.25 / std, 0.0], [1.75 / std, 0.0]]),
+                          atol=1e-6)
+    # baseline variant: group means subtracted first (0.5 | 3): steps carry 0.5, 0.5, -0.5, 0
+    adv = reinforce_pp_advantages(rewards, group, mask, subtract_group_mean=True)
+    values = torch.tensor([0.5, 0.5, -0.5, 0.0])
+    std = float(values.var(unbiased=True))
+    expected = (values - values.mean()) / math.sqrt(std + 1e-8)
+    assert torch.allclose(adv[mask.bool()], expected, atol=1e-6)
+
+
+def test_overlong_penalty_by_hand():
+    from mmpost.algos.advantages import overlong_penalty
+
+    # max 20, cache 8: free up to 12, then (12 - L) / 8, at least -1
+    lengths = torch.tensor([5, 12, 16, 20, 30])
+    assert overlong_penalty(lengths, 20, 8).tolist() == [0.0, 0.0, -0.5, -1.0, -1.0]
+
+
+def test_dynamic_sampling_drops_all_equal_groups():
+    from mmpost.algos.advantages import uniform_group_mask
+
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, float("nan")])
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    assert uniform_group_mask(rewards, group).tolist() == [False, False, True, True, False, False, False]
+
+
+def test_chord_mu_schedule_by_hand():
+    from mmpost.algos.schedules import chord_mu
+
+    # warm-up 0 -> 0.9 over 10 steps, cosine 0.9 -> 0.1 over 20, then 0.1
+    assert chord_mu(5, 0.9, 0.1, 10, 20) == pytest.approx(0.45)
+    assert chord_mu(10, 0.9, 0.1, 10, 20) == pytest.approx(0.9)
+    assert chord_mu(20, 0.9, 0.1, 10, 20) == pytest.approx(0.5)  # half-way: cos(pi/2) = 0
+    assert chord_mu(40, 0.9, 0.1, 10, 20) == pytest.approx(0.1)
+    assert chord_mu(3, 0.1, 0.1, 0, 0) == pytest.approx(0.1)  # CHORD-phi's constant mu
+
+
+def test_entropy_temperature_controller_by_hand():
+    from mmpost.algos.schedules import entropy_temperature
+
+    assert entropy_temperature(1.0, 0.5, 0.3, 0.5) == pytest.approx(math.exp(-0.1))  # too random: cool down
+    assert entropy_temperature(1.0, 0.1, 0.3, 0.5) == pytest.approx(math.exp(0.1))  # too sure: heat up
+    assert entropy_temperature(1.0, 50.0, 0.3, 0.5) == pytest.approx(0.1)  # clamped
+
+
+def test_rft_keeps_solved_top_k():
+    from mmpost.stages.rft import kept_outputs
+
+    rewards = torch.tensor([0.9, 1.0, 0.2, 1.0, float("nan"), 0.95])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert kept_outputs(rewards, group, 0.9, 0).tolist() == [True, True, False, True, False, True]
+    assert kept_outputs(rewards, group, 0.9, 1).tolist() == [False, True, False, True, False, False]

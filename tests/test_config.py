@@ -25,8 +25,8 @@ def test_bad_values_rejected():
         apply_overrides(cfg, {"rl.group_size": "many"})
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_set(["rl.group_size"])
-    with pytest.raises(ValueError, match="kind"):
-        apply_overrides(cfg, {"sft.kind": "dpo"})
+    with pytest.raises(ValueError, match="Did you mean .dpo."):
+        apply_overrides(cfg, {"sft.kind": "dpoo"})
 
 
 def test_recipe_file(tmp_path):

@@ -1,10 +1,13 @@
 """Preference losses against their formulas on hand-computed inputs."""
 
 import math
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from mmpost.algos import preference
 from mmpost.algos.preference import dpo, dpo_length_normalized, ipo, orpo_odds_ratio, rdpo, simpo
 
 W, L, RW, RL = torch.tensor([-4.0]), torch.tensor([-6.0]), torch.tensor([-5.0]), torch.tensor([-5.5])
@@ -72,3 +75,113 @@ def test_best_worst_pairs():
     rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, 0.5, 0.3, 0.7, 0.7])
     group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
     assert best_worst_pairs(rewards, group) == [(1, 2), (6, 5)]  # group 1 has no spread: dropped
+
+
+# ---------------------------------------------------------------- agreement with TRL's trainers
+
+
+class _OneProcess:
+    """accelerate on one process, for the metric bookkeeping inside TRL's loss functions."""
+
+    num_processes = 1
+    device = torch.device("cpu")
+
+    def __getattr__(self, name):
+        return lambda value, *args, **kwargs: value
+
+
+def _token_logps(b: int, t: int, seed: int):
+    """Random per-token log-probs [b, t] zero on padding, and the completion mask [b, t + 1] (position 0
+    is the prompt), as TRL's fused LM head returns them."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(b, t, generator=gen) > 0.3).float()
+    mask[:, 0] = 1
+    logps = -torch.rand(b, t, generator=gen) * 2 * mask
+    return logps, torch.cat([torch.zeros(b, 1), mask], dim=1).long()
+
+
+def _outputs(logps):
+    return SimpleNamespace(log_probs=logps, entropy=torch.zeros_like(logps), mean_logits=torch.zeros_like(logps),
+                           is_top1=torch.zeros_like(logps, dtype=torch.bool))
+
+
+def _trl_dpo(loss_type, logps, completion_mask, ref_w, ref_l, beta, label_smoothing):
+    from trl import DPOTrainer
+
+    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_OneProcess(), aux_loss_enabled=False,
+                           ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+                           loss_types=[loss_type], loss_weights=[1.0], beta=beta, label_smoothing=label_smoothing,
+                           use_weighting=False, _metrics={"train": defaultdict(list)}, _total_train_tokens=0,
+                           _tp_size=1)
+    n = completion_mask.shape[0]
+    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
+              "completion_mask": completion_mask, "ref_chosen_logps": ref_w, "ref_rejected_logps": ref_l}
+    assert n % 2 == 0
+    return DPOTrainer._compute_loss(fake, lambda **kw: _outputs(logps), inputs, return_outputs=False)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "ipo", "sigmoid_norm"])
+def test_dpo_family_agrees_with_trl(loss_type):
+    pytest.importorskip("trl")
+    b, beta, smoothing = 4, 0.3, 0.1 if loss_type == "robust" else 0.0
+    logps, completion_mask = _token_logps(2 * b, 6, seed=3)
+    ref = -torch.rand(2 * b) * 6
+    try:
+        expected = _trl_dpo(loss_type, logps, completion_mask, ref[:b], ref[b:], beta, smoothing)
+    except (AttributeError, KeyError, TypeError) as error:  # TRL internals moved: report, don't hide
+        pytest.fail(f"TRL's DPOTrainer._compute_loss changed its internals: {error!r}")
+    sums, lengths = logps.sum(-1), completion_mask.sum(-1).float()
+    w, lo, lw, ll = sums[:b], sums[b:], lengths[:b], lengths[b:]
+    ours = {"sigmoid": lambda: preference.dpo(w, lo, ref[:b], ref[b:], beta),
+            "robust": lambda: preference.robust_dpo(w, lo, ref[:b], ref[b:], beta, smoothing),
+            "ipo": lambda: preference.ipo(w, lo, ref[:b], ref[b:], lw, ll, beta),
+            "sigmoid_norm": lambda: preference.dpo_length_normalized(w, lo, ref[:b], ref[b:], lw, ll, beta)}
+    assert ours[loss_type]().mean().item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_kto_agrees_with_trl():
+    pytest.importorskip("trl")
+    from trl import KTOTrainer
+
+    b, beta = 6, 0.2
+    logps, completion_mask = _token_logps(b, 5, seed=4)
+    label = torch.tensor([True, False, True, True, False, False])
+    ref, kl_logps, kl_ref = -torch.rand(b) * 5, -torch.rand(b) * 5, -torch.rand(b) * 6
+    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_OneProcess(), aux_loss_enabled=False,
+                           precompute_ref_logps=True, calculate_KL=True, loss_type="kto", beta=beta,
+                           desirable_weight=1.3, undesirable_weight=0.7, _metrics={"train": defaultdict(list)},
+                           _total_train_tokens=0, _tp_size=1, _compute_kl_logps=lambda model, batch: kl_logps)
+    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
+              "completion_mask": completion_mask, "label": label, "ref_logps": ref, "ref_KL_logps": kl_ref}
+    try:
+        expected = KTOTrainer._compute_loss(fake, lambda **kw: _outputs(logps), inputs, return_outputs=False)
+    except (AttributeError, KeyError, TypeError) as error:
+        pytest.fail(f"TRL's KTOTrainer._compute_loss changed its internals: {error!r}")
+    ours = preference.kto(logps.sum(-1), ref, label, kl_logps, kl_ref, beta, 1.3, 0.7)
+    assert ours.mean().item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_simpo_and_orpo_agree_with_trl():
+    pytest.importorskip("trl")
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    mean_w, mean_l = -torch.rand(5) * 2, -torch.rand(5) * 2  # mean-token log-probs (average_log_prob=True)
+    fake = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=1.375, beta=2.5, label_smoothing=0.0,
+                           accelerator=_OneProcess())
+    expected = CPOTrainer.cpo_loss(fake, mean_w, mean_l)[0]
+    lengths = torch.full((5,), 3.0)  # SimPO takes sums and lengths: mean = sum / length
+    assert torch.allclose(preference.simpo(mean_w * lengths, mean_l * lengths, lengths, lengths, 2.5, 1.375),
+                          expected, atol=1e-6)
+    fake = SimpleNamespace(beta=0.1, accelerator=_OneProcess())
+    trl_term = ORPOTrainer.odds_ratio_loss(fake, mean_w, mean_l)[0]  # beta * log s(log odds); ORPO subtracts it
+    assert torch.allclose(0.1 * preference.orpo_odds_ratio(mean_w, mean_l), -trl_term, atol=1e-6)
+
+
+def test_robust_dpo_and_asft_by_hand():
+    # margin 0.15 as above, e = 0.1: [0.9 L(0.15) - 0.1 L(-0.15)] / 0.8
+    expected = (0.9 * neg_logsigmoid(0.15) - 0.1 * neg_logsigmoid(-0.15)) / 0.8
+    assert preference.robust_dpo(W, L, RW, RL, 0.1, 0.1).item() == pytest.approx(expected)
+    # ASFT on mean log-probs -0.5 (chosen) and -2 (rejected): L(-0.5) + L(2)
+    assert preference.asft(torch.tensor([-0.5]), torch.tensor([-2.0])).item() == pytest.approx(
+        neg_logsigmoid(-0.5) + neg_logsigmoid(2.0))

@@ -1,0 +1,39 @@
+"""Verifiable-answer rewards for ``#### ANSWER`` completions (GSM8K style; ReFT, TULU 3 RLVR)."""
+
+from __future__ import annotations
+
+import re
+
+from mmpost.registry import reward
+
+ANSWER = re.compile(r"####\s*(-?\d+)")
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after the last ``####``, or ``None`` when there is none."""
+    found = ANSWER.findall(text if isinstance(text, str) else text[-1]["content"])
+    return found[-1] if found else None
+
+
+@reward("answer_match")
+def answer_match(prompts, completions, answer, **columns) -> list[float]:
+    """1 when the extracted answer equals the row's ``answer``, else 0 (TULU 3's verifier, alpha = 1).
+
+    >>> answer_match(["q", "q", "q"], ["1+2=3\\n#### 3", "#### 4", "three"], answer=["3", "3", "3"])
+    [1.0, 0.0, 0.0]
+    """
+    return [1.0 if extract_answer(c) == str(a) else 0.0 for c, a in zip(completions, answer)]
+
+
+@reward("answer_partial")
+def answer_partial(prompts, completions, answer, **columns) -> list[float]:
+    """ReFT's reward: 1 for the right answer, 0.1 when an answer is given but wrong, 0 when none is.
+
+    >>> answer_partial(["q", "q", "q"], ["#### 3", "#### 4", "three"], answer=["3", "3", "3"])
+    [1.0, 0.1, 0.0]
+    """
+    scores = []
+    for completion, gold in zip(completions, answer):
+        found = extract_answer(completion)
+        scores.append(0.0 if found is None else 1.0 if found == str(gold) else 0.1)
+    return scores

@@ -1,0 +1,67 @@
+"""arithmetic: multi-step word problems with a verifiable answer (text only, GSM8K-shaped).
+
+The text task for methods that need a checkable answer rather than a picture: RLVR, ReFT, SPIN,
+DPO from reward-ranked pairs, rejection sampling. Data: :mod:`mmpost.data.arithmetic` (seeded);
+reward ``answer_match`` (ReFT's ``answer_partial`` also registered). Default model: the same tiny
+Qwen2-VL family as chart2code, with a tokenizer trained on these problems, used without images,
+so the one TokenPolicy serves text and vision alike. Default recipe: SFT then GRPO.
+"""
+
+from __future__ import annotations
+
+from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
+from mmpost.data.arithmetic import problem, split_seeds
+from mmpost.data.jsonl import read_jsonl
+from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
+
+TRAIN_SIZE = 4000
+
+
+def make_row(question: str, solution: str, answer: str, **columns) -> dict:
+    return {"prompt": [{"role": "user", "content": question}], "completion": solution, "answer": str(answer),
+            **columns}
+
+
+class Arithmetic:
+    """The arithmetic task: data, model, rewards, metric and default recipe."""
+
+    name = "arithmetic"
+    rewards = ["answer_match"]
+    metric = "answer_match"
+    solved_threshold = 1.0  # a sample counts as solved when its answer is right
+
+    @staticmethod
+    def default_config() -> TrainConfig:
+        return TrainConfig(task="arithmetic", stages=[
+            Stage(name="sft", kind="sft", steps=300, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
+            Stage(name="rl", kind="rl", steps=60, batch_size=8, group_size=8, lr=1e-4, schedule="constant",
+                  max_new_tokens=32),
+        ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
+            checkpoint_every=100)
+
+    def __init__(self, cfg: TrainConfig, reward=None):
+        self.cfg = cfg
+
+    def model_path(self) -> str:
+        if self.cfg.model:
+            return self.cfg.model
+        corpus = [text for s in split_seeds("train", TRAIN_SIZE) for text in problem(s).values() if isinstance(text, str)]
+        return str(cached_tiny_qwen2vl("tiny-qwen2vl-arithmetic", lambda: corpus, preset="tiny", vocab_size=400,
+                                       image_side=56, seed=0))
+
+    def policy(self, device="cpu"):
+        from mmpost.adapters.token_policy import TokenPolicy
+
+        return TokenPolicy.from_pretrained(self.model_path(), device=device,
+                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+
+    def rows(self, split: str) -> list[dict]:
+        """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column."""
+        if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
+            rows = list(read_jsonl(self.cfg.data.path, required=("question", "solution", "answer"),
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows))
+            cut = max(1, len(rows) // 10)
+            rows = rows[:-cut] if split == "train" else rows[-cut:]
+            return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
+        size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
+        return [make_row(**problem(s)) for s in split_seeds(split, size)]

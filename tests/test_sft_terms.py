@@ -1,0 +1,44 @@
+"""SFT token-weight functions and their relatives, against their formulas on hand-computed inputs."""
+
+import math
+
+import pytest
+import torch
+
+from mmpost.algos.sft import poft_loss, sstoken_mask, token_weights, weighted_nll
+
+LOGP = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+MASK = torch.tensor([[1.0, 1.0, 0.0]])
+
+
+def test_token_weights_by_hand():
+    assert torch.allclose(token_weights(LOGP, "uniform"), torch.ones(1, 3))
+    assert torch.allclose(token_weights(LOGP, "dft"), torch.tensor([[0.5, 0.25, 0.9]]))
+    assert torch.allclose(token_weights(LOGP, "chord"), torch.tensor([[0.25, 0.1875, 0.09]]))
+    with pytest.raises(ValueError, match="uniform, dft, chord"):
+        token_weights(LOGP, "dtf")
+
+
+def test_weighted_nll_by_hand_and_its_gradient_is_dft():
+    logp = LOGP.clone().requires_grad_(True)
+    loss = weighted_nll(logp, MASK, "dft")
+    # (0.5 * log 2 + 0.25 * log 4) / 2 real tokens; the masked 0.9 does not count
+    assert loss.item() == pytest.approx((0.5 * math.log(2) + 0.25 * math.log(4)) / 2)
+    loss.backward()  # weights are detached: d/dlogp = -p / N, i.e. the gradient of -p (DFT's point)
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.125, 0.0]]))
+
+
+def test_sstoken_keeps_the_top_excess_loss_tokens():
+    logp = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.2, 0.6, 0.1]]))
+    history = torch.log(torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.6, 0.1]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # excess log p - log p_hist on real tokens: log 2, 0, (pad), log 2, 0, 0 -> top 40% of 5 = 2 tokens
+    kept = sstoken_mask(logp, history, mask, 0.4)
+    assert kept.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+
+
+def test_poft_by_hand():
+    logp = torch.log(torch.tensor([[0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    # s_theta - s_ref = log 2: loss = -log sigmoid(log 2) = log(1 + 1/2)
+    assert poft_loss(logp, ref, torch.ones(1, 2)).item() == pytest.approx(math.log(1.5))
