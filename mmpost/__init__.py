@@ -27,16 +27,21 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
                  overrides: dict | None = None):
     """The resolved :class:`~mmpost.config.TrainConfig` for a task plus the given changes."""
     from mmpost.config import apply_overrides, stages_from_yaml
+    from mmpost.recipes import RECIPES, apply_recipe
+    from mmpost.registry import closest
 
     task_cls = TASKS.get(task)
     cfg = task_cls.default_config()
     named = getattr(task_cls, "recipes", {})
     if recipe in named:  # a task's named recipe: overrides of its default config
         apply_overrides(cfg, dict(named[recipe]))
+    elif recipe in RECIPES:  # a method from the library, on this task's default stages
+        apply_recipe(cfg, RECIPES[recipe], task_cls)
     elif recipe:
         if not recipe.endswith((".yaml", ".yml")):
-            raise ValueError(f"unknown recipe {recipe!r} for task {task!r}: give a YAML file or one of "
-                             f"{', '.join(named) or '(none)'}")
+            choices = [*named, *RECIPES]
+            raise ValueError(f"unknown recipe {recipe!r} for task {task!r}.{closest(recipe, choices)} Give a YAML "
+                             f"file or one of: {', '.join(choices)} (`mmpost list recipes`)")
         cfg.stages = stages_from_yaml(recipe)
     for key, value in {"model": model or None, "seed": seed, "max_steps": max_steps, "output_dir": output_dir,
                        "rewards": rewards, "reward_weights": weights}.items():
@@ -44,9 +49,24 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
             setattr(cfg, key, value)
     apply_overrides(cfg, overrides or {})
     cfg.__post_init__()
+    _check_policy_kind(cfg, task_cls)
     for name in cfg.rewards:
         REWARDS.get(name)  # unknown reward names fail before any work starts
     return cfg
+
+
+def _check_policy_kind(cfg, task_cls) -> None:
+    """Reject terms the task's policy cannot compute before any model is built."""
+    kind = getattr(task_cls, "policy_kind", "token")
+    if kind == "token":
+        return
+    from mmpost.stages import token_only_reason
+
+    for stage in cfg.stages:
+        reason = token_only_reason(stage)
+        if reason:
+            raise ValueError(f"stage {stage.name!r}: {reason} needs a token policy; task {cfg.task!r} trains a "
+                             f"{kind} policy. Methods for it: `mmpost list recipes`")
 
 
 def train(task: str = "chart2code", rewards: list[str] | None = None, weights: list[float] | None = None,

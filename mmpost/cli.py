@@ -11,7 +11,9 @@ Examples::
     mmpost train --task reach --env maniskill:PickCube-v1 --set sft.steps=0   # GPU extra
     mmpost train --task multiview3d                            # multi-view diffusion, Flow-GRPO on MRC
     mmpost train --task multiview3d --recipe carve3d
+    mmpost train --task arithmetic --recipe dpo                # any method of the library: mmpost list recipes
     mmpost list
+    mmpost list recipes
     mmpost bench-sandbox --n 300
     mmpost bench-env
     mmpost bench-mrc
@@ -66,14 +68,33 @@ def _fail(error: BaseException) -> None:
 def _list(args) -> None:
     from mmpost.registry import ENVS, REWARDS, TASKS
 
-    print("tasks:   " + ", ".join(TASKS.names()))
-    for name in TASKS.names():
-        recipes = getattr(TASKS.get(name), "recipes", {})
-        if recipes:
-            print(f"  {name} recipes: " + ", ".join(recipes))
-    print("rewards: " + ", ".join(REWARDS.names()))
-    print("envs:    " + ", ".join(ENVS.names()))
-    print("stage kinds: sft, rl (advantage: group = GRPO, gae = PPO with a value head)")
+    if args.what in ("all", "tasks"):
+        print("tasks:   " + ", ".join(TASKS.names()))
+        for name in TASKS.names():
+            recipes = getattr(TASKS.get(name), "recipes", {})
+            if recipes:
+                print(f"  {name} recipes: " + ", ".join(recipes))
+    if args.what in ("all", "rewards"):
+        print("rewards: " + ", ".join(REWARDS.names()))
+    if args.what in ("all", "envs"):
+        print("envs:    " + ", ".join(ENVS.names()))
+    if args.what in ("all", "recipes"):
+        _list_recipes(markdown=args.markdown)
+
+
+def _list_recipes(markdown: bool) -> None:
+    from mmpost.config import STAGE_KINDS
+    from mmpost.recipes import RECIPES
+
+    if markdown:  # the README's "Methods" table
+        print("| paper | recipe | terms | tests |\n|---|---|---|---|")
+        for name, recipe in RECIPES.items():
+            print(f"| {recipe.paper} | `{name}` | {recipe.terms} | `{recipe.tests}` |")
+        return
+    print("recipes (any token task: --recipe NAME):")
+    for name, recipe in RECIPES.items():
+        print(f"  {name:<14} {recipe.paper}: {recipe.terms}")
+    print("stage kinds: " + ", ".join(STAGE_KINDS))
 
 
 def _bench_sandbox(args) -> None:
@@ -132,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="run directory (default runs/<task>-<timestamp>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.set_defaults(func=_train)
-    ls = sub.add_parser("list", help="list tasks and rewards")
+    ls = sub.add_parser("list", help="list tasks, recipes, rewards and environments",
+                        description="examples: mmpost list; mmpost list recipes; mmpost list recipes --markdown")
+    ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "envs"])
+    ls.add_argument("--markdown", action="store_true", help="recipes as the README's Markdown table")
     ls.set_defaults(func=_list)
     b = sub.add_parser("bench-sandbox", help="measure sandboxed chart executions per minute")
     b.add_argument("--n", type=int, default=300)

@@ -189,6 +189,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         optimizer = accelerator.prepare_optimizer(
             torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step(stage))
+        if hasattr(policy, "max_new_tokens"):
+            policy.max_new_tokens = stage.max_new_tokens
         reference = None
         if needs_reference(stage):  # frozen start-of-stage model, only when a term reads it
             reference = copy.deepcopy(policy)
@@ -204,8 +206,6 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             ctx.state = checkpoint.get("stage_state") or {}
             set_rng_state(checkpoint["rng"])
             start = checkpoint["step"]
-        if hasattr(policy, "max_new_tokens"):
-            policy.max_new_tokens = stage.max_new_tokens
         policy.model.train()
         bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
 

@@ -36,6 +36,7 @@ class Chart2Code:
     """The chart2code task: data, model, rewards, metric and default recipe."""
 
     name = "chart2code"
+    solved_threshold = 0.8  # a chart counts as solved (ReLIFT, rejection sampling) from this reward
     rewards = ["chart_render"]
     metric = "chart_render"
 

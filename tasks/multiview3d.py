@@ -37,6 +37,7 @@ class Multiview3D:
     """The multiview3d task: data, policy, rewards, metric and recipes."""
 
     name = "multiview3d"
+    policy_kind = "diffusion"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["mrc"]
     metric = "mrc"
     eval_rewards = ["object_match"]  # held-out check that tiles still show the described object

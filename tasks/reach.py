@@ -34,6 +34,7 @@ class Reach:
     """The reach task: data, simulator, policy, reward, metric and recipes."""
 
     name = "reach"
+    policy_kind = "flow"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["success"]
     metric = "success"
     recipes = {

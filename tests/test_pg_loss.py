@@ -166,6 +166,10 @@ def test_full_forward_kl_matches_torch_kl_div():
     expected = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.softmax(ref, -1),
                                           reduction="none").sum(-1)
     assert torch.allclose(full_forward_kl(logits, ref), expected, atol=1e-6)
+    logits[..., 0] = ref[..., 0] = float("-inf")  # a suppressed token in both: contributes 0, not NaN
+    expected = torch.nn.functional.kl_div(torch.log_softmax(logits[..., 1:], -1), torch.softmax(ref[..., 1:], -1),
+                                          reduction="none").sum(-1)
+    assert torch.allclose(full_forward_kl(logits, ref), expected, atol=1e-6)
 
 
 def _trl_rloo_loss(logprobs, old_logps, advantages, mask, eps_low, eps_high):

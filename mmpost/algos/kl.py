@@ -46,4 +46,6 @@ def full_forward_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     position (Anchored SFT's ``F.kl_div(log_softmax(theta), softmax(ref))``, per position)."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
     log_ref = torch.log_softmax(ref_logits.float(), dim=-1)
-    return (log_ref.exp() * (log_ref - log_p)).sum(-1)
+    terms = log_ref.exp() * (log_ref - log_p)
+    # tokens the reference never emits (suppressed: -inf logits) contribute 0, not 0 * (-inf + inf)
+    return torch.where(torch.isneginf(log_ref), torch.zeros_like(terms), terms).sum(-1)

@@ -1,0 +1,154 @@
+"""Named methods: each a recipe over the task's default stages, never a new trainer.
+
+A recipe renames or re-kinds the default ``sft`` / ``rl`` stages and sets the terms the paper uses
+(``mmpost list recipes`` prints this table; README "Methods" shows it with the tests that check
+each term's formula). Applied by :func:`mmpost.build_config`; user ``--set`` overrides come after,
+addressed by the stage names the recipe leaves (``dpo.beta=0.05`` after ``--recipe dpo``).
+
+Adding a method = one entry here. Token-only terms (preference pairs, rejection sampling, token
+weights) fail before any model is built on tasks whose policy is not a token model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """``overrides`` are dotted config keys on the task's default config (``rl.*`` / ``sft.*``);
+    ``keep`` lists the stages kept (default: all); ``rename`` maps a stage to its new name; a
+    callable ``overrides`` receives the task class (for task-specific values such as what counts as
+    a solved sample)."""
+
+    paper: str
+    terms: str
+    overrides: dict | Callable = field(default_factory=dict)
+    keep: tuple = ()
+    rename: dict = field(default_factory=dict)
+    tests: str = ""
+
+    def resolve(self, task_cls) -> dict:
+        return self.overrides(task_cls) if callable(self.overrides) else dict(self.overrides)
+
+
+def _solved(task_cls) -> float:
+    return float(getattr(task_cls, "solved_threshold", 1.0))
+
+
+def _preference(loss: str, **extra) -> dict:
+    return {"rl.kind": "dpo", "rl.preference_loss": loss, "rl.group_size": 4, **extra}
+
+
+RECIPES: dict[str, Recipe] = {
+    "sft": Recipe("supervised fine-tuning", "NLL on demonstrations", keep=("sft",), tests="test_sft_terms"),
+    "grpo": Recipe("DeepSeekMath (2402.03300)", "group advantages (std-scaled), PPO clip, token-mean loss",
+                   tests="test_pg_loss::test_agrees_with_trl[grpo/bnpo/dapo], test_advantages"),
+    "dr_grpo": Recipe("Dr. GRPO (2503.20783)", "group mean-centring without std, constant normaliser",
+                      {"rl.scale_rewards": False, "rl.aggregation": "max_length"},
+                      tests="test_pg_loss::test_agrees_with_trl[dr_grpo]"),
+    "dapo": Recipe("DAPO (2503.14476)", "clip-higher 0.2/0.28, dynamic sampling, token-mean, overlong filter + "
+                   "soft penalty", lambda t: {"rl.clip_high": 0.28, "rl.dynamic_sampling": True,
+                                              "rl.mask_truncated": True, "rl.overlong": _overlong(t)},
+                   tests="test_advantages::test_overlong_penalty_by_hand, ::test_dynamic_sampling_drops_all_equal_groups"),
+    "gspo": Recipe("GSPO (2507.18071)", "sequence-level ratio, clip 3e-4/4e-4, 4 minibatches per rollout",
+                   {"rl.ratio_level": "sequence", "rl.aggregation": "sequence_mean", "rl.clip_low": 3e-4,
+                    "rl.clip_high": 4e-4, "rl.minibatches": 4},
+                   tests="test_pg_loss::test_agrees_with_trl[sequence], ::test_gspo_sequence_ratio_by_hand"),
+    "rloo": Recipe("RLOO (2402.14740)", "leave-one-out baseline, sequence ratio (TRL RLOOTrainer)",
+                   {"rl.advantage": "rloo", "rl.ratio_level": "sequence_sum"},
+                   tests="test_advantages::test_rloo_by_hand, test_pg_loss::test_rloo_loss_agrees_with_trl"),
+    "reinforce_pp": Recipe("REINFORCE++ (2501.03262)", "group-mean baseline, advantages whitened over the batch",
+                           {"rl.advantage": "reinforce_pp_baseline"},
+                           tests="test_advantages::test_reinforce_pp_whitens_over_the_batch"),
+    "grpo_kl": Recipe("GRPO with KL (DeepSeekMath; TULU 3 RLVR)", "+ k3 KL to the start model in the loss (0.04)",
+                      {"rl.kl_coef": 0.04}, tests="test_pg_loss::test_agrees_with_trl[beta=0.04]"),
+    "acereason": Recipe("AceReason-Nemotron 1.1 (2506.13284)", "temperature steered to hold entropy at 0.3; "
+                        "token-mean, no KL", {"rl.target_entropy": 0.3},
+                        tests="test_advantages::test_entropy_temperature_controller_by_hand"),
+    "entropy_bonus": Recipe("entropy regularisation (verl entropy_coeff)", "GRPO - 0.01 x token entropy",
+                            {"rl.entropy_coef": 0.01}, tests="test_recipes"),
+    "dft": Recipe("DFT (2508.05629)", "SFT with token weights sg(p)", {"sft.sft_weight": "dft"}, keep=("sft",),
+                  tests="test_sft_terms::test_weighted_nll_by_hand_and_its_gradient_is_dft"),
+    "anchored_sft": Recipe("Anchored SFT (zhuchichi56/ASFT)", "DFT + 0.1 x KL(start || policy), full vocabulary",
+                           {"sft.sft_weight": "dft", "sft.sft_kl_coef": 0.1}, keep=("sft",),
+                           tests="test_pg_loss::test_full_forward_kl_matches_torch_kl_div"),
+    "sstoken": Recipe("ssToken (2510.18250)", "SFT on the 60% tokens of highest excess loss over the start model",
+                      {"sft.sft_weight": "sstoken"}, keep=("sft",),
+                      tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
+    "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
+                   {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "chord": Recipe("CHORD-phi (2508.11408)", "(1 - mu) GRPO + mu SFT, token weights p(1-p), mu = 0.1",
+                    {"rl.kind": "mixed", "rl.sft_weight": "chord", "rl.mu": [0.1, 0.1, 0, 0]},
+                    rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),
+    "chord_mu": Recipe("CHORD-mu (2508.11408)", "(1 - mu) GRPO + mu SFT, mu cosine 0.9 -> 0.05",
+                       lambda t: {"rl.kind": "mixed", "rl.mu": [0.9, 0.05, 0, -1]},
+                       rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),
+    "luffy": Recipe("LUFFY (2504.14945) / ViSurf (2510.10606)", "the demonstration joins each prompt's GRPO group",
+                    {"rl.demo_in_group": True}, tests="test_recipes::test_demo_joins_its_group"),
+    "relift": Recipe("ReLIFT (Learning What RL Can't)", "GRPO + SFT on a buffer of prompts no sample solved",
+                     lambda t: {"rl.relift_size": 8, "rl.solved_threshold": _solved(t)}, tests="test_recipes"),
+    "rft": Recipe("rejection-sampling fine-tuning (FARE)", "sample 8, SFT on the solved ones",
+                  lambda t: {"rl.kind": "rft", "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},
+                  tests="test_advantages::test_rft_keeps_solved_top_k"),
+    "superhf": Recipe("SuperHF", "best of 8 if solved, SFT + 0.1 x KL to the start model",
+                      lambda t: {"rl.kind": "rft", "rl.rft_top_k": 1, "rl.kl_coef": 0.1,
+                                 "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},
+                      tests="test_advantages::test_rft_keeps_solved_top_k"),
+    "s3ft": Recipe("S3FT (selective self-to-supervised)", "own answer when judged right, else the gold one",
+                   lambda t: {"rl.kind": "rft", "rl.group_size": 1, "rl.rft_demo_fallback": True,
+                              "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"}, tests="test_recipes"),
+    "dpo": Recipe("DPO (2305.18290); pairs as CheXalign (2410.07025)", "sigmoid loss, beta 0.1; best vs worst "
+                  "of 4 samples by reward", _preference("dpo"), rename={"rl": "dpo"},
+                  tests="test_preference_losses::test_dpo_family_agrees_with_trl[sigmoid]"),
+    "cdpo": Recipe("cDPO (conservative DPO)", "DPO with label smoothing 0.1", _preference("dpo", **{"rl.label_smoothing": 0.1}),
+                   rename={"rl": "dpo"}, tests="test_preference_losses::test_dpo_and_cdpo_by_hand"),
+    "robust_dpo": Recipe("robust DPO (2403.00409)", "unbiased under 10% flipped labels",
+                         _preference("robust", **{"rl.label_smoothing": 0.1}), rename={"rl": "dpo"},
+                         tests="test_preference_losses::test_dpo_family_agrees_with_trl[robust]"),
+    "ipo": Recipe("IPO (2310.12036)", "squared length-averaged margin to 1/(2 beta)", _preference("ipo"),
+                  rename={"rl": "dpo"}, tests="test_preference_losses::test_dpo_family_agrees_with_trl[ipo]"),
+    "rdpo": Recipe("R-DPO (2403.19159), CheXalign's length control", "DPO + 0.05 x length difference",
+                   _preference("rdpo"), rename={"rl": "dpo"}, tests="test_preference_losses::test_rdpo_adds_the_length_term"),
+    "tulu3_dpo": Recipe("TULU 3 length-normalised DPO (2411.15124)", "DPO on length-averaged log-ratios, beta 5",
+                        _preference("dpo_norm", **{"rl.beta": 5.0}), rename={"rl": "dpo"},
+                        tests="test_preference_losses::test_dpo_family_agrees_with_trl[sigmoid_norm]"),
+    "simpo": Recipe("SimPO (2405.14734)", "reference-free, length-averaged, beta 2.5, gamma 1.375",
+                    _preference("simpo", **{"rl.beta": 2.5}), rename={"rl": "dpo"},
+                    tests="test_preference_losses::test_simpo_and_orpo_agree_with_trl"),
+    "orpo": Recipe("ORPO (2403.07691)", "NLL of chosen + 0.1 x odds-ratio term, reference-free", _preference("orpo"),
+                   rename={"rl": "dpo"}, tests="test_preference_losses::test_simpo_and_orpo_agree_with_trl"),
+    "kto": Recipe("KTO (2402.01306)", "unpaired: chosen desirable, rejected undesirable; z0 from mismatched pairs",
+                  _preference("kto"), rename={"rl": "dpo"}, tests="test_preference_losses::test_kto_agrees_with_trl"),
+    "asft": Recipe("ASFT (2409.10571)", "absolute likelihood of each answer, reference-free, + NLL of chosen",
+                   _preference("asft"), rename={"rl": "dpo"}, tests="test_preference_losses::test_robust_dpo_and_asft_by_hand"),
+    "spin": Recipe("SPIN (2401.01335)", "demonstration vs the previous iterate's sample, reference refreshed per "
+                   "iteration (3 iterations)", lambda t: {"rl.kind": "spin", "rl.iteration_steps": max(1, _rl_steps(t) // 3)},
+                   rename={"rl": "spin"},
+                   tests="test_recipes::test_spin_refreshes_its_reference"),
+}
+
+
+def _rl_steps(task_cls) -> int:
+    return task_cls.default_config().stages[-1].steps
+
+
+def _overlong(task_cls) -> list[int]:
+    """DAPO's penalty window scaled to the task's generation cap: the last quarter is penalised."""
+    cap = task_cls.default_config().stages[-1].max_new_tokens
+    return [cap, max(1, cap // 4)]
+
+
+def apply_recipe(cfg, recipe: Recipe, task_cls) -> None:
+    """Edit ``cfg`` (a task's default config) in place into ``recipe``."""
+    from mmpost.config import apply_overrides
+
+    if recipe.keep:
+        cfg.stages = [s for s in cfg.stages if s.name in recipe.keep]
+    overrides = recipe.resolve(task_cls)
+    if overrides.get("rl.mu", [0, 0, 0, 0])[3] == -1:  # CHORD-mu: decay over the whole stage
+        overrides["rl.mu"] = [*overrides["rl.mu"][:3], cfg.stage("rl").steps]
+    apply_overrides(cfg, overrides)
+    for old, new in recipe.rename.items():
+        cfg.stage(old).name = new

@@ -1,0 +1,107 @@
+"""Every named recipe runs a few steps on the arithmetic task and ends with finite losses.
+
+The policy is a tiny model after a short SFT (a module fixture), scored with ReFT's partial reward
+plus a small length term, so samples differ in reward and every term (pairs, solved samples,
+groups with spread) is exercised.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+import mmpost
+from mmpost.recipes import RECIPES
+
+QUICK = {"data.train_size": 64, "data.eval_size": 4, "threads": 1, "eval.sampled": False}
+
+
+@pytest.fixture(scope="module")
+def warm_model(mmpost_home, tmp_path_factory):
+    """The arithmetic model after 150 SFT steps: answers formatted, often wrong."""
+    from mmpost.engine import train
+
+    out = tmp_path_factory.mktemp("warm")
+    cfg = mmpost.build_config("arithmetic", recipe="sft", output_dir=str(out),
+                              overrides={**QUICK, "data.train_size": 2000, "sft.steps": 150})
+    train(cfg)
+    return str(out / "final")
+
+
+def _quick(cfg, steps=3):
+    for stage in cfg.stages:
+        stage.steps = 2 if stage.kind == "sft" else steps
+        stage.batch_size = 4 if stage.kind == "sft" else 2
+        stage.max_new_tokens = 40
+        stage.lr = min(stage.lr, 1e-4)  # a few steps on tiny batches must not wreck the warm model
+        stage.minibatches = min(stage.minibatches, 2)
+        if stage.kind in ("rl", "mixed", "rft", "dpo"):
+            stage.group_size = 4
+        stage.relift_size = min(stage.relift_size, 2)
+        stage.solved_threshold = min(stage.solved_threshold, 0.1)  # partial credit counts: something is kept
+    return cfg
+
+
+def _lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_recipe_runs_with_finite_losses(name, warm_model, tmp_path):
+    from mmpost.engine import train
+
+    # the length term spreads rewards within a group, so pairs and solved samples exist at every step
+    cfg = _quick(mmpost.build_config("arithmetic", recipe=name, model=warm_model, rewards=["answer_partial", "length"],
+                                     weights=[1.0, 0.1], output_dir=str(tmp_path), overrides=QUICK))
+    train(cfg)
+    lines = _lines(tmp_path)
+    assert {line["stage"] for line in lines} == {s.name for s in cfg.stages}
+    losses = [v for line in lines for k, v in line.items() if k.startswith("loss/")]
+    assert losses and all(math.isfinite(v) for v in losses), lines[-1]
+    last = [line for line in lines if line["stage"] == cfg.stages[-1].name]
+    assert any(k.startswith("loss/") for line in last for k in line), f"{name}: the last stage never trained"
+
+
+def test_demo_joins_its_group(warm_model, mmpost_home):
+    """LUFFY / ViSurf: the gold answer is one more member of its prompt's group, and it is right."""
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.config import TrainConfig
+    from mmpost.rewarding import score_rollout
+    from mmpost.rewards.answer import answer_match
+    from mmpost.tasks.arithmetic import Arithmetic
+    from mmpost.types import Rollout
+
+    rows = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[:2]
+    policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
+    sampled = policy.rollout(rows, 3, temperature=1.0)
+    merged = Rollout.concat([sampled, policy.demo_rollout(rows, temperature=1.0)])
+    assert merged.group.tolist() == [0, 0, 0, 1, 1, 1, 0, 1]
+    score_rollout(merged, {"answer_match": answer_match}, {"answer_match": 1.0})
+    assert merged.rewards[-2:].tolist() == [1.0, 1.0]
+    # the demonstration's stored log-probs are the model's, so its first ratio is 1
+    recomputed = policy.logprobs(merged)
+    assert torch.allclose(recomputed.detach(), merged.logprobs, atol=1e-4)
+
+
+def test_spin_refreshes_its_reference(warm_model, tmp_path):
+    """Every iteration_steps the reference (the iterate that plays the rejected side) becomes the policy."""
+    from mmpost.engine import train
+
+    cfg = _quick(mmpost.build_config("arithmetic", recipe="spin", model=warm_model, output_dir=str(tmp_path),
+                                     overrides={**QUICK, "spin.iteration_steps": 2}), steps=4)
+    cfg.stages = [s for s in cfg.stages if s.kind == "spin"]
+    train(cfg)
+    kl = json.loads((tmp_path / "results.json").read_text())
+    assert "kl_to_start" not in kl  # a moving reference has no fixed start to compare with
+    margins = [line["rewards/margin"] for line in _lines(tmp_path)]
+    assert len(margins) == 4 and margins[0] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
+    assert margins[2] == pytest.approx(0.0, abs=1e-6)  # and again right after the refresh at step 3
+    assert margins[1] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_token_only_recipes_are_refused_before_building(mmpost_home):
+    with pytest.raises(ValueError, match="needs a token policy"):
+        mmpost.build_config("reach", recipe="rft")
+    with pytest.raises(ValueError, match="Did you mean 'dpo'"):
+        mmpost.build_config("arithmetic", recipe="dpoo")
