@@ -14,6 +14,8 @@ Examples::
     mmpost train --task arithmetic --recipe dpo                # any method of the library: mmpost list recipes
     mmpost list
     mmpost list recipes
+    mmpost merge runs/a/final runs/b/final --method slerp --t 0.5 --out merged
+    mmpost surgery runs/a/final --probe probe.pt --k 16 --out edited
     mmpost bench-sandbox --n 300
     mmpost bench-env
     mmpost bench-mrc
@@ -174,7 +176,53 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true", help="short version (for tests)")
     m.add_argument("--json", help="also write the results to this file")
     m.set_defaults(func=_bench_mrc)
+    mg = sub.add_parser("merge", help="merge saved models: linear, SLERP or TIES",
+                        description="examples:\n  mmpost merge A B --method slerp --t 0.3 --out merged\n"
+                        "  mmpost merge A B --method ties --base BASE --density 0.2 --out merged\n"
+                        "  mmpost merge A B C --method linear --weights 0.5,0.3,0.2 --out merged",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("models", nargs="+", help="save_pretrained directories of one architecture")
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--method", choices=["linear", "slerp", "ties"], default="linear")
+    mg.add_argument("--weights", help="linear: comma-separated weights (normalised to sum 1)")
+    mg.add_argument("--t", type=float, default=0.5, help="slerp: 0 = first model, 1 = second")
+    mg.add_argument("--base", help="ties: the model the others were fine-tuned from")
+    mg.add_argument("--density", type=float, default=0.2, help="ties: fraction of each task vector kept")
+    mg.add_argument("--scale", type=float, default=1.0, help="ties: lambda on the merged task vector")
+    mg.set_defaults(func=_merge)
+    sg = sub.add_parser("surgery", help="edit a saved model's rows along a probe direction (Model Surgery)",
+                        description="example: mmpost surgery MODEL --probe probe.pt --k 16 --alpha 1.0 --out edited")
+    sg.add_argument("model")
+    sg.add_argument("--probe", required=True, help="a torch.save-d 1-D tensor (or .safetensors with 'probe')")
+    sg.add_argument("--out", required=True)
+    sg.add_argument("--pattern", default="mlp.gate_proj.weight", help="which matrices' rows may be edited")
+    sg.add_argument("--k", type=int, default=16, help="rows edited, over all matching matrices")
+    sg.add_argument("--alpha", type=float, default=1.0)
+    sg.set_defaults(func=_surgery)
     return parser
+
+
+def _merge(args) -> None:
+    from mmpost.weights import merge_checkpoints
+
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        merge_checkpoints(args.models, args.out, args.method, weights=weights, t=args.t, base=args.base,
+                          density=args.density, scale=args.scale)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    print(f"merged ({args.method}) into {args.out}")
+
+
+def _surgery(args) -> None:
+    from mmpost.weights import surgery_checkpoint
+
+    try:
+        edited = surgery_checkpoint(args.model, args.probe, args.out, args.pattern, args.k, args.alpha)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        _fail(error)
+    layers = sorted({name for name, _ in edited})
+    print(f"edited {len(edited)} rows in {len(layers)} matrices; wrote {args.out}")
 
 
 def main(argv: list[str] | None = None) -> None:

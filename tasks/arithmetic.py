@@ -33,7 +33,7 @@ class Arithmetic:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="arithmetic", stages=[
-            Stage(name="sft", kind="sft", steps=300, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
+            Stage(name="sft", kind="sft", steps=2000, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
             Stage(name="rl", kind="rl", steps=60, batch_size=8, group_size=8, lr=1e-4, schedule="constant",
                   max_new_tokens=40),  # the longest worked solution is 34 tokens + EOS
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
