@@ -73,6 +73,7 @@ class Stage:
     # --- KL to the frozen start-of-stage model, entropy
     kl_coef: float = 0.0  # weight of the KL term; 0 = no reference forward
     # "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
+    # | "reward" (ReFT / PPO-RLHF: -kl_coef * (log p_old - log p_ref) added to every step's reward; gae only)
     kl_in: str = "loss"
     kl_estimator: str = "k3"  # "k1" | "k2" | "k3" on sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
     entropy_coef: float = 0.0  # entropy bonus: loss - coef * token-mean entropy (token policies)
@@ -112,8 +113,10 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: steps >= 0, batch_size >= 1, group_size >= 1 required")
         if self.kind in ("rl", "mixed") and (self.group_size * self.batch_size) % self.minibatches:
             raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
-        if self.kl_in not in ("loss", "advantage"):
-            raise ValueError(f"stage {self.name!r}: kl_in must be 'loss' or 'advantage', got {self.kl_in!r}")
+        if self.kl_in not in ("loss", "advantage", "reward"):
+            raise ValueError(f"stage {self.name!r}: kl_in must be 'loss', 'advantage' or 'reward', got {self.kl_in!r}")
+        if self.kl_in == "reward" and self.advantage != "gae":
+            raise ValueError(f"stage {self.name!r}: kl_in 'reward' needs advantage 'gae' (per-step rewards)")
         if self.kl_in == "advantage" and self.advantage != "group":
             raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
         if self.group_filter and len(self.group_filter) != 2:

@@ -143,6 +143,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     policy = task.policy(device=accelerator.device)
+    if any(s.advantage == "gae" for s in cfg.stages) and hasattr(policy, "enable_value_head"):
+        policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
     with contextlib.closing(policy):  # simulators and worker processes go away even on errors
         return _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights, eval_rewards,
                              accelerator)

@@ -62,6 +62,11 @@ RECIPES: dict[str, Recipe] = {
     "reinforce_pp": Recipe("REINFORCE++ (2501.03262)", "group-mean baseline, advantages whitened over the batch",
                            {"rl.advantage": "reinforce_pp_baseline"},
                            tests="test_advantages::test_reinforce_pp_whitens_over_the_batch"),
+    "reft": Recipe("ReFT (2401.08967)", "PPO with a value head on the trunk, GAE (gamma 1, lambda 0.95), KL 0.05 in "
+                   "the reward, value coef 5, 2 epochs; pair with --rewards answer_partial (ReFT's 0.1 partial credit)",
+                   {"rl.advantage": "gae", "rl.gamma": 1.0, "rl.lam": 0.95, "rl.kl_coef": 0.05, "rl.kl_in": "reward",
+                    "rl.value_coef": 5.0, "rl.epochs": 2, "rl.group_size": 1, "rl.batch_size": 32},
+                   rename={"rl": "ppo"}, tests="test_advantages (gae), test_recipes::test_reft_values"),
     "grpo_kl": Recipe("GRPO with KL (DeepSeekMath; TULU 3 RLVR)", "+ k3 KL to the start model in the loss (0.04)",
                       {"rl.kl_coef": 0.04}, tests="test_pg_loss::test_agrees_with_trl[beta=0.04]"),
     "acereason": Recipe("AceReason-Nemotron 1.1 (2506.13284)", "temperature steered to hold entropy at 0.3; "

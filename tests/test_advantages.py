@@ -108,3 +108,23 @@ def test_rft_keeps_solved_top_k():
     group = torch.tensor([0, 0, 0, 1, 1, 1])
     assert kept_outputs(rewards, group, 0.9, 0).tolist() == [True, True, False, True, False, True]
     assert kept_outputs(rewards, group, 0.9, 1).tolist() == [False, True, False, True, False, False]
+
+
+def test_outcome_reward_on_the_last_token_with_kl_in_the_reward():
+    """ReFT: the outcome reward lands on the last real token, -beta * (log p_old - log p_ref) on every token."""
+    from types import SimpleNamespace
+
+    from mmpost.stages.rl import outcome_as_step_rewards
+    from mmpost.types import Rollout
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    rollout = Rollout(logprobs=torch.tensor([[-1.0, -2.0, -1.0], [-0.5, 0.0, 0.0]]), mask=mask,
+                      group=torch.tensor([0, 1]), outputs=["a", "b"], prompts=["p", "q"], columns={}, actions=None,
+                      rewards=torch.tensor([1.0, 0.1]),
+                      ref_logprobs=torch.tensor([[-1.5, -2.0, -0.5], [-0.5, 0.0, 0.0]]))
+    policy = SimpleNamespace(values=lambda r: torch.full((2, 3), 0.5) * r.mask)
+    outcome_as_step_rewards(rollout, policy, kl_coef=0.1)
+    # row 0: KL terms -0.1 * (0.5, 0, -0.5) = (-0.05, 0, 0.05), reward 1 on step 3; row 1: 0.1 on step 1
+    assert torch.allclose(rollout.step_rewards, torch.tensor([[-0.05, 0.0, 1.05], [0.1, 0.0, 0.0]]))
+    assert torch.equal(rollout.alive, mask) and rollout.bootstrap.tolist() == [0.0, 0.0]
+    assert torch.allclose(rollout.values, torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.0, 0.0]]))

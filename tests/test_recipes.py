@@ -105,3 +105,20 @@ def test_token_only_recipes_are_refused_before_building(mmpost_home):
         mmpost.build_config("reach", recipe="rft")
     with pytest.raises(ValueError, match="Did you mean 'dpo'"):
         mmpost.build_config("arithmetic", recipe="dpoo")
+
+
+def test_reft_values(warm_model, tmp_path):
+    """ReFT's PPO: a value head on the trunk is trained (critic loss logged) and saved with the model."""
+    from safetensors.torch import load_file
+
+    from mmpost.engine import train
+
+    cfg = _quick(mmpost.build_config("arithmetic", recipe="reft", model=warm_model, rewards=["answer_partial"],
+                                     output_dir=str(tmp_path), overrides=QUICK), steps=4)
+    cfg.stages = [s for s in cfg.stages if s.name == "ppo"]
+    cfg.stages[0].batch_size, cfg.stages[0].lr = 4, 1e-3
+    train(cfg)
+    lines = _lines(tmp_path)
+    assert all("loss/value" in line and "value/mean" in line for line in lines)
+    assert lines[0]["value/mean"] == 0.0 and lines[-1]["value/mean"] != 0.0  # zero-initialised, then learned
+    assert "value_head.weight" in load_file(tmp_path / "final" / "model.safetensors")

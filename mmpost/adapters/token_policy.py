@@ -91,10 +91,8 @@ class TokenPolicy:
             raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,
-                           return_logits: bool = False):
-        """[N, T] log-probs of ``completion_ids`` after each row's prompt, teacher-forced, with grad
-        (and the [N, T, V] sampling logits when ``return_logits``)."""
+    def _forward(self, rows: list[dict], completion_ids: torch.Tensor, **kwargs):
+        """The model on each row's prompt followed by ``completion_ids`` (teacher forcing)."""
         prompt = self.encode_prompts(rows)
         completion_ids = completion_ids.to(self.device)
         completion_mask = (completion_ids != self.pad_id).long()
@@ -103,8 +101,14 @@ class TokenPolicy:
         inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
-        steps = completion_ids.shape[1]
-        logits = self.model(**inputs, use_cache=False, logits_to_keep=steps + 1).logits[:, :-1].float()
+        return self.model(**inputs, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1, **kwargs)
+
+    def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,
+                           return_logits: bool = False):
+        """[N, T] log-probs of ``completion_ids`` after each row's prompt, teacher-forced, with grad
+        (and the [N, T, V] sampling logits when ``return_logits``)."""
+        completion_ids = completion_ids.to(self.device)
+        logits = self._forward(rows, completion_ids).logits[:, :-1].float()
         logits = logits / temperature
         if self.suppress_ids:
             logits[..., self.suppress_ids] = float("-inf")
@@ -160,6 +164,27 @@ class TokenPolicy:
         log_p = F.log_softmax(logits, dim=-1)
         entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
         return lp * mask, entropy * mask
+
+    def enable_value_head(self) -> None:
+        """Attach a scalar value head on the last hidden state (ReFT's critic shares the trunk, as
+        TRL's ``AutoModelForCausalLMWithValueHead``); zero-initialised, so values start at 0. It is a
+        submodule of the model: optimised, checkpointed and saved with it."""
+        network = getattr(self.model, "module", self.model)
+        if not hasattr(network, "value_head"):
+            hidden = network.config.get_text_config().hidden_size
+            network.value_head = torch.nn.Linear(hidden, 1).to(self.device)
+            torch.nn.init.zeros_(network.value_head.weight)
+            torch.nn.init.zeros_(network.value_head.bias)
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        """[N, T] value of the state before each generated token (with grad)."""
+        network = getattr(self.model, "module", self.model)
+        if not hasattr(network, "value_head"):
+            raise ValueError("this TokenPolicy has no value head: advantage 'gae' enables it when the run starts")
+        ids = rollout.actions.completion_ids.to(self.device)
+        hidden = self._forward(rollout.actions.prompt_rows, ids, output_hidden_states=True).hidden_states[-1]
+        states = hidden[:, -(ids.shape[1] + 1):-1]  # the positions whose logits predict each token
+        return network.value_head(states.float()).squeeze(-1) * rollout.mask.to(self.device)
 
     def _demo_ids(self, batch: list[dict], field: str) -> torch.Tensor:
         """Right-padded token ids of each row's ``field`` text followed by EOS."""

@@ -66,6 +66,21 @@ def compute_advantages(rollout, stage: Stage) -> dict[str, float]:
     return metrics
 
 
+def outcome_as_step_rewards(rollout: Rollout, policy, kl_coef: float = 0.0) -> None:
+    """Token outputs for GAE (ReFT): each token is a transition, the outcome reward arrives on the last
+    real token, ``-kl_coef * (log p_old - log p_ref)`` on every token (KL in the reward), values from
+    the policy's value head at sampling time, no bootstrap (a completion ends its episode)."""
+    with torch.no_grad():
+        rollout.values = policy.values(rollout).float().cpu()
+    step_rewards = torch.zeros_like(rollout.mask)
+    last = (rollout.num_steps.long() - 1).clamp(min=0)
+    step_rewards[torch.arange(len(rollout)), last] = torch.nan_to_num(rollout.rewards, nan=0.0)
+    if kl_coef:
+        step_rewards = step_rewards - kl_coef * (rollout.logprobs - rollout.ref_logprobs) * rollout.mask
+    rollout.step_rewards, rollout.alive = step_rewards * rollout.mask, rollout.mask
+    rollout.bootstrap = torch.zeros(len(rollout))
+
+
 def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy gradient + critic + KL + entropy terms on one minibatch of outputs."""
     stage, policy, reference = ctx.stage, ctx.policy, ctx.reference
@@ -118,6 +133,8 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
         with torch.no_grad():
             rollout.ref_logprobs = ctx.reference.logprobs(rollout).cpu()
         metrics["kl/sampled"] = float(sequence_kl(rollout.logprobs, rollout.ref_logprobs, rollout.mask).mean())
+    if stage.advantage == "gae" and rollout.step_rewards is None:  # a sequence scored once at its end
+        outcome_as_step_rewards(rollout, ctx.policy, stage.kl_coef if stage.kl_in == "reward" else 0.0)
     metrics.update(compute_advantages(rollout, stage))
     closed_form = stage.kl_coef > 0 and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
     mu = chord_mu(ctx.step, *stage.mu) if stage.kind == "mixed" else 0.0
