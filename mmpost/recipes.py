@@ -69,6 +69,9 @@ RECIPES: dict[str, Recipe] = {
                    rename={"rl": "ppo"}, tests="test_advantages (gae), test_recipes::test_reft_values"),
     "grpo_kl": Recipe("GRPO with KL (DeepSeekMath; TULU 3 RLVR)", "+ k3 KL to the start model in the loss (0.04)",
                       {"rl.kl_coef": 0.04}, tests="test_pg_loss::test_agrees_with_trl[beta=0.04]"),
+    "dual_clip": Recipe("dual-clip PPO (1912.09729; verl's default c = 3)", "GRPO whose negative-advantage "
+                        "steps are bounded by -3 A", {"rl.dual_clip": 3.0},
+                        tests="test_flow_math::test_dual_clip_bounds_negative_advantages"),
     "acereason": Recipe("AceReason-Nemotron 1.1 (2506.13284)", "temperature steered to hold entropy at 0.3; "
                         "token-mean, no KL", {"rl.target_entropy": 0.3},
                         tests="test_advantages::test_entropy_temperature_controller_by_hand"),
