@@ -85,6 +85,9 @@ class Stage:
     sstoken_ratio: float = 0.6  # sstoken: fraction of demonstrated tokens trained on
     mu: list = field(default_factory=lambda: [0.1, 0.1, 0, 0])  # mixed: CHORD's [peak, valley, warmup, decay]
     demo_in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf)
+    prefix_samples: int = 0  # rl: members of each group that continue a demonstration prefix (Prefix-RFT)
+    prefix_ratio: list = field(default_factory=lambda: [0.95, 0.05])  # prefix share, cosine from first to last
+    prefix_entropy_top: float = 0.2  # share of prefix tokens (highest entropy) that keep a loss
     relift_size: int = 0  # rl: SFT on prompts no sample solved once this many are buffered (ReLIFT); 0 = off
     solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
     rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
@@ -133,6 +136,9 @@ class Stage:
         if len(self.mu) != 4:
             raise ValueError(f"stage {self.name!r}: mu is [peak, valley, warmup_steps, decay_steps], got {self.mu}")
         self.mu = [float(self.mu[0]), float(self.mu[1]), int(self.mu[2]), int(self.mu[3])]
+        if self.prefix_samples and not 0 < self.prefix_samples < self.group_size:
+            raise ValueError(f"stage {self.name!r}: prefix_samples must be between 1 and group_size - 1")
+        self.prefix_ratio = [float(v) for v in self.prefix_ratio]
         if self.kind == "dpo" and self.group_size < 2:
             raise ValueError(f"stage {self.name!r}: dpo builds pairs from group_size >= 2 samples per prompt")
         if not 0 <= self.label_smoothing < 0.5:

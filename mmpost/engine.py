@@ -198,7 +198,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
-                           scheduler, params)
+                           scheduler, params, steps=steps)
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])

@@ -95,6 +95,10 @@ RECIPES: dict[str, Recipe] = {
                        rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),
     "luffy": Recipe("LUFFY (2504.14945) / ViSurf (2510.10606)", "the demonstration joins each prompt's GRPO group",
                     {"rl.demo_in_group": True}, tests="test_recipes::test_demo_joins_its_group"),
+    "prefix_rft": Recipe("Prefix-RFT (2507.01679)", "2 of 8 group members continue a demonstration prefix "
+                         "(share cosine 0.95 -> 0.05); Dr. GRPO advantages; loss on the 20% highest-entropy prefix "
+                         "tokens", {"rl.prefix_samples": 2, "rl.scale_rewards": False, "rl.aggregation": "max_length"},
+                         tests="test_recipes::test_prefix_hybrids"),
     "relift": Recipe("ReLIFT (Learning What RL Can't)", "GRPO + SFT on a buffer of prompts no sample solved",
                      lambda t: {"rl.relift_size": 8, "rl.solved_threshold": _solved(t)}, tests="test_recipes"),
     "rft": Recipe("rejection-sampling fine-tuning (FARE)", "sample 8, SFT on the solved ones",

@@ -128,3 +128,11 @@ def test_outcome_reward_on_the_last_token_with_kl_in_the_reward():
     assert torch.allclose(rollout.step_rewards, torch.tensor([[-0.05, 0.0, 1.05], [0.1, 0.0, 0.0]]))
     assert torch.equal(rollout.alive, mask) and rollout.bootstrap.tolist() == [0.0, 0.0]
     assert torch.allclose(rollout.values, torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.0, 0.0]]))
+
+
+def test_prefix_ratio_cosine_by_hand():
+    from mmpost.algos.schedules import cosine
+
+    assert cosine(0, 11, 0.95, 0.05) == pytest.approx(0.95)
+    assert cosine(5, 11, 0.95, 0.05) == pytest.approx(0.5)  # half-way
+    assert cosine(10, 11, 0.95, 0.05) == pytest.approx(0.05)

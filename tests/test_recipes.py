@@ -122,3 +122,24 @@ def test_reft_values(warm_model, tmp_path):
     assert all("loss/value" in line and "value/mean" in line for line in lines)
     assert lines[0]["value/mean"] == 0.0 and lines[-1]["value/mean"] != 0.0  # zero-initialised, then learned
     assert "value_head.weight" in load_file(tmp_path / "final" / "model.safetensors")
+
+
+def test_prefix_hybrids(warm_model, mmpost_home):
+    """Prefix-RFT: hybrids start with the demonstration's first tokens; only the highest-entropy share
+    of those keeps a loss; stored log-probs are the model's own."""
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.config import TrainConfig
+    from mmpost.tasks.arithmetic import Arithmetic
+
+    rows = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[:2]
+    policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
+    hybrid = policy.prefixed_rollout(rows, 2, 0.5, entropy_top=0.25)
+    demo = policy._demo_ids(rows, "completion")
+    for i in range(4):
+        demo_ids = demo[i // 2][demo[i // 2] != policy.pad_id]
+        k = int(0.5 * len(demo_ids))
+        assert torch.equal(hybrid.actions.completion_ids[i, :k], demo_ids[:k])
+        assert int(hybrid.mask[i, :k].sum()) == max(1, round(0.25 * k))  # the entropy-clipped prefix
+        assert hybrid.mask[i, k] == 1.0  # the sampled continuation keeps its loss
+    assert torch.allclose(policy.logprobs(hybrid).detach(), hybrid.logprobs, atol=1e-4)
+    assert hybrid.group.tolist() == [0, 0, 1, 1]

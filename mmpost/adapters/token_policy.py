@@ -153,6 +153,65 @@ class TokenPolicy:
                        actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=1.0 if greedy else temperature,
                        truncated=truncated.cpu())
 
+    @torch.no_grad()
+    def prefixed_rollout(self, batch: list[dict], n: int, ratio: float, *, temperature: float = 1.0,
+                         entropy_top: float = 1.0) -> Rollout:
+        """Prefix-RFT's hybrids: ``n`` outputs per row, each the row's demonstration cut to its first
+        ``floor(ratio * |y*|)`` tokens (at least one token left to generate) continued by sampling.
+
+        The whole output is the action sequence (the prefix is off-policy; its log-probs are the
+        current model's), so group advantages cover hybrids and on-policy samples alike. Of the prefix
+        tokens only the ``entropy_top`` fraction with the highest entropy keep a loss (Prefix-RFT's
+        entropy-based clipping); the rest only condition the continuation.
+        """
+        demos = self._demo_ids(batch, "completion")
+        prefixes = []
+        for ids in demos:
+            ids = ids[ids != self.pad_id]
+            prefixes.append(ids[:min(int(ratio * len(ids)), len(ids) - 1)])
+        rows = [row for row in batch for _ in range(n)]
+        prompt = self.encode_prompts(rows)
+        joined = [torch.cat([ids[mask.bool()], prefixes[i // n].to(self.device)])
+                  for i, (ids, mask) in enumerate(zip(prompt["input_ids"], prompt["attention_mask"]))]
+        width = max(len(j) for j in joined)
+        inputs = dict(prompt)
+        inputs["input_ids"] = torch.stack([F.pad(j, (width - len(j), 0), value=self.pad_id) for j in joined])
+        inputs["attention_mask"] = torch.stack([F.pad(torch.ones_like(j), (width - len(j), 0)) for j in joined])
+        if "mm_token_type_ids" in prompt:  # image tokens stay where they were relative to the right edge
+            types = [t[m.bool()] for t, m in zip(prompt["mm_token_type_ids"], prompt["attention_mask"])]
+            inputs["mm_token_type_ids"] = torch.stack([F.pad(t, (width - len(j), len(j) - len(t)))
+                                                       for t, j in zip(types, joined)])
+        was_training = self.model.training
+        self.model.eval()
+        out = getattr(self.model, "module", self.model).generate(
+            **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens,
+            suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        self.model.train(was_training)
+        generated = out[:, width:]
+        completions = [torch.cat([prefixes[i // n].to(self.device), g]) for i, g in enumerate(generated)]
+        length = max(len(c) for c in completions)
+        ids = torch.stack([F.pad(c, (0, length - len(c)), value=self.pad_id) for c in completions])
+        mask = self._completion_mask(ids) * (torch.arange(length, device=ids.device) <
+                                             torch.tensor([len(c) for c in completions], device=ids.device)[:, None])
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
+        logprobs, logits = self._sequence_logprobs(rows, ids, temperature, return_logits=True)
+        log_p = F.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
+        trained = mask.clone()
+        for i in range(len(rows)):
+            k = len(prefixes[i // n])
+            if k and entropy_top < 1:
+                low = torch.argsort(entropy[i, :k], descending=True)[max(1, int(round(entropy_top * k))):]
+                trained[i, low] = 0.0
+        truncated = ~(ids == self.eos_id).any(dim=1)
+        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        return Rollout(logprobs=(logprobs * trained).cpu(), mask=trained.cpu(),
+                       group=torch.arange(len(batch)).repeat_interleave(n),
+                       outputs=self.tokenizer.batch_decode(ids, skip_special_tokens=True),
+                       prompts=[row["prompt"] for row in rows], columns=columns,
+                       actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=temperature,
+                       truncated=truncated.cpu(), metrics={"prefix/tokens": float(sum(len(p) for p in prefixes)) / len(batch)})
+
     def logprobs(self, rollout: Rollout, return_entropy: bool = False):
         """[N, T] log-probs of the rollout's tokens (with grad); with ``return_entropy`` also the [N, T]
         entropy of the sampling distribution at each step (for an entropy bonus)."""

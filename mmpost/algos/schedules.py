@@ -15,6 +15,12 @@ def chord_mu(step: int, peak: float, valley: float, warmup: int, decay: int) -> 
     return valley
 
 
+def cosine(step: int, steps: int, start: float, end: float) -> float:
+    """``start`` at step 0 to ``end`` at the last step along a half cosine (Prefix-RFT's prefix ratio)."""
+    progress = min(1.0, step / max(1, steps - 1))
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def entropy_temperature(temperature: float, entropy: float, target: float, rate: float,
                         bounds: tuple[float, float] = (0.1, 3.0)) -> float:
     """Next sampling temperature that moves the rollouts' token entropy toward ``target``:

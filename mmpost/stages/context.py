@@ -27,6 +27,7 @@ class StageContext:
     params: list
     state: dict = field(default_factory=dict)  # per-stage state that must survive a resume (JSON-able)
     step: int = 0  # 0-based index of the current step within the stage
+    steps: int = 1  # steps in the stage (for schedules over the stage)
 
     def batch(self, indices: list[int]) -> list[dict]:
         return [self.rows[i] for i in indices]

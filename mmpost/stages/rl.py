@@ -4,7 +4,7 @@ Terms, each switched on by the stage's config: KL to the start-of-stage model (i
 advantage), entropy bonus, critic loss (GAE), the demonstration term weighted by CHORD's mu
 (``mixed``), the demonstration as one member of its group (LUFFY / ViSurf), SFT on a buffer of
 prompts that no sample solved (ReLIFT), and a temperature controller holding the rollouts' entropy
-near a target (AceReason).
+near a target (AceReason), hybrid members that continue a demonstration prefix (Prefix-RFT).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mmpost.algos.advantages import (gae, group_advantages, group_keep_mask, nor
                                      reinforce_pp_advantages, rloo_advantages, uniform_group_mask)
 from mmpost.algos.kl import per_step_kl, sequence_kl
 from mmpost.algos.pg import aggregate, clipped_pg_loss
-from mmpost.algos.schedules import chord_mu, entropy_temperature
+from mmpost.algos.schedules import chord_mu, cosine, entropy_temperature
 from mmpost.algos.value import value_loss
 from mmpost.config import Stage
 from mmpost.rewarding import score_rollout
@@ -121,7 +121,15 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     started = time.perf_counter()
     batch = ctx.batch(indices)
     temperature = ctx.state.get("temperature", stage.temperature)
-    rollout = policy.rollout(batch, stage.group_size, temperature=temperature)
+    if stage.prefix_samples:  # Prefix-RFT: some members continue a demonstration prefix
+        ratio = cosine(ctx.step, ctx.steps, *stage.prefix_ratio)
+        rollout = Rollout.concat([
+            policy.rollout(batch, stage.group_size - stage.prefix_samples, temperature=temperature),
+            policy.prefixed_rollout(batch, stage.prefix_samples, ratio, temperature=temperature,
+                                    entropy_top=stage.prefix_entropy_top)])
+        rollout.metrics["prefix/ratio"] = ratio
+    else:
+        rollout = policy.rollout(batch, stage.group_size, temperature=temperature)
     if stage.demo_in_group:  # the demonstration competes inside its prompt's group
         rollout = Rollout.concat([rollout, policy.demo_rollout(batch, temperature=temperature)])
     generated = time.perf_counter()
