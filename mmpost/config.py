@@ -92,6 +92,8 @@ class Stage:
     solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
     rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
     rft_demo_fallback: bool = False  # rft: prompts with no solved sample train on the demonstration (S3FT)
+    select: str = ""  # sft: "uds" picks each batch from select_pool x batch_size rows (utility x diversity)
+    select_pool: int = 4  # candidates per trained row when select is on
     # --- preference (dpo, spin)
     preference_loss: str = "dpo"  # dpo | robust | ipo | rdpo | dpo_norm | simpo | orpo | kto | asft
     beta: float = 0.1  # the preference losses' beta (SimPO: 2.5)
@@ -139,6 +141,8 @@ class Stage:
         if self.prefix_samples and not 0 < self.prefix_samples < self.group_size:
             raise ValueError(f"stage {self.name!r}: prefix_samples must be between 1 and group_size - 1")
         self.prefix_ratio = [float(v) for v in self.prefix_ratio]
+        if self.select not in ("", "uds") or (self.select and self.kind != "sft"):
+            raise ValueError(f"stage {self.name!r}: select is '' or 'uds' (sft stages), got {self.select!r}")
         if self.kind == "dpo" and self.group_size < 2:
             raise ValueError(f"stage {self.name!r}: dpo builds pairs from group_size >= 2 samples per prompt")
         if not 0 <= self.label_smoothing < 0.5:

@@ -221,8 +221,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         for step in bar:
             started = time.perf_counter()
             ctx.step = step
-            metrics = STEPS[stage.kind](ctx, batch_indices(cfg.seed, stage_index, step, stage.batch_size,
-                                                           len(train_rows)))
+            drawn = stage.batch_size * (stage.select_pool if stage.select else 1)  # a selection hook picks from more
+            metrics = STEPS[stage.kind](ctx, batch_indices(cfg.seed, stage_index, step, drawn, len(train_rows)))
             seconds = time.perf_counter() - started
             unit = "tokens" if "tokens" in metrics else "samples"
             metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,

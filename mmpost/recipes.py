@@ -87,6 +87,9 @@ RECIPES: dict[str, Recipe] = {
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
                    {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
+                  "distance to recently selected rows", {"sft.select": "uds"}, keep=("sft",),
+                  tests="test_selection"),
     "chord": Recipe("CHORD-phi (2508.11408)", "(1 - mu) GRPO + mu SFT, token weights p(1-p), mu = 0.1",
                     {"rl.kind": "mixed", "rl.sft_weight": "chord", "rl.mu": [0.1, 0.1, 0, 0]},
                     rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),

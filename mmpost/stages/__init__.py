@@ -42,6 +42,8 @@ def token_only_reason(stage: Stage) -> str:
         return f"stage kind {stage.kind!r}"
     if stage.sft_weight != "uniform" or stage.sft_kl_coef:
         return f"sft_weight={stage.sft_weight!r} / sft_kl_coef"
+    if stage.select:
+        return f"select={stage.select!r}"
     for key in ("demo_in_group", "prefix_samples", "entropy_coef", "mask_truncated"):
         if getattr(stage, key):
             return key

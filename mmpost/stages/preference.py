@@ -83,8 +83,8 @@ def preference_loss(ctx: StageContext, chosen: Rollout, rejected: Rollout) -> tu
             kl_ref, _ = _sums(ctx.reference, mismatched)
         desirable = torch.arange(2 * n, device=logp.device) < n
         loss = losses.kto(logp, torch.cat([ref_w, ref_l]), desirable, kl_logp, kl_ref, beta)
-    metrics = {"loss/preference": float(loss.mean()), "logp/chosen": float(logp_w.mean()),
-               "logp/rejected": float(logp_l.mean())}
+    metrics = {"loss/preference": float(loss.detach().mean()), "logp/chosen": float(logp_w.detach().mean()),
+               "logp/rejected": float(logp_l.detach().mean())}
     if name not in REFERENCE_FREE:
         margin = (logp_w - ref_w) - (logp_l - ref_l)
         metrics.update({"rewards/margin": float(beta * margin.mean()), "rewards/accuracy": float((margin > 0).float().mean())})

@@ -47,7 +47,20 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
 
 
 def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
-    """One optimiser step on the demonstrations of ``indices``."""
+    """One optimiser step on the demonstrations of ``indices`` (chosen from a larger pool by UDS when
+    the stage selects)."""
+    selected = {}
+    if ctx.stage.select == "uds":
+        indices, selected = _uds(ctx, indices)
     with ctx.accelerator.autocast():
         loss, metrics = demo_loss(ctx, ctx.batch(indices))
-    return {"grad_norm": ctx.update(loss), "loss/sft": loss.item(), **metrics}
+    return {"grad_norm": ctx.update(loss), "loss/sft": loss.item(), **metrics, **selected}
+
+
+def _uds(ctx: StageContext, pool: list[int]) -> tuple[list[int], dict[str, float]]:
+    from mmpost.selection import uds_select
+
+    with torch.no_grad():
+        _, mask, logits = ctx.policy.demo_logprobs(ctx.batch(pool), return_logits=True)
+    chosen, ctx.state["uds_queue"] = uds_select(logits, mask, ctx.stage.batch_size, ctx.state.get("uds_queue"))
+    return [pool[i] for i in chosen], {"select/pool": float(len(pool)), "select/queue": float(len(ctx.state["uds_queue"]))}
