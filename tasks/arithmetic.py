@@ -33,8 +33,10 @@ class Arithmetic:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="arithmetic", stages=[
-            Stage(name="sft", kind="sft", steps=2000, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
-            Stage(name="rl", kind="rl", steps=60, batch_size=8, group_size=8, lr=1e-4, schedule="constant",
+            # 1200 SFT steps leave the tiny model at ~25% held-out accuracy (2000 reach ~95%), so the
+            # post-SFT methods have room to show what they add (README, "arithmetic")
+            Stage(name="sft", kind="sft", steps=1200, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
+            Stage(name="rl", kind="rl", steps=150, batch_size=8, group_size=8, lr=2e-5, schedule="constant",
                   max_new_tokens=40),  # the longest worked solution is 34 tokens + EOS
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
             checkpoint_every=100)
