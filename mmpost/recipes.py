@@ -37,8 +37,11 @@ def _solved(task_cls) -> float:
     return float(getattr(task_cls, "solved_threshold", 1.0))
 
 
-def _preference(loss: str, **extra) -> dict:
-    return {"rl.kind": "dpo", "rl.preference_loss": loss, "rl.group_size": 4, **extra}
+def _preference(paper: str, terms: str, loss: str, tests: str, **extra) -> Recipe:
+    """A ``dpo`` stage after SFT: pairs are the best and worst of 4 samples per prompt by reward."""
+    overrides = {"rl.kind": "dpo", "rl.preference_loss": loss, "rl.group_size": 4,
+                 **{f"rl.{k}": v for k, v in extra.items()}}
+    return Recipe(paper, terms, overrides, rename={"rl": "dpo"}, tests=f"test_preference_losses::{tests}")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -114,30 +117,26 @@ RECIPES: dict[str, Recipe] = {
     "s3ft": Recipe("S3FT (selective self-to-supervised)", "own answer when judged right, else the gold one",
                    lambda t: {"rl.kind": "rft", "rl.group_size": 1, "rl.rft_demo_fallback": True,
                               "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"}, tests="test_recipes"),
-    "dpo": Recipe("DPO (2305.18290); pairs as CheXalign (2410.07025)", "sigmoid loss, beta 0.1; best vs worst "
-                  "of 4 samples by reward", _preference("dpo"), rename={"rl": "dpo"},
-                  tests="test_preference_losses::test_dpo_family_agrees_with_trl[sigmoid]"),
-    "cdpo": Recipe("cDPO (conservative DPO)", "DPO with label smoothing 0.1", _preference("dpo", **{"rl.label_smoothing": 0.1}),
-                   rename={"rl": "dpo"}, tests="test_preference_losses::test_dpo_and_cdpo_by_hand"),
-    "robust_dpo": Recipe("robust DPO (2403.00409)", "unbiased under 10% flipped labels",
-                         _preference("robust", **{"rl.label_smoothing": 0.1}), rename={"rl": "dpo"},
-                         tests="test_preference_losses::test_dpo_family_agrees_with_trl[robust]"),
-    "ipo": Recipe("IPO (2310.12036)", "squared length-averaged margin to 1/(2 beta)", _preference("ipo"),
-                  rename={"rl": "dpo"}, tests="test_preference_losses::test_dpo_family_agrees_with_trl[ipo]"),
-    "rdpo": Recipe("R-DPO (2403.19159), CheXalign's length control", "DPO + 0.05 x length difference",
-                   _preference("rdpo"), rename={"rl": "dpo"}, tests="test_preference_losses::test_rdpo_adds_the_length_term"),
-    "tulu3_dpo": Recipe("TULU 3 length-normalised DPO (2411.15124)", "DPO on length-averaged log-ratios, beta 5",
-                        _preference("dpo_norm", **{"rl.beta": 5.0}), rename={"rl": "dpo"},
-                        tests="test_preference_losses::test_dpo_family_agrees_with_trl[sigmoid_norm]"),
-    "simpo": Recipe("SimPO (2405.14734)", "reference-free, length-averaged, beta 2.5, gamma 1.375",
-                    _preference("simpo", **{"rl.beta": 2.5}), rename={"rl": "dpo"},
-                    tests="test_preference_losses::test_simpo_and_orpo_agree_with_trl"),
-    "orpo": Recipe("ORPO (2403.07691)", "NLL of chosen + 0.1 x odds-ratio term, reference-free", _preference("orpo"),
-                   rename={"rl": "dpo"}, tests="test_preference_losses::test_simpo_and_orpo_agree_with_trl"),
-    "kto": Recipe("KTO (2402.01306)", "unpaired: chosen desirable, rejected undesirable; z0 from mismatched pairs",
-                  _preference("kto"), rename={"rl": "dpo"}, tests="test_preference_losses::test_kto_agrees_with_trl"),
-    "asft": Recipe("ASFT (2409.10571)", "absolute likelihood of each answer, reference-free, + NLL of chosen",
-                   _preference("asft"), rename={"rl": "dpo"}, tests="test_preference_losses::test_robust_dpo_and_asft_by_hand"),
+    "dpo": _preference("DPO (2305.18290); pairs as CheXalign (2410.07025)", "sigmoid loss, beta 0.1; best vs worst "
+                       "of 4 samples by reward", "dpo", "test_dpo_family_agrees_with_trl[sigmoid]"),
+    "cdpo": _preference("cDPO (conservative DPO)", "DPO with label smoothing 0.1", "dpo",
+                        "test_dpo_and_cdpo_by_hand", label_smoothing=0.1),
+    "robust_dpo": _preference("robust DPO (2403.00409)", "unbiased under 10% flipped labels", "robust",
+                              "test_dpo_family_agrees_with_trl[robust]", label_smoothing=0.1),
+    "ipo": _preference("IPO (2310.12036)", "squared length-averaged margin to 1/(2 beta)", "ipo",
+                       "test_dpo_family_agrees_with_trl[ipo]"),
+    "rdpo": _preference("R-DPO (2403.19159), CheXalign's length control", "DPO + 0.05 x length difference", "rdpo",
+                        "test_rdpo_adds_the_length_term"),
+    "tulu3_dpo": _preference("TULU 3 length-normalised DPO (2411.15124)", "DPO on length-averaged log-ratios, beta 5",
+                             "dpo_norm", "test_dpo_family_agrees_with_trl[sigmoid_norm]", beta=5.0),
+    "simpo": _preference("SimPO (2405.14734)", "reference-free, length-averaged, beta 2.5, gamma 1.375", "simpo",
+                         "test_simpo_and_orpo_agree_with_trl", beta=2.5),
+    "orpo": _preference("ORPO (2403.07691)", "NLL of chosen + 0.1 x odds-ratio term, reference-free", "orpo",
+                        "test_simpo_and_orpo_agree_with_trl"),
+    "kto": _preference("KTO (2402.01306)", "unpaired: chosen desirable, rejected undesirable; z0 from mismatched pairs",
+                       "kto", "test_kto_agrees_with_trl"),
+    "asft": _preference("ASFT (2409.10571)", "absolute likelihood of each answer, reference-free, + NLL of chosen",
+                        "asft", "test_robust_dpo_and_asft_by_hand"),
     "spin": Recipe("SPIN (2401.01335)", "demonstration vs the previous iterate's sample, reference refreshed per "
                    "iteration (3 iterations)", lambda t: {"rl.kind": "spin", "rl.iteration_steps": max(1, _rl_steps(t) // 3)},
                    rename={"rl": "spin"},
