@@ -84,6 +84,7 @@ class Stage:
     sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
     sstoken_ratio: float = 0.6  # sstoken: fraction of demonstrated tokens trained on
     mu: list = field(default_factory=lambda: [0.1, 0.1, 0, 0])  # mixed: CHORD's [peak, valley, warmup, decay]
+    demo_data: str = ""  # mixed: split the SFT term samples from ("" = this stage's rows; "demos" for a robot)
     demo_in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf)
     prefix_samples: int = 0  # rl: members of each group that continue a demonstration prefix (Prefix-RFT)
     prefix_ratio: list = field(default_factory=lambda: [0.95, 0.05])  # prefix share, cosine from first to last

@@ -197,8 +197,10 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if needs_reference(stage):  # frozen start-of-stage model, only when a term reads it
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
+        if stage.demo_data and stage.demo_data not in rows:
+            rows[stage.demo_data] = task.rows(stage.demo_data)
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
-                           scheduler, params, steps=steps)
+                           scheduler, params, steps=steps, demo_rows=rows.get(stage.demo_data))
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])

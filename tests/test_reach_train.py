@@ -141,3 +141,16 @@ def test_backbone_follows_the_observations(mmpost_home):
             assert torch.allclose(policy.logprobs(rollout), rollout.logprobs, atol=1e-4)
     finally:
         policy.close()
+
+
+def test_mixed_stage_on_a_flow_policy(tmp_path, mmpost_home):
+    """CHORD's demonstration term works for a flow-matching policy too: its SFT term is flow matching
+    on expert chunks drawn from the demos split while PPO trains on initial states."""
+    run = tmp_path / "run"
+    mmpost("train", "--task", "reach", "--output-dir", str(run), *QUICK, "--set", "rl.kind=mixed",
+           "--set", "rl.demo_data=demos", "--set", "rl.mu=[0.5,0.1,0,4]")
+    rl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rl if r["stage"] == "rl"]
+    assert len(rl) == 4 and all("loss/sft" in r and "loss/value" in r for r in rl)
+    assert [r["mu"] for r in rl] == pytest.approx([0.5, 0.5 - 0.4 * 0.5 * (1 - 0.7071068), 0.3, 0.1 + 0.4 * 0.5 * (1 - 0.7071068)],
+                                                 abs=1e-6)

@@ -28,9 +28,17 @@ class StageContext:
     state: dict = field(default_factory=dict)  # per-stage state that must survive a resume (JSON-able)
     step: int = 0  # 0-based index of the current step within the stage
     steps: int = 1  # steps in the stage (for schedules over the stage)
+    demo_rows: list | None = None  # rows of ``stage.demo_data`` when the demonstrations live apart
 
     def batch(self, indices: list[int]) -> list[dict]:
         return [self.rows[i] for i in indices]
+
+    def demo_batch(self, indices: list[int]) -> list[dict]:
+        """Demonstrations for a step: the rows themselves, or as many rows drawn from ``demo_rows``
+        (with the checkpointed torch RNG, so a resumed run draws the same ones)."""
+        if self.demo_rows is None:
+            return self.batch(indices)
+        return [self.demo_rows[i] for i in torch.randint(len(self.demo_rows), (len(indices),)).tolist()]
 
     def update(self, loss: torch.Tensor | None) -> float:
         """One optimiser step on ``loss``; returns the gradient norm before clipping. ``None`` (nothing to

@@ -146,12 +146,13 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     metrics.update(compute_advantages(rollout, stage))
     closed_form = stage.kl_coef > 0 and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
     mu = chord_mu(ctx.step, *stage.mu) if stage.kind == "mixed" else 0.0
+    demos = ctx.demo_batch(indices) if stage.kind == "mixed" else None
     for _ in range(stage.epochs):
         for index in torch.randperm(len(rollout)).chunk(stage.minibatches):
             with ctx.accelerator.autocast():
                 loss, part_metrics = pg_objective(ctx, rollout.subset(index), closed_form)
                 if mu:  # CHORD: (1 - mu) * GRPO + mu * SFT on the prompts' demonstrations
-                    sft, sft_metrics = demo_loss(ctx, batch)
+                    sft, _ = demo_loss(ctx, demos)
                     loss = (1 - mu) * loss + mu * sft
                     part_metrics.update({"loss/sft": sft.item(), "mu": mu})
             metrics.update({"grad_norm": ctx.update(loss), **part_metrics})
