@@ -90,6 +90,10 @@ RECIPES: dict[str, Recipe] = {
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
                    {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "fait": Recipe("FAIT (fault-aware fine-tuning)", "after SFT, SFT with weight 2 on gold tokens where the "
+                   "model's own wrong greedy answer differs", lambda t: {"rl.kind": "sft", "rl.sft_weight": "fait",
+                                                                        "rl.solved_threshold": _solved(t)},
+                   rename={"rl": "fait"}, tests="test_sft_terms::test_fait_weights_by_hand"),
     "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
                   "distance to recently selected rows", {"sft.select": "uds"}, keep=("sft",),
                   tests="test_selection"),

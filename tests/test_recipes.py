@@ -134,7 +134,7 @@ def test_prefix_hybrids(warm_model, mmpost_home):
     rows = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[:2]
     policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
     hybrid = policy.prefixed_rollout(rows, 2, 0.5, entropy_top=0.25)
-    demo = policy._demo_ids(rows, "completion")
+    demo = policy.demo_ids(rows, "completion")
     for i in range(4):
         demo_ids = demo[i // 2][demo[i // 2] != policy.pad_id]
         k = int(0.5 * len(demo_ids))

@@ -42,3 +42,13 @@ def test_poft_by_hand():
     ref = torch.log(torch.tensor([[0.25, 0.25]]))
     # s_theta - s_ref = log 2: loss = -log sigmoid(log 2) = log(1 + 1/2)
     assert poft_loss(logp, ref, torch.ones(1, 2)).item() == pytest.approx(math.log(1.5))
+
+
+def test_fait_weights_by_hand():
+    from mmpost.algos.sft import fait_weights
+
+    gold = torch.tensor([[5, 6, 7, 8, 0]])
+    faulty = torch.tensor([[5, 9, 7, 8, 4, 0]])  # token 6 replaced by 9, one token appended
+    weights = fait_weights(gold, torch.tensor([[1.0, 1, 1, 1, 0]]), faulty, torch.tensor([[1.0, 1, 1, 1, 1, 0]]),
+                           alpha=2.0)
+    assert weights.tolist() == [[1.0, 3.0, 1.0, 1.0, 1.0]]  # padding keeps weight 1 (and mask 0)

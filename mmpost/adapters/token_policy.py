@@ -164,7 +164,7 @@ class TokenPolicy:
         tokens only the ``entropy_top`` fraction with the highest entropy keep a loss (Prefix-RFT's
         entropy-based clipping); the rest only condition the continuation.
         """
-        demos = self._demo_ids(batch, "completion")
+        demos = self.demo_ids(batch, "completion")
         prefixes = []
         for ids in demos:
             ids = ids[ids != self.pad_id]
@@ -245,7 +245,7 @@ class TokenPolicy:
         states = hidden[:, -(ids.shape[1] + 1):-1]  # the positions whose logits predict each token
         return network.value_head(states.float()).squeeze(-1) * rollout.mask.to(self.device)
 
-    def _demo_ids(self, batch: list[dict], field: str) -> torch.Tensor:
+    def demo_ids(self, batch: list[dict], field: str = "completion") -> torch.Tensor:
         """Right-padded token ids of each row's ``field`` text followed by EOS."""
         encoded = [self.tokenizer(r[field] + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
                    for r in batch]
@@ -258,7 +258,7 @@ class TokenPolicy:
     def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
         """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded.
         Returns ``(logprobs, mask)``, plus the [B, T, V] logits when ``return_logits``."""
-        ids = self._demo_ids(batch, "completion")
+        ids = self.demo_ids(batch, "completion")
         mask = (ids != self.pad_id).float().to(self.device)
         logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
@@ -268,7 +268,7 @@ class TokenPolicy:
         """The rows' texts in ``field`` (the demonstration, or a ``chosen``/``rejected`` answer) as a
         one-output-per-row Rollout, scored by the current model: a demonstration can then join a
         sampled group (LUFFY, ViSurf; scored at the group's ``temperature``) or a preference pair."""
-        ids = self._demo_ids(batch, field)
+        ids = self.demo_ids(batch, field)
         mask = (ids != self.pad_id).float()
         logprobs = self._sequence_logprobs(batch, ids, temperature=temperature).cpu() * mask
         columns = {k: [row[k] for row in batch] for k in batch[0] if k not in ("prompt", "images", "completion")}

@@ -7,8 +7,9 @@ The common form is ``L = sum_t w_t * (-log p_t) / N`` over demonstrated tokens, 
 * ``dft``: ``phi(p) = p`` (DFT, arXiv 2508.05629; TRL ``sft_trainer.py::dft_loss``).
 * ``chord``: ``phi(p) = p (1 - p)`` (CHORD-phi, arXiv 2508.11408; Trinity-RFT ``SFTPhiLossFn``).
 
-Plus ssToken's token selection by excess loss over a history model, and PoFT's preference of the
-policy over a reference on the same demonstration.
+Plus FAIT's up-weighting of the tokens where a faulty answer differs from the gold one, ssToken's
+token selection by excess loss over a history model, and PoFT's preference of the policy over a
+reference on the same demonstration.
 """
 
 from __future__ import annotations
@@ -42,6 +43,25 @@ def weighted_nll(logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "unifor
                  aggregation: str = "token_mean") -> torch.Tensor:
     """``aggregate(-sg(phi(p_t)) log p_t)``: the SFT term with a token-weight function."""
     return aggregate(-token_weights(logprobs, kind) * logprobs, mask, aggregation)
+
+
+def fait_weights(gold: torch.Tensor, gold_mask: torch.Tensor, faulty: torch.Tensor, faulty_mask: torch.Tensor,
+                 alpha: float = 1.0) -> torch.Tensor:
+    """FAIT's error-sensitive tokens: ``1 + alpha`` on gold tokens outside the longest matching blocks
+    between the gold answer and a faulty one (``difflib`` over token ids), 1 elsewhere. [B, T] like
+    ``gold``. The paper up-weights the differing lines and tokens with a dynamically adjusted weight;
+    its schedule is unverified (abstract only), so ``alpha`` is constant here."""
+    import difflib
+
+    weights = torch.ones_like(gold_mask, dtype=torch.float32)
+    for i in range(len(gold)):
+        a = gold[i][gold_mask[i].bool()].tolist()
+        b = faulty[i][faulty_mask[i].bool()].tolist()
+        differs = torch.ones(len(a), dtype=torch.bool)
+        for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
+            differs[block.a:block.a + block.size] = False
+        weights[i, :len(a)] = 1.0 + alpha * differs.float()
+    return weights
 
 
 def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,

@@ -6,7 +6,7 @@ import torch
 
 from mmpost.algos.kl import full_forward_kl
 from mmpost.algos.pg import aggregate
-from mmpost.algos.sft import nll_loss, poft_loss, sstoken_mask, weighted_nll
+from mmpost.algos.sft import fait_weights, nll_loss, poft_loss, sstoken_mask, weighted_nll
 from mmpost.stages.context import StageContext
 
 
@@ -16,7 +16,8 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     Uniform weights and no KL: the policy's own ``sft_loss`` (token NLL, flow matching or denoising,
     so any policy kind). Otherwise token log-probs of the demonstrations: a token-weight function
     (DFT, CHORD-phi), ssToken's selection or PoFT's preference over the reference, plus Anchored
-    SFT's full-vocabulary KL to the reference when ``sft_kl_coef`` > 0.
+    SFT's full-vocabulary KL to the reference when ``sft_kl_coef`` > 0, or FAIT's weights on the tokens
+    the policy's own wrong answer gets wrong.
     """
     stage, policy = ctx.stage, ctx.policy
     if stage.sft_weight == "uniform" and not stage.sft_kl_coef:
@@ -25,7 +26,9 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
     logprobs, mask = out[0], out[1]
     metrics = {"tokens": float(mask.sum())}
-    if stage.sft_weight in ("sstoken", "poft"):
+    if stage.sft_weight == "fait":
+        loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean")
+    elif stage.sft_weight in ("sstoken", "poft"):
         with torch.no_grad():
             ref_logprobs = ctx.reference.demo_logprobs(batch)[0]
         if stage.sft_weight == "sstoken":
@@ -44,6 +47,21 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         loss = loss + stage.sft_kl_coef * kl
         metrics["kl/demo"] = kl.item()
     return loss, metrics
+
+
+def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> torch.Tensor:
+    """FAIT: the policy's own greedy answer is the faulty solution where it scores below
+    ``solved_threshold``; the gold tokens it gets wrong are up-weighted by ``fait_alpha``."""
+    from mmpost.rewarding import score_rollout
+
+    attempt = ctx.policy.rollout(batch, 1, greedy=True)
+    score_rollout(attempt, ctx.rewards, ctx.weights)
+    wrong = torch.nan_to_num(attempt.rewards, nan=float("-inf")) < ctx.stage.solved_threshold
+    gold = ctx.policy.demo_ids(batch)
+    weights = fait_weights(gold, (gold != ctx.policy.pad_id).float(), attempt.actions.completion_ids,
+                           attempt.mask, ctx.stage.fait_alpha)
+    weights[~wrong] = 1.0  # a right answer's differences are not errors
+    return weights.to(mask.device)
 
 
 def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
