@@ -90,6 +90,9 @@ RECIPES: dict[str, Recipe] = {
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
                    {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "ift": Recipe("IFT (2405.11870)", "inputs (1 - 0.2) E(gold) + 0.2 E(predicted); tokens weighted by discounted "
+                  "future loss (gamma 0.95)", {"sft.sft_weight": "ift"}, keep=("sft",),
+                  tests="test_sft_terms::test_ift_loss_by_hand"),
     "fait": Recipe("FAIT (fault-aware fine-tuning)", "after SFT, SFT with weight 2 on gold tokens where the "
                    "model's own wrong greedy answer differs", lambda t: {"rl.kind": "sft", "rl.sft_weight": "fait",
                                                                         "rl.solved_threshold": _solved(t)},

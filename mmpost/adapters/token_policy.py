@@ -91,8 +91,10 @@ class TokenPolicy:
             raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    def _forward(self, rows: list[dict], completion_ids: torch.Tensor, **kwargs):
-        """The model on each row's prompt followed by ``completion_ids`` (teacher forcing)."""
+    def _forward(self, rows: list[dict], completion_ids: torch.Tensor, mix: tuple | None = None, **kwargs):
+        """The model on each row's prompt followed by ``completion_ids`` (teacher forcing). ``mix`` =
+        ``(lam, other_ids)`` feeds ``(1 - lam) E(y_t) + lam E(other_t)`` at the completion's real
+        positions instead of ``E(y_t)`` (IFT's temporal residual input)."""
         prompt = self.encode_prompts(rows)
         completion_ids = completion_ids.to(self.device)
         completion_mask = (completion_ids != self.pad_id).long()
@@ -101,6 +103,14 @@ class TokenPolicy:
         inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
+        if mix is not None:
+            lam, other = mix
+            embed = self.model.get_input_embeddings()
+            embeds = embed(inputs["input_ids"])
+            real = completion_mask.unsqueeze(-1).to(embeds.dtype)
+            blended = (1 - lam) * embeds[:, -completion_ids.shape[1]:] + lam * embed(other.to(self.device))
+            completion = real * blended + (1 - real) * embeds[:, -completion_ids.shape[1]:]
+            kwargs["inputs_embeds"] = torch.cat([embeds[:, :-completion_ids.shape[1]], completion], dim=1)
         return self.model(**inputs, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1, **kwargs)
 
     def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,
@@ -262,6 +272,23 @@ class TokenPolicy:
         mask = (ids != self.pad_id).float().to(self.device)
         logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
+
+    def ift_demo_logprobs(self, batch: list[dict], lam: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+        """IFT (``TsinghuaC3I/Intuitive-Fine-Tuning``): the gold tokens' log-probs when each completion
+        input is ``(1 - lam) E(y_t) + lam E(y_hat_t)``, ``y_hat_t`` the model's greedy prediction of
+        ``y_t`` from an un-mixed pass without gradient. Returns ``(logprobs, mask)`` with grad."""
+        ids = self.demo_ids(batch)
+        mask = (ids != self.pad_id).float().to(self.device)
+        with torch.no_grad():
+            logits = self._forward(batch, ids).logits[:, :-1].float()
+            if self.suppress_ids:
+                logits[..., self.suppress_ids] = float("-inf")
+            predicted = torch.where(mask.bool(), logits.argmax(-1), ids.to(self.device))
+        logits = self._forward(batch, ids, mix=(lam, predicted)).logits[:, :-1].float()
+        if self.suppress_ids:
+            logits[..., self.suppress_ids] = float("-inf")
+        logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, ids.to(self.device).unsqueeze(-1)).squeeze(-1)
+        return logprobs * mask, mask
 
     @torch.no_grad()
     def demo_rollout(self, batch: list[dict], field: str = "completion", temperature: float = 1.0) -> Rollout:

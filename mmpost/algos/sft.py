@@ -7,7 +7,7 @@ The common form is ``L = sum_t w_t * (-log p_t) / N`` over demonstrated tokens, 
 * ``dft``: ``phi(p) = p`` (DFT, arXiv 2508.05629; TRL ``sft_trainer.py::dft_loss``).
 * ``chord``: ``phi(p) = p (1 - p)`` (CHORD-phi, arXiv 2508.11408; Trinity-RFT ``SFTPhiLossFn``).
 
-Plus FAIT's up-weighting of the tokens where a faulty answer differs from the gold one, ssToken's
+Plus IFT's discounted future-loss weights on a temporal-residual forward, FAIT's up-weighting of the tokens where a faulty answer differs from the gold one, ssToken's
 token selection by excess loss over a history model, and PoFT's preference of the policy over a
 reference on the same demonstration.
 """
@@ -62,6 +62,23 @@ def fait_weights(gold: torch.Tensor, gold_mask: torch.Tensor, faulty: torch.Tens
             differs[block.a:block.a + block.size] = False
         weights[i, :len(a)] = 1.0 + alpha * differs.float()
     return weights
+
+
+def ift_loss(logprobs: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95) -> torch.Tensor:
+    """IFT's loss on log-probs from the temporal-residual forward: each token weighted by the
+    discounted sum of the per-token losses from it to the end, ``w_t = sum_{k>=t} gamma^(k-t) (-log p_k
+    / |y|)``, rescaled so ``sum_t w_t = |y|``; ``L = mean_b[sum_t -w_t log p_t / |y|]``. As in the
+    authors' code (``get_cumsum_weight``) the weights are not detached."""
+    length = mask.sum(-1, keepdim=True).clamp(min=1.0)
+    per_token = -logprobs * mask / length
+    weights = torch.zeros_like(per_token)
+    running = torch.zeros_like(per_token[:, 0])
+    for t in reversed(range(per_token.shape[1])):
+        running = per_token[:, t] + gamma * running
+        weights[:, t] = running
+    weights = weights * mask
+    weights = weights * length / weights.sum(-1, keepdim=True).clamp(min=1e-12)
+    return ((-weights * logprobs * mask).sum(-1) / length.squeeze(-1)).mean()
 
 
 def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,

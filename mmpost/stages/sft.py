@@ -6,7 +6,7 @@ import torch
 
 from mmpost.algos.kl import full_forward_kl
 from mmpost.algos.pg import aggregate
-from mmpost.algos.sft import fait_weights, nll_loss, poft_loss, sstoken_mask, weighted_nll
+from mmpost.algos.sft import fait_weights, ift_loss, nll_loss, poft_loss, sstoken_mask, weighted_nll
 from mmpost.stages.context import StageContext
 
 
@@ -22,6 +22,9 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     stage, policy = ctx.stage, ctx.policy
     if stage.sft_weight == "uniform" and not stage.sft_kl_coef:
         return policy.sft_loss(batch)
+    if stage.sft_weight == "ift":  # its own forward: inputs blend gold and predicted tokens
+        logprobs, mask = policy.ift_demo_logprobs(batch, stage.ift_lambda)
+        return ift_loss(logprobs, mask, stage.ift_gamma), {"tokens": float(mask.sum())}
     with_logits = stage.sft_kl_coef > 0
     out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
     logprobs, mask = out[0], out[1]
