@@ -90,6 +90,9 @@ RECIPES: dict[str, Recipe] = {
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
                    {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "otr": Recipe("One-Token Rollout (2509.26313)", "per demonstrated position, 8 sampled tokens rewarded 1 if they "
+                  "are the demo token; REINFORCE with mean baseline", {"sft.sft_weight": "otr"}, keep=("sft",),
+                  tests="test_sft_terms::test_otr_loss_by_hand"),
     "ift": Recipe("IFT (2405.11870)", "inputs (1 - 0.2) E(gold) + 0.2 E(predicted); tokens weighted by discounted "
                   "future loss (gamma 0.95)", {"sft.sft_weight": "ift"}, keep=("sft",),
                   tests="test_sft_terms::test_ift_loss_by_hand"),

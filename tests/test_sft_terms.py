@@ -78,3 +78,18 @@ def test_ift_mixing_zero_is_plain_teacher_forcing(tiny_model_dir, chart_reward):
     mixed, _ = policy.ift_demo_logprobs(rows, lam=0.0)
     assert torch.allclose(plain, mixed, atol=1e-5)  # and an image prompt goes through the embedding path
     assert not torch.allclose(plain, policy.ift_demo_logprobs(rows, lam=0.5)[0], atol=1e-3)
+
+
+def test_otr_loss_by_hand():
+    from mmpost.algos.sft import otr_loss, sample_candidates
+
+    log_probs = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]]))
+    targets = torch.tensor([[0, 2]])
+    candidates = torch.tensor([[[0, 1, 0, 2], [1, 1, 0, 0]]])  # position 1: no candidate is the demo token
+    # position 0: rewards 1,0,1,0 -> advantages .5,-.5,.5,-.5: -(0.5 log .5 - 0.5 log .3 + 0.5 log .5 - 0.5 log .2)/4
+    first = -(0.5 * math.log(0.5) * 2 - 0.5 * math.log(0.3) - 0.5 * math.log(0.2)) / 4
+    loss = otr_loss(log_probs, candidates, targets, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(first / 2)  # token mean over the two positions; the second adds 0
+    torch.manual_seed(0)
+    drawn = sample_candidates(torch.log(torch.tensor([[[0.0, 1.0, 0.0]]]) + 1e-30), 5)
+    assert drawn.tolist() == [[[1, 1, 1, 1, 1]]]

@@ -7,7 +7,7 @@ The common form is ``L = sum_t w_t * (-log p_t) / N`` over demonstrated tokens, 
 * ``dft``: ``phi(p) = p`` (DFT, arXiv 2508.05629; TRL ``sft_trainer.py::dft_loss``).
 * ``chord``: ``phi(p) = p (1 - p)`` (CHORD-phi, arXiv 2508.11408; Trinity-RFT ``SFTPhiLossFn``).
 
-Plus IFT's discounted future-loss weights on a temporal-residual forward, FAIT's up-weighting of the tokens where a faulty answer differs from the gold one, ssToken's
+Plus One-Token Rollout's token-level policy gradient, IFT's discounted future-loss weights on a temporal-residual forward, FAIT's up-weighting of the tokens where a faulty answer differs from the gold one, ssToken's
 token selection by excess loss over a history model, and PoFT's preference of the policy over a
 reference on the same demonstration.
 """
@@ -79,6 +79,26 @@ def ift_loss(logprobs: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95) ->
     weights = weights * mask
     weights = weights * length / weights.sum(-1, keepdim=True).clamp(min=1e-12)
     return ((-weights * logprobs * mask).sum(-1) / length.squeeze(-1)).mean()
+
+
+def otr_loss(log_probs: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One-Token Rollout (arXiv 2509.26313): every demonstrated position is a one-step episode; the
+    ``K`` candidate tokens sampled there (``candidates`` [B, T, K]) get reward 1 when they equal the
+    demonstrated token, else 0, and REINFORCE with the candidates' mean reward as baseline:
+    ``-mean_k (r_k - mean r) log p(c_k)`` per position, token mean. A position none of whose
+    candidates matches gives no gradient. The reward values follow the paper's summary; its baseline
+    and K are unverified (the paper's code was not available here)."""
+    rewards = (candidates == targets.unsqueeze(-1)).float()
+    advantages = rewards - rewards.mean(-1, keepdim=True)
+    chosen = torch.gather(log_probs, 2, candidates)
+    return aggregate(-(advantages * chosen).mean(-1), mask, "token_mean")
+
+
+def sample_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> torch.Tensor:
+    """[B, T, k] tokens sampled (with replacement) from ``softmax(logits / temperature)`` at each position."""
+    probs = torch.softmax(logits.detach().float() / temperature, dim=-1)
+    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), k, replacement=True)
+    return flat.view(*logits.shape[:2], k)
 
 
 def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,

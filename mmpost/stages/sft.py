@@ -6,7 +6,8 @@ import torch
 
 from mmpost.algos.kl import full_forward_kl
 from mmpost.algos.pg import aggregate
-from mmpost.algos.sft import fait_weights, ift_loss, nll_loss, poft_loss, sstoken_mask, weighted_nll
+from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, sample_candidates, sstoken_mask,
+                              weighted_nll)
 from mmpost.stages.context import StageContext
 
 
@@ -14,10 +15,10 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     """The supervised loss on ``batch``'s demonstrations under ``ctx.stage``'s weighting.
 
     Uniform weights and no KL: the policy's own ``sft_loss`` (token NLL, flow matching or denoising,
-    so any policy kind). Otherwise token log-probs of the demonstrations: a token-weight function
-    (DFT, CHORD-phi), ssToken's selection or PoFT's preference over the reference, plus Anchored
-    SFT's full-vocabulary KL to the reference when ``sft_kl_coef`` > 0, or FAIT's weights on the tokens
-    the policy's own wrong answer gets wrong.
+    so any policy kind). Otherwise, on the demonstrations' token log-probs (token policies), by
+    ``sft_weight``: IFT (its own blended forward), One-Token Rollout, FAIT, ssToken's selection, PoFT's
+    preference over the reference, or a token-weight function (DFT, CHORD-phi); plus Anchored SFT's
+    full-vocabulary KL to the reference when ``sft_kl_coef`` > 0.
     """
     stage, policy = ctx.stage, ctx.policy
     if stage.sft_weight == "uniform" and not stage.sft_kl_coef:
@@ -25,11 +26,17 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     if stage.sft_weight == "ift":  # its own forward: inputs blend gold and predicted tokens
         logprobs, mask = policy.ift_demo_logprobs(batch, stage.ift_lambda)
         return ift_loss(logprobs, mask, stage.ift_gamma), {"tokens": float(mask.sum())}
-    with_logits = stage.sft_kl_coef > 0
+    with_logits = stage.sft_kl_coef > 0 or stage.sft_weight == "otr"
     out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
     logprobs, mask = out[0], out[1]
     metrics = {"tokens": float(mask.sum())}
-    if stage.sft_weight == "fait":
+    if stage.sft_weight == "otr":
+        log_probs = torch.log_softmax(out[2], dim=-1)
+        candidates = sample_candidates(out[2], stage.otr_candidates, stage.temperature)
+        gold = policy.demo_ids(batch).to(log_probs.device)
+        loss = otr_loss(log_probs, candidates, gold, mask)
+        metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
+    elif stage.sft_weight == "fait":
         loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean")
     elif stage.sft_weight in ("sstoken", "poft"):
         with torch.no_grad():
@@ -43,7 +50,7 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     else:
         loss = weighted_nll(logprobs, mask, stage.sft_weight)
     metrics["sft/nll"] = float(nll_loss(logprobs.detach(), mask))
-    if with_logits:
+    if stage.sft_kl_coef:
         with torch.no_grad():
             ref_logits = ctx.reference.demo_logprobs(batch, return_logits=True)[2]
         kl = aggregate(full_forward_kl(out[2], ref_logits), mask, "token_mean")
