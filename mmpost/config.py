@@ -22,7 +22,7 @@ AGGREGATIONS = ("token_mean", "sequence_mean", "max_length")
 RATIO_LEVELS = ("token", "sequence", "sequence_sum")
 ADVANTAGES = ("group", "gae", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 KL_ESTIMATORS = ("k1", "k2", "k3")
-SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft", "fait", "ift", "otr")
+SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft", "fait", "ift", "otr", "qtuning")
 PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
 
 
@@ -80,9 +80,11 @@ class Stage:
     target_entropy: float = 0.0  # > 0: adjust the sampling temperature toward this token entropy (AceReason)
     temperature_rate: float = 0.05  # step size of that controller (log T per nat of entropy error)
     # --- demonstrations (sft, mixed, rft, and inside rl)
-    sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr"
+    sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr" | "qtuning"
     sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
     sstoken_ratio: float = 0.6  # sstoken: fraction of demonstrated tokens trained on
+    qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
+    qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
     otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
     ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
     ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight

@@ -90,6 +90,9 @@ RECIPES: dict[str, Recipe] = {
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
                    {"sft.sft_weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+    "qtuning": Recipe("Q-Tuning (2509.23873)", "per batch: keep confident misconceptions (their top-50% salient "
+                      "tokens) and calibration samples, drop noise and redundancy", {"sft.sft_weight": "qtuning"},
+                      keep=("sft",), tests="test_sft_terms::test_qtuning_quadrants_by_hand"),
     "otr": Recipe("One-Token Rollout (2509.26313)", "per demonstrated position, 8 sampled tokens rewarded 1 if they "
                   "are the demo token; REINFORCE with mean baseline", {"sft.sft_weight": "otr"}, keep=("sft",),
                   tests="test_sft_terms::test_otr_loss_by_hand"),

@@ -93,3 +93,17 @@ def test_otr_loss_by_hand():
     torch.manual_seed(0)
     drawn = sample_candidates(torch.log(torch.tensor([[[0.0, 1.0, 0.0]]]) + 1e-30), 5)
     assert drawn.tolist() == [[[1, 1, 1, 1, 1]]]
+
+
+def test_qtuning_quadrants_by_hand():
+    from mmpost.algos.sft import qtuning_mask
+
+    # four samples, one per quadrant of (perplexity, entropy); split at the median of each
+    p = torch.tensor([[0.9, 0.9, 0.9, 0.9],     # low error, low uncertainty: redundant -> dropped
+                      [0.9, 0.9, 0.9, 0.9],     # low error, high uncertainty: calibration -> kept whole
+                      [0.1, 0.9, 0.05, 0.9],    # high error, low uncertainty: misconception -> top tokens
+                      [0.1, 0.1, 0.1, 0.1]])    # high error, high uncertainty: noise -> dropped
+    entropy = torch.tensor([[0.1] * 4, [2.0] * 4, [0.1] * 4, [2.0] * 4])
+    mask = torch.ones(4, 4)
+    keep = qtuning_mask(torch.log(p), entropy, mask, quantile=0.5, token_keep=0.5, window=0)
+    assert keep.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]

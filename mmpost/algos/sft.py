@@ -101,6 +101,36 @@ def sample_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) ->
     return flat.view(*logits.shape[:2], k)
 
 
+def qtuning_mask(logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, quantile: float = 0.5,
+                 token_keep: float = 0.5, window: int = 1) -> torch.Tensor:
+    """Q-Tuning's (arXiv 2509.23873) sample triage and token pruning on the error-uncertainty plane.
+
+    Per sample, error = perplexity of the demonstration and uncertainty = mean token entropy, split at
+    the batch's ``quantile`` of each: high error + low uncertainty (confident misconceptions) are kept
+    with only their ``token_keep`` share of most salient tokens (highest NLL averaged over ``window``
+    neighbours on each side); low error + high uncertainty (calibration samples) are kept whole; the
+    other two quadrants (noise, redundancy) are dropped. Returns the [B, T] mask of trained tokens.
+    Thresholds, keep ratio and the salience score follow the abstract and summaries; the paper's
+    exact values are unverified.
+    """
+    nll = (-logprobs * mask).detach()
+    length = mask.sum(-1).clamp(min=1.0)
+    ppl = torch.exp(nll.sum(-1) / length)
+    uncertainty = (entropy.detach() * mask).sum(-1) / length
+    high_error = ppl > torch.quantile(ppl, quantile)
+    high_uncertainty = uncertainty > torch.quantile(uncertainty, quantile)
+    keep = torch.zeros_like(mask)
+    keep[~high_error & high_uncertainty] = mask[~high_error & high_uncertainty]
+    kernel = torch.ones(1, 1, 2 * window + 1, device=nll.device)
+    sums = torch.nn.functional.conv1d(nll.unsqueeze(1), kernel, padding=window).squeeze(1)
+    counts = torch.nn.functional.conv1d(mask.unsqueeze(1), kernel, padding=window).squeeze(1).clamp(min=1.0)
+    salience = (sums / counts).masked_fill(mask == 0, float("-inf"))
+    for i in (high_error & ~high_uncertainty).nonzero().squeeze(1).tolist():
+        top = torch.topk(salience[i], max(1, int(round(token_keep * float(mask[i].sum()))))).indices
+        keep[i, top] = 1.0
+    return keep * mask
+
+
 def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,
                  ratio: float) -> torch.Tensor:
     """ssToken's selection: keep the top ``ratio`` of the batch's demonstrated tokens by retrospective

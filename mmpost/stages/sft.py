@@ -6,8 +6,8 @@ import torch
 
 from mmpost.algos.kl import full_forward_kl
 from mmpost.algos.pg import aggregate
-from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, sample_candidates, sstoken_mask,
-                              weighted_nll)
+from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, qtuning_mask, sample_candidates,
+                              sstoken_mask, weighted_nll)
 from mmpost.stages.context import StageContext
 
 
@@ -16,7 +16,7 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
 
     Uniform weights and no KL: the policy's own ``sft_loss`` (token NLL, flow matching or denoising,
     so any policy kind). Otherwise, on the demonstrations' token log-probs (token policies), by
-    ``sft_weight``: IFT (its own blended forward), One-Token Rollout, FAIT, ssToken's selection, PoFT's
+    ``sft_weight``: IFT (its own blended forward), One-Token Rollout, Q-Tuning, FAIT, ssToken's selection, PoFT's
     preference over the reference, or a token-weight function (DFT, CHORD-phi); plus Anchored SFT's
     full-vocabulary KL to the reference when ``sft_kl_coef`` > 0.
     """
@@ -26,7 +26,7 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     if stage.sft_weight == "ift":  # its own forward: inputs blend gold and predicted tokens
         logprobs, mask = policy.ift_demo_logprobs(batch, stage.ift_lambda)
         return ift_loss(logprobs, mask, stage.ift_gamma), {"tokens": float(mask.sum())}
-    with_logits = stage.sft_kl_coef > 0 or stage.sft_weight == "otr"
+    with_logits = stage.sft_kl_coef > 0 or stage.sft_weight in ("otr", "qtuning")
     out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
     logprobs, mask = out[0], out[1]
     metrics = {"tokens": float(mask.sum())}
@@ -36,6 +36,12 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         gold = policy.demo_ids(batch).to(log_probs.device)
         loss = otr_loss(log_probs, candidates, gold, mask)
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
+    elif stage.sft_weight == "qtuning":
+        log_p = torch.log_softmax(out[2].detach(), dim=-1)
+        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
+        keep = qtuning_mask(logprobs, entropy, mask, stage.qtuning_quantile, stage.qtuning_token_keep)
+        loss = nll_loss(logprobs, keep)
+        metrics["sft/kept_tokens"] = float(keep.sum())
     elif stage.sft_weight == "fait":
         loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean")
     elif stage.sft_weight in ("sstoken", "poft"):
