@@ -115,13 +115,11 @@ def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple[t
     return loss, metrics
 
 
-def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
-    """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps."""
+def sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> Rollout:
+    """Each prompt's group: ``group_size`` outputs of the policy, of which ``prefix_samples`` continue a
+    demonstration prefix (Prefix-RFT), plus the demonstration itself with ``demo_in_group`` (LUFFY)."""
     stage, policy = ctx.stage, ctx.policy
-    started = time.perf_counter()
-    batch = ctx.batch(indices)
-    temperature = ctx.state.get("temperature", stage.temperature)
-    if stage.prefix_samples:  # Prefix-RFT: some members continue a demonstration prefix
+    if stage.prefix_samples:
         ratio = cosine(ctx.step, ctx.steps, *stage.prefix_ratio)
         rollout = Rollout.concat([
             policy.rollout(batch, stage.group_size - stage.prefix_samples, temperature=temperature),
@@ -130,8 +128,18 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
         rollout.metrics["prefix/ratio"] = ratio
     else:
         rollout = policy.rollout(batch, stage.group_size, temperature=temperature)
-    if stage.demo_in_group:  # the demonstration competes inside its prompt's group
+    if stage.demo_in_group:
         rollout = Rollout.concat([rollout, policy.demo_rollout(batch, temperature=temperature)])
+    return rollout
+
+
+def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
+    """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps."""
+    stage, policy = ctx.stage, ctx.policy
+    started = time.perf_counter()
+    batch = ctx.batch(indices)
+    temperature = ctx.state.get("temperature", stage.temperature)
+    rollout = sample_groups(ctx, batch, temperature)
     generated = time.perf_counter()
     metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
     scored = time.perf_counter()
