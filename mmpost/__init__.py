@@ -25,7 +25,12 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
                  rewards: list[str] | None = None, weights: list[float] | None = None,
                  seed: int | None = None, max_steps: int | None = None, output_dir: str | None = None,
                  overrides: dict | None = None):
-    """The resolved :class:`~mmpost.config.TrainConfig` for a task plus the given changes."""
+    """The resolved :class:`~mmpost.config.TrainConfig` for a task plus the given changes.
+
+    ``recipe`` is one of the task's own recipes, a method of the library (``mmpost list recipes``:
+    ``dpo``, ``chord``, ``reft``, ...; see :mod:`mmpost.recipes`) or a YAML file of stages. Unknown
+    names, keys and values fail here, before any model or data is loaded.
+    """
     from mmpost.config import apply_overrides, stages_from_yaml
     from mmpost.recipes import RECIPES, apply_recipe
     from mmpost.registry import closest
