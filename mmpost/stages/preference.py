@@ -86,7 +86,7 @@ def preference_loss(ctx: StageContext, chosen: Rollout, rejected: Rollout) -> tu
     metrics = {"loss/preference": float(loss.detach().mean()), "logp/chosen": float(logp_w.detach().mean()),
                "logp/rejected": float(logp_l.detach().mean())}
     if name not in REFERENCE_FREE:
-        margin = (logp_w - ref_w) - (logp_l - ref_l)
+        margin = ((logp_w - ref_w) - (logp_l - ref_l)).detach()
         metrics.update({"rewards/margin": float(beta * margin.mean()), "rewards/accuracy": float((margin > 0).float().mean())})
     return loss.mean(), metrics
 
