@@ -40,16 +40,18 @@ class StageContext:
             return self.batch(indices)
         return [self.demo_rows[i] for i in torch.randint(len(self.demo_rows), (len(indices),)).tolist()]
 
-    def update(self, loss: torch.Tensor | None) -> float:
+    def update(self, loss: torch.Tensor | None, advance_schedule: bool = True) -> float:
         """One optimiser step on ``loss``; returns the gradient norm before clipping. ``None`` (nothing to
         learn from this batch) or a non-finite loss or gradient skips the step (NaN is logged) rather
-        than poisoning the weights; the learning-rate schedule advances either way."""
+        than poisoning the weights; the learning-rate schedule advances either way, unless the update
+        is an extra one the schedule did not plan for (``advance_schedule=False``)."""
         grad_norm = math.nan
         if loss is not None and torch.isfinite(loss):
             self.accelerator.backward(loss)
             grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.stage.max_grad_norm))
         if math.isfinite(grad_norm):
             self.optimizer.step()
-        self.scheduler.step()
+        if advance_schedule:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm

@@ -195,5 +195,6 @@ def _relift(ctx: StageContext, indices: list[int], rollout: Rollout) -> dict[str
         del buffer[:stage.relift_size]
         with ctx.accelerator.autocast():
             loss, _ = demo_loss(ctx, rows)
-        metrics.update({"relift/loss": loss.item(), "relift/grad_norm": ctx.update(loss)})
+        # an update between the planned ones: it leaves the learning-rate schedule where it is
+        metrics.update({"relift/loss": loss.item(), "relift/grad_norm": ctx.update(loss, advance_schedule=False)})
     return metrics
