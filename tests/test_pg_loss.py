@@ -205,3 +205,10 @@ def test_rloo_loss_agrees_with_trl():
         pytest.fail(f"TRL's RLOOTrainer._compute_loss changed its internals: {error!r}")
     ours, _ = clipped_pg_loss(logprobs, old, advantages, mask, 0.2, 0.28, ratio_level="sequence_sum")
     assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_entropy_of_logits_by_hand():
+    from mmpost.algos.kl import entropy
+
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, float("-inf")]])  # uniform over 4, one token suppressed
+    assert entropy(logits).item() == pytest.approx(math.log(4))

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
 from mmpost.types import Rollout
 
@@ -205,13 +206,12 @@ class TokenPolicy:
                                              torch.tensor([len(c) for c in completions], device=ids.device)[:, None])
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
         logprobs, logits = self._sequence_logprobs(rows, ids, temperature, return_logits=True)
-        log_p = F.log_softmax(logits, dim=-1)
-        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
+        step_entropy = entropy(logits)
         trained = mask.clone()
         for i in range(len(rows)):
             k = len(prefixes[i // n])
             if k and entropy_top < 1:
-                low = torch.argsort(entropy[i, :k], descending=True)[max(1, int(round(entropy_top * k))):]
+                low = torch.argsort(step_entropy[i, :k], descending=True)[max(1, int(round(entropy_top * k))):]
                 trained[i, low] = 0.0
         truncated = ~(ids == self.eos_id).any(dim=1)
         columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
@@ -230,9 +230,7 @@ class TokenPolicy:
         mask = rollout.mask.to(lp.device)
         if not return_entropy:
             return lp * mask
-        log_p = F.log_softmax(logits, dim=-1)
-        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
-        return lp * mask, entropy * mask
+        return lp * mask, entropy(logits) * mask
 
     def enable_value_head(self) -> None:
         """Attach a scalar value head on the last hidden state (ReFT's critic shares the trunk, as

@@ -49,3 +49,10 @@ def full_forward_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     terms = log_ref.exp() * (log_ref - log_p)
     # tokens the reference never emits (suppressed: -inf logits) contribute 0, not 0 * (-inf + inf)
     return torch.where(torch.isneginf(log_ref), torch.zeros_like(terms), terms).sum(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[...] entropy of ``softmax(logits)`` over the last axis; tokens with -inf logits (suppressed)
+    contribute 0, not 0 * -inf."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmpost.algos.kl import full_forward_kl
+from mmpost.algos.kl import entropy, full_forward_kl
 from mmpost.algos.pg import aggregate
 from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, qtuning_mask, sample_candidates,
                               sstoken_mask, weighted_nll)
@@ -37,9 +37,8 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         loss = otr_loss(log_probs, candidates, gold, mask)
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
     elif stage.sft_weight == "qtuning":
-        log_p = torch.log_softmax(out[2].detach(), dim=-1)
-        entropy = -(log_p.exp() * torch.nan_to_num(log_p, neginf=0.0)).sum(-1)
-        keep = qtuning_mask(logprobs, entropy, mask, stage.qtuning_quantile, stage.qtuning_token_keep)
+        keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, stage.qtuning_quantile,
+                            stage.qtuning_token_keep)
         loss = nll_loss(logprobs, keep)
         metrics["sft/kept_tokens"] = float(keep.sum())
     elif stage.sft_weight == "fait":
