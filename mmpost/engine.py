@@ -33,7 +33,7 @@ import torch
 from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
-from mmpost.evaluation import evaluate, heldout_kl, print_table, save_samples
+from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
 from mmpost.stages import STEPS, StageContext, needs_reference, token_only_reason, updates_per_step
 
@@ -163,6 +163,12 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     if "before" not in results:
         results["before"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
         save_samples(run_dir / "samples" / "before", results["before"].pop("samples"))
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if hasattr(task, "blind_completions") and "blind" not in results:
+        rows.setdefault("train", task.rows("train"))
+        blind = task.blind_completions(rows["train"], eval_rows)
+        results["blind"] = {"what": blind[0] if len(set(blind)) == 1 else "per-row answers",
+                            "score": blind_baseline(blind, eval_rows, eval_rewards[task.metric])}
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))
 
     interrupted = {"flag": False}

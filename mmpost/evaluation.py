@@ -50,6 +50,13 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
     return out
 
 
+def blind_baseline(completions: list, rows: list[dict], reward) -> float | None:
+    """Mean ``reward`` of fixed, input-blind ``completions`` (one per row; e.g. the mean training box,
+    the majority answer): the score a model ignoring its input would reach."""
+    columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "images", "completion")}
+    return _mean(reward(prompts=[row["prompt"] for row in rows], completions=completions, **columns))
+
+
 @torch.no_grad()
 def heldout_kl(policy, reference, rows: list[dict], cfg: EvalConfig) -> dict:
     """KL of ``policy`` to ``reference`` (e.g. RL model vs the model RL started from) on held-out
@@ -114,6 +121,8 @@ def print_table(results: dict) -> None:
     """Before/after table of every metric, greedy and sampled."""
     before, after = results.get("before", {}), results.get("after", {})
     print("\nheld-out evaluation")
+    if results.get("blind") is not None:
+        print(f"input-blind baseline ({results['blind']['what']}): {results['blind']['score']:.3f}")
     print(f"{'metric':<34}{'before':>10}{'after':>10}{'delta':>10}")
     for mode in ("greedy", "sampled"):
         for key in sorted(after.get(mode, {})):

@@ -54,7 +54,8 @@ class Registry:
 
 TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach",
                            "multiview3d": "mmpost.tasks.multiview3d:Multiview3D",
-                           "arithmetic": "mmpost.tasks.arithmetic:Arithmetic"})
+                           "arithmetic": "mmpost.tasks.arithmetic:Arithmetic",
+                           "grounding": "mmpost.tasks.grounding:Grounding"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
@@ -66,6 +67,10 @@ REWARDS = Registry("reward", {
     "mrc": "mmpost.rewards.mrc:mrc",
     "mrc_nerfstudio": "mmpost.rewards.mrc_nerfstudio:mrc_nerfstudio",
     "object_match": "mmpost.rewards.object_match:object_match",
+    "grounding_iou": "mmpost.rewards.grounding:grounding_iou",
+    "grounding_hit": "mmpost.rewards.grounding:grounding_hit",
+    "format": "mmpost.rewards.grounding:think_format",
+    "answer_format": "mmpost.rewards.grounding:answer_format",
 })
 ENVS = Registry("env", {
     "reach": "mmpost.envs.reach:ReachVecEnv",
