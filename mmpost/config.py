@@ -251,6 +251,11 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
     keep_checkpoints: int = 2
     max_steps: int = 0  # > 0 caps every stage's steps (quick runs)
+    # Which parameters train, by name pattern (fnmatch; a pattern without "*" matches as a substring):
+    # e.g. trainable=[vision_tower] trains the vision encoder only (PIVOT), frozen=[vision_tower]
+    # everything but it. Empty = all parameters train.
+    trainable: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # robot tasks only

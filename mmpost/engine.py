@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import json
 import math
 import os
@@ -110,6 +111,29 @@ def _default_output_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def select_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str]) -> int:
+    """Train only parameters whose name matches a ``trainable`` pattern (all when empty) and no
+    ``frozen`` pattern; return how many tensors train. A pattern matching nothing is an error (a
+    typo would otherwise silently train the wrong modules)."""
+    def matches(name: str, pattern: str) -> bool:
+        return fnmatch.fnmatch(name, pattern if "*" in pattern else f"*{pattern}*")
+
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in [*trainable, *frozen]:
+        if not any(matches(name, pattern) for name in names):
+            raise ValueError(f"parameter pattern {pattern!r} matches no parameter of {type(model).__name__}; "
+                             f"names look like {names[0]!r}, {names[len(names) // 2]!r}")
+    count = 0
+    for name, parameter in model.named_parameters():
+        chosen = (not trainable or any(matches(name, p) for p in trainable)) and \
+            not any(matches(name, p) for p in frozen)
+        parameter.requires_grad_(chosen)
+        count += chosen
+    if not count:
+        raise ValueError(f"trainable={trainable} / frozen={frozen} leave no parameter to train")
+    return count
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     """Run ``cfg`` (or continue the run in ``resume``); return the final metrics."""
     from accelerate import Accelerator
@@ -143,6 +167,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     policy = task.policy(device=accelerator.device)
+    if cfg.trainable or cfg.frozen:
+        select_trainable(policy.model, cfg.trainable, cfg.frozen)
     if any(s.advantage == "gae" for s in cfg.stages) and hasattr(policy, "enable_value_head"):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
     with contextlib.closing(policy):  # simulators and worker processes go away even on errors

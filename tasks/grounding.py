@@ -64,7 +64,13 @@ class Grounding:
         self.cfg = cfg
 
     def model_path(self) -> str:
-        """The user's ``--model`` or the cached tiny Qwen2-VL (built on first use)."""
+        """The user's ``--model`` (a directory or hub id; ``composed[:TIMM_ARCH[:LM_DIR]]`` for a
+        timm tower + LM composed offline) or the cached tiny Qwen2-VL (built on first use)."""
+        if self.cfg.model.startswith("composed"):
+            from mmpost.models.composed_vlm import cached_composed_vlm
+
+            return str(cached_composed_vlm("composed-grounding", self._corpus, self.cfg.model, image_side=SIDE,
+                                           vocab_size=400))
         if self.cfg.model:
             return self.cfg.model
         return str(cached_tiny_qwen2vl("tiny-qwen2vl-grounding", self._corpus, preset="tiny", vocab_size=400,

@@ -30,3 +30,14 @@ def chart_reward():
     reward = ChartRender(workers=2)
     yield reward
     reward.close()
+
+
+@pytest.fixture(scope="session")
+def composed_model_dir(mmpost_home):
+    """A composed timm ConvNeXt + tiny Qwen2 LM (LLaVA-style), built offline."""
+    from pathlib import Path
+
+    from mmpost.models.composed_vlm import build_composed_vlm
+
+    corpus = ["Which differs? the second", "the first image", "Find the red circle."] * 20
+    return build_composed_vlm(Path(mmpost_home) / "models" / "test-composed-vlm", corpus, vocab_size=300)

@@ -56,3 +56,36 @@ def test_save_and_from_pretrained_roundtrip(tiny_model_dir, rows, tmp_path):
     b, _ = again.demo_logprobs(rows[:1])
     assert torch.equal(a, b)
     assert type(again.model).__name__ == "Qwen2VLForConditionalGeneration"
+
+
+def _two_image_rows():
+    """Prompts with two images each (different sizes), as a multi-image grounding or comparison task has."""
+    from PIL import Image
+
+    rows = []
+    for i, (a, b) in enumerate([("white", "red"), ("blue", "green")]):
+        content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which differs?"}]
+        rows.append({"prompt": [{"role": "user", "content": content}],
+                     "images": [Image.new("RGB", (112, 112), a), Image.new("RGB", (56, 84), b)],
+                     "completion": "the second", "seed": i})
+    return rows
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "composed"])
+def test_multi_image_groups_truncated_at_max_length_rescore_exactly(family, tiny_model_dir, composed_model_dir):
+    """GRPO groups of multi-image prompts whose completions all hit max_new_tokens: the recomputed
+    log-probs match the sampled ones (no image-token/feature mismatch), and a policy-gradient loss
+    backpropagates into the vision tower."""
+    torch.manual_seed(0)
+    path = tiny_model_dir if family == "qwen2_vl" else composed_model_dir
+    policy = TokenPolicy.from_pretrained(path, max_new_tokens=3)
+    policy.suppress_ids.append(policy.eos_id)  # force every completion to be truncated, not ended
+    rows = _two_image_rows()
+    rollout = policy.rollout(rows, n=4, temperature=1.0)
+    assert rollout.mask.shape == (8, 3) and bool(rollout.mask.all())
+    assert bool(rollout.truncated.all())
+    recomputed = policy.logprobs(rollout)
+    assert torch.allclose(recomputed.detach(), rollout.logprobs, atol=1e-5)
+    (-(recomputed * rollout.mask).sum()).backward()
+    vision = [p for n, p in policy.model.named_parameters() if "visual" in n or "vision_tower" in n]
+    assert vision and any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision)

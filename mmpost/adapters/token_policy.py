@@ -58,7 +58,8 @@ class TokenPolicy:
         self.device = torch.device(device)
         vocab = self.tokenizer.get_vocab()
         # Never sample vision placeholders: a generated <|image_pad|> would break the next forward.
-        self.suppress_ids = [vocab[t] for t in VISION_TOKENS if t in vocab]
+        placeholders = {*VISION_TOKENS, getattr(processor, "image_token", None), getattr(processor, "video_token", None)}
+        self.suppress_ids = sorted(vocab[t] for t in placeholders if t in vocab)
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         self.pad_id = self.tokenizer.pad_token_id
 

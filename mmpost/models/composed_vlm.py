@@ -138,3 +138,25 @@ def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = TINY_TO
     else:
         tmp.rename(out_dir)
     return out_dir
+
+
+def cached_composed_vlm(name: str, corpus_fn, spec: str = "composed", image_side: int = 112,
+                        vocab_size: int = 512) -> Path:
+    """The composed VLM named by ``spec``, cached under ``MMPOST_HOME/models`` (built on first use).
+
+    ``spec`` is ``composed`` (tiny ConvNeXt + tiny Qwen2 LM), ``composed:TIMM_ARCH`` (that timm
+    architecture, random init) or ``composed:TIMM_ARCH:LM_DIR`` (with a local causal LM's weights).
+    """
+    import hashlib
+
+    from mmpost.models.tiny_qwen2vl import mmpost_home
+
+    _, tower, text_model = (spec.split(":", 2) + ["", ""])[:3]
+    tower = tower or TINY_TOWER["architecture"]
+    corpus = [] if text_model else corpus_fn()
+    key = json.dumps([tower, text_model, image_side, vocab_size, corpus], sort_keys=True)
+    path = mmpost_home() / "models" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    if not (path / "config.json").exists():
+        build_composed_vlm(path, corpus, tower=tower, text_model=text_model, image_side=image_side,
+                           vocab_size=vocab_size)
+    return path
