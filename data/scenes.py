@@ -1,6 +1,6 @@
 """Seeded scenes of coloured shapes with a referring expression and the box it refers to (grounding).
 
-A scene is a ``SIDE`` x ``SIDE`` image: a background (flat, gradient, stripes or noise), 2-4
+A scene is a ``SIDE`` x ``SIDE`` image: a background (flat, gradient, stripes or noise), 1-4
 shapes (circle, square, triangle, diamond) in five colours and two sizes, and sometimes small
 clutter specks. One shape is the target; the expression names it with as few words as make it
 unique among the shapes: ``"the red triangle"``, ``"the small red triangle"`` (another red
@@ -78,7 +78,7 @@ def scene(seed: int, split: str = "train") -> dict:
     want_novel = split == "heldout" and seed % 2 == 0
     while True:
         objects: list[dict] = []
-        for _ in range(rng.randint(2, 4)):
+        for _ in range(rng.randint(1, 4)):
             size_word = rng.choice(tuple(SIZES))
             box = _place(rng, [o["box"] for o in objects], rng.randint(*SIZES[size_word]))
             if box is not None:

@@ -12,6 +12,7 @@ import torch
 from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.config import EvalConfig
 from mmpost.rewarding import score_rollout
+from mmpost.types import MEDIA_AND_TEXT
 
 
 def _mean(values: list) -> float | None:
@@ -53,7 +54,7 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
 def blind_baseline(completions: list, rows: list[dict], reward) -> float | None:
     """Mean ``reward`` of fixed, input-blind ``completions`` (one per row; e.g. the mean training box,
     the majority answer): the score a model ignoring its input would reach."""
-    columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "images", "completion")}
+    columns = {k: [row[k] for row in rows] for k in rows[0] if k not in MEDIA_AND_TEXT}
     return _mean(reward(prompts=[row["prompt"] for row in rows], completions=completions, **columns))
 
 

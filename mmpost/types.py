@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+# Row fields that are model inputs or the demonstration, not dataset columns passed to rewards.
+MEDIA_AND_TEXT = ("prompt", "images", "videos", "audios", "completion")
+
 
 @dataclass
 class Rollout:

@@ -72,6 +72,10 @@ def main() -> None:
                 gain = [a - b for a, b in zip(cells[2], cells[1])]
                 print(f"{recipe:<16}{mode + ' ' + metric:<24}" + "".join(f"{mean_std(c):>16}" for c in cells)
                       + f"{mean_std(gain):>16}")
+    blind = [r["blind"]["score"] for r in results.values() if r.get("blind")]
+    if blind:  # the task's input-blind answer (e.g. the mean training box), the same for every seed
+        print(f"input-blind baseline, {next(r['blind']['what'] for r in results.values() if r.get('blind'))}: "
+              f"{mean_std(blind[:1])}")
     print(f"\npaired RL - SFT on the same held-out rows, {args.metrics[0]} (mean, standard error over rows); "
           "KL of the RL model to the SFT model; wall time")
     for (recipe, seed), r in results.items():

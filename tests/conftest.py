@@ -34,10 +34,20 @@ def chart_reward():
 
 @pytest.fixture(scope="session")
 def composed_model_dir(mmpost_home):
-    """A composed timm ConvNeXt + tiny Qwen2 LM (LLaVA-style), built offline."""
+    """A composed LLaVA (tiny CLIP ViT + MLP projector + tiny Qwen2 LM), built offline."""
+    return _composed(mmpost_home, "clip")
+
+
+@pytest.fixture(scope="session")
+def timm_composed_model_dir(mmpost_home):
+    """A composed timm ConvNeXt tower + tiny Qwen2 LM (FastVLM layout), built offline."""
+    return _composed(mmpost_home, "convnext_atto")
+
+
+def _composed(home, tower):
     from pathlib import Path
 
     from mmpost.models.composed_vlm import build_composed_vlm
 
     corpus = ["Which differs? the second", "the first image", "Find the red circle."] * 20
-    return build_composed_vlm(Path(mmpost_home) / "models" / "test-composed-vlm", corpus, vocab_size=300)
+    return build_composed_vlm(Path(home) / "models" / f"test-composed-{tower}", corpus, tower=tower, vocab_size=300)

@@ -71,13 +71,14 @@ def _two_image_rows():
     return rows
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "composed"])
-def test_multi_image_groups_truncated_at_max_length_rescore_exactly(family, tiny_model_dir, composed_model_dir):
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext"])
+def test_multi_image_groups_truncated_at_max_length_rescore_exactly(family, request):
     """GRPO groups of multi-image prompts whose completions all hit max_new_tokens: the recomputed
     log-probs match the sampled ones (no image-token/feature mismatch), and a policy-gradient loss
     backpropagates into the vision tower."""
     torch.manual_seed(0)
-    path = tiny_model_dir if family == "qwen2_vl" else composed_model_dir
+    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir", "timm_convnext": "timm_composed_model_dir"}
+    path = request.getfixturevalue(fixture[family])
     policy = TokenPolicy.from_pretrained(path, max_new_tokens=3)
     policy.suppress_ids.append(policy.eos_id)  # force every completion to be truncated, not ended
     rows = _two_image_rows()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
-from mmpost.types import Rollout
+from mmpost.types import MEDIA_AND_TEXT, Rollout
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
@@ -82,11 +82,19 @@ class TokenPolicy:
         return self.processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
 
     def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Left-padded processor inputs (ids, mask, pixel values, ...) for the rows' prompts."""
+        """Left-padded processor inputs (ids, mask, pixel values, audio features, ...) for the rows'
+        prompts. Rows carry their media as ``images`` (PIL images), ``videos`` (frame lists or
+        arrays) and ``audios`` (1-D float waveforms at ``audio_sampling_rate``, default 16 kHz)."""
         texts = [self._prompt_text(r) for r in rows]
-        images = [img for r in rows for img in r.get("images", [])]
-        if images:
-            enc = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        media = {}
+        for key, argument in (("images", "images"), ("videos", "videos"), ("audios", "audio")):
+            items = [item for r in rows for item in r.get(key, [])]
+            if items:
+                media[argument] = items
+        if "audio" in media:
+            media["sampling_rate"] = rows[0].get("audio_sampling_rate", 16000)
+        if media:
+            enc = self.processor(text=texts, return_tensors="pt", padding=True, **media)
         else:
             enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         if self.tokenizer.padding_side != "left":
@@ -158,7 +166,7 @@ class TokenPolicy:
         logprobs = torch.gather(F.log_softmax(scores, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1)
         logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
         truncated = ~(ids == self.eos_id).any(dim=1)  # hit max_new_tokens before EOS (DAPO's overlong filter)
         return Rollout(logprobs=logprobs.cpu(), mask=mask.cpu(), group=torch.arange(len(batch)).repeat_interleave(n),
                        outputs=texts, prompts=[row["prompt"] for row in rows], columns=columns,
@@ -215,7 +223,7 @@ class TokenPolicy:
                 low = torch.argsort(step_entropy[i, :k], descending=True)[max(1, int(round(entropy_top * k))):]
                 trained[i, low] = 0.0
         truncated = ~(ids == self.eos_id).any(dim=1)
-        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
         return Rollout(logprobs=(logprobs * trained).cpu(), mask=trained.cpu(),
                        group=torch.arange(len(batch)).repeat_interleave(n),
                        outputs=self.tokenizer.batch_decode(ids, skip_special_tokens=True),
@@ -297,7 +305,7 @@ class TokenPolicy:
         ids = self.demo_ids(batch, field)
         mask = (ids != self.pad_id).float()
         logprobs = self._sequence_logprobs(batch, ids, temperature=temperature).cpu() * mask
-        columns = {k: [row[k] for row in batch] for k in batch[0] if k not in ("prompt", "images", "completion")}
+        columns = {k: [row[k] for row in batch] for k in batch[0] if k not in MEDIA_AND_TEXT}
         return Rollout(logprobs=logprobs, mask=mask, group=torch.arange(len(batch)),
                        outputs=[row[field] for row in batch], prompts=[row["prompt"] for row in batch],
                        columns=columns, actions=TokenActions(list(batch), ids, self.pad_id), temperature=temperature,

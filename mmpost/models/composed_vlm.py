@@ -1,30 +1,36 @@
-"""Compose a LLaVA-style VLM from any timm vision tower and any causal LM, offline.
+"""Compose a LLaVA-style VLM from a vision tower and any causal LM, offline.
 
-The result is a transformers ``FastVlmForConditionalGeneration`` (LLaVA's design: vision tower ->
-two-layer MLP projector -> the LM's input embeddings at ``<image>`` placeholders) whose vision
-tower is a ``TimmWrapperModel``. So the composed model is an ordinary checkpoint: saved with
-``save_pretrained`` and loaded by ``AutoModelForImageTextToText`` / ``AutoProcessor`` like any
-hub model, and usable anywhere ``--model DIR`` is.
+LLaVA's design: vision tower -> two-layer MLP projector -> the LM's input embeddings at
+``<image>`` placeholders. Two kinds of tower, each an ordinary transformers model class, so the
+result is saved with ``save_pretrained`` and loaded by ``AutoModelForImageTextToText`` /
+``AutoProcessor`` like any hub checkpoint, and usable anywhere ``--model DIR`` is:
 
-The tower must give a feature map ``[B, C, H, W]`` (a timm CNN or hybrid: ConvNeXt, ResNet,
-FastViT, ...; each of its ``H * W`` cells becomes one image token). Plain ViTs return token
-sequences instead and are refused here with that reason. Pass ``pretrained_tower`` (a local
-timm checkpoint file) or ``text_model`` (a local causal-LM directory) to start from real weights;
-everything else is random-initialised from configs.
+- ``clip``: a CLIP ViT (``LlavaForConditionalGeneration``, LLaVA-1.5's own layout). Its learned
+  absolute position embeddings tell each image token where it is, which is what lets a small
+  model trained from scratch learn to localise (measured: README, "grounding"). Random init, or
+  ``clip=DIR`` for a local CLIP (vision) checkpoint's weights.
+- any timm CNN or hybrid (``convnext_*``, ``resnet*``, ``nest_*``, ...): the tower is a
+  ``TimmWrapperModel`` inside ``FastVlmForConditionalGeneration``; each cell of its ``[B, C, H, W]``
+  feature map becomes one image token. Plain timm ViTs return token sequences, not maps, and are
+  refused with that reason (use ``clip``). ``ARCH=FILE`` loads a local timm weights file.
+
+The LM is a tiny random Qwen2 with a tokenizer trained on the task's corpus, or a local causal-LM
+directory (its tokenizer and weights). ``--model composed[:TOWER[:LM_DIR]]`` selects this in a task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, train_tokenizer
+from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, mmpost_home, train_tokenizer
 
 IMAGE_TOKEN = "<image>"
 # Qwen2-VL's template with LLaVA's single <image> placeholder (the processor expands it to one
-# token per feature-map cell).
+# token per image feature).
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
@@ -33,52 +39,17 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-# A small ConvNeXt (one block per stage), stride 16 (its last stage dilated instead of strided):
-# a 112-pixel image gives 7 x 7 = 49 image tokens.
-TINY_TOWER = {"architecture": "convnext_atto",
-              "model_args": {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "output_stride": 16}}
+TINY_CLIP = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "patch_size": 16}  # a 112-pixel image gives 7 x 7 = 49 image tokens
+# A small ConvNeXt (one block per stage), stride 16 (its last stage dilated instead of strided).
+TINY_CONVNEXT = {"depths": [1, 1, 1, 1], "dims": [16, 32, 64, 128], "output_stride": 16}
 TINY_TEXT = {"model_type": "qwen2", "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "intermediate_size": 512, "max_position_embeddings": 2048}
 
 
-def _tower_shape(architecture: str, model_args: dict, image_side: int, pretrained_tower: str = "") -> tuple[int, int]:
-    """(channels, stride) of the tower's final feature map, measured on a dummy image."""
-    import timm
-    import torch
+def _tokenizer_and_text_config(corpus: list[str], vocab_size: int, text_model: str):
+    from transformers import AutoConfig, AutoTokenizer
 
-    tower = timm.create_model(architecture, pretrained=bool(pretrained_tower), num_classes=0, **model_args,
-                              **({"pretrained_cfg_overlay": {"file": pretrained_tower}} if pretrained_tower else {}))
-    with torch.no_grad():
-        features = tower.forward_features(torch.zeros(1, 3, image_side, image_side))
-    if features.dim() != 4:
-        raise ValueError(f"timm model {architecture!r} returns {tuple(features.shape)} token sequences, not a "
-                         "[B, C, H, W] feature map; pick a CNN or hybrid tower (convnext_*, resnet*, fastvit_*)")
-    if image_side % features.shape[-1]:
-        raise ValueError(f"image side {image_side} is not a multiple of the tower's output grid {features.shape[-1]}")
-    return features.shape[1], image_side // features.shape[-1]
-
-
-def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = TINY_TOWER["architecture"],
-                       tower_args: dict | None = None, pretrained_tower: str = "", text_model: str = "",
-                       vocab_size: int = 512, image_side: int = 112, seed: int = 0) -> Path:
-    """Build the composed VLM and its processor, ``save_pretrained`` them to ``out_dir`` (atomically).
-
-    Args:
-        corpus: texts the tokenizer is trained on (ignored when ``text_model`` brings its own).
-        tower: a timm architecture name; ``tower_args`` are its constructor arguments.
-        pretrained_tower: a local timm weights file for the tower ("" = random init).
-        text_model: a local causal-LM directory (its tokenizer and weights are used) or "" for a
-            tiny random Qwen2 LM.
-        image_side: the square input size the image processor resizes to.
-    """
-    import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, FastVlmConfig,
-                              FastVlmForConditionalGeneration, LlavaProcessor, TimmWrapperConfig)
-
-    tower_args = dict(TINY_TOWER["model_args"] if tower == TINY_TOWER["architecture"] and tower_args is None
-                      else tower_args or {})
-    channels, stride = _tower_shape(tower, tower_args, image_side, pretrained_tower)
     if text_model:
         tokenizer = AutoTokenizer.from_pretrained(text_model)
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
@@ -94,14 +65,75 @@ def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = TINY_TO
                                            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                                            bos_token_id=ids["<|endoftext|>"])
     tokenizer.chat_template = CHAT_TEMPLATE
-    grid = image_side // stride
-    config = FastVlmConfig(
-        vision_config=TimmWrapperConfig(architecture=tower, do_pooling=False, hidden_size=channels,
-                                        model_args=tower_args),
-        text_config=text_config, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=grid * grid, tie_word_embeddings=bool(text_config.tie_word_embeddings))
+    return tokenizer, text_config
+
+
+def _timm_tower(architecture: str, tower_args: dict, image_side: int, weights: str):
+    """``(TimmWrapperConfig, stride, state_dict or None)`` for a timm CNN/hybrid tower."""
+    import timm
+    import torch
+    from transformers import TimmWrapperConfig
+
+    tower = timm.create_model(architecture, num_classes=0, **tower_args)
+    if weights:
+        from timm.models import load_checkpoint
+
+        load_checkpoint(tower, weights, strict=False)
+    with torch.no_grad():
+        features = tower.forward_features(torch.zeros(1, 3, image_side, image_side))
+    if features.dim() != 4:
+        raise ValueError(f"timm model {architecture!r} returns {tuple(features.shape)} token sequences, not a "
+                         "[B, C, H, W] feature map; use a CNN or hybrid tower, or 'clip' for a ViT")
+    if image_side % features.shape[-1]:
+        raise ValueError(f"image side {image_side} is not a multiple of the tower's output grid {features.shape[-1]}")
+    config = TimmWrapperConfig(architecture=architecture, do_pooling=False, hidden_size=features.shape[1],
+                               model_args=tower_args)
+    return config, image_side // features.shape[-1], tower.state_dict() if weights else None
+
+
+def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = "clip", tower_args: dict | None = None,
+                       pretrained_tower: str = "", text_model: str = "", vocab_size: int = 512,
+                       image_side: int = 112, seed: int = 0) -> Path:
+    """Build the composed VLM and its processor, ``save_pretrained`` them to ``out_dir`` (atomically).
+
+    Args:
+        corpus: texts the tokenizer is trained on (ignored when ``text_model`` brings its own).
+        tower: ``"clip"`` (a CLIP ViT) or a timm CNN/hybrid architecture name; ``tower_args``
+            override the tower's config (default: the tiny ones above).
+        pretrained_tower: a local CLIP checkpoint directory (``clip``) or timm weights file.
+        text_model: a local causal-LM directory, or "" for a tiny random Qwen2 LM.
+        image_side: the square input size the image processor resizes to.
+    """
+    import torch
+    from transformers import (AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
+                              FastVlmConfig, FastVlmForConditionalGeneration, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    tokenizer, text_config = _tokenizer_and_text_config(corpus, vocab_size, text_model)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    tie = bool(getattr(text_config, "tie_word_embeddings", False))
+    tower_weights = None
+    if tower == "clip":
+        if pretrained_tower:
+            vision_config = CLIPVisionConfig.from_pretrained(pretrained_tower)
+            image_side = vision_config.image_size
+            tower_weights = CLIPVisionModel.from_pretrained(pretrained_tower).state_dict()
+        else:
+            vision_config = CLIPVisionConfig(**{**TINY_CLIP, **(tower_args or {})}, image_size=image_side)
+        stride, extra_tokens = vision_config.patch_size, 1  # LLaVA drops the CLS token ("default")
+        config = LlavaConfig(vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+                             image_seq_length=(image_side // stride) ** 2, vision_feature_layer=-1,
+                             vision_feature_select_strategy="default", tie_word_embeddings=tie)
+        model_class, strategy = LlavaForConditionalGeneration, "default"
+    else:
+        tower_args = TINY_CONVNEXT if tower_args is None and tower.startswith("convnext") else tower_args or {}
+        vision_config, stride, tower_weights = _timm_tower(tower, tower_args, image_side, pretrained_tower)
+        extra_tokens = 0
+        config = FastVlmConfig(vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+                               image_seq_length=(image_side // stride) ** 2, tie_word_embeddings=tie)
+        model_class, strategy = FastVlmForConditionalGeneration, "full"
     torch.manual_seed(seed)
-    model = FastVlmForConditionalGeneration(config)
+    model = model_class(config)
     if text_model:
         language_model = AutoModelForCausalLM.from_pretrained(text_model)
         language_model.resize_token_embeddings(len(tokenizer))
@@ -109,21 +141,17 @@ def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = TINY_TO
         model.lm_head.load_state_dict(language_model.lm_head.state_dict())
     else:
         model.resize_token_embeddings(len(tokenizer))
-    if pretrained_tower:
-        import timm
-
-        weights = timm.create_model(tower, pretrained=True, num_classes=0, **tower_args,
-                                    pretrained_cfg_overlay={"file": pretrained_tower}).state_dict()
-        model.model.vision_tower.timm_model.load_state_dict(weights, strict=False)
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) \
-        if text_model else text_config.eos_token_id
+    if tower_weights is not None:
+        target = model.model.vision_tower
+        (target if tower == "clip" else target.timm_model).load_state_dict(tower_weights)
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    side = {"height": image_side, "width": image_side}
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"height": image_side, "width": image_side}, do_center_crop=False,
-                                           crop_size={"height": image_side, "width": image_side},
-                                           image_mean=[0.5] * 3, image_std=[0.5] * 3),
-        tokenizer=tokenizer, patch_size=stride, vision_feature_select_strategy="full", num_additional_image_tokens=0,
-        image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
+        image_processor=CLIPImageProcessor(size=side, do_center_crop=False, crop_size=side, image_mean=[0.5] * 3,
+                                           image_std=[0.5] * 3),
+        tokenizer=tokenizer, patch_size=stride, vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=extra_tokens, image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -131,12 +159,12 @@ def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = TINY_TO
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     (tmp / "mmpost_build.json").write_text(json.dumps(
-        {"family": "composed_vlm", "tower": tower, "tower_args": tower_args, "text_model": text_model,
-         "image_side": image_side, "seed": seed}, indent=1))
+        {"family": "composed_vlm", "tower": tower, "tower_args": tower_args, "pretrained_tower": pretrained_tower,
+         "text_model": text_model, "image_side": image_side, "seed": seed}, indent=1))
     if out_dir.exists():  # another process finished first; keep its copy
         shutil.rmtree(tmp)
     else:
-        tmp.rename(out_dir)
+        tmp.rename(out_dir)  # atomic: a half-built model is never visible
     return out_dir
 
 
@@ -144,19 +172,15 @@ def cached_composed_vlm(name: str, corpus_fn, spec: str = "composed", image_side
                         vocab_size: int = 512) -> Path:
     """The composed VLM named by ``spec``, cached under ``MMPOST_HOME/models`` (built on first use).
 
-    ``spec`` is ``composed`` (tiny ConvNeXt + tiny Qwen2 LM), ``composed:TIMM_ARCH`` (that timm
-    architecture, random init) or ``composed:TIMM_ARCH:LM_DIR`` (with a local causal LM's weights).
+    ``spec`` is ``composed[:TOWER[:LM_DIR]]``; TOWER is ``clip`` (default), ``clip=CLIP_DIR``, a timm
+    architecture or ``ARCH=WEIGHTS_FILE``; LM_DIR a local causal LM (default: a tiny random Qwen2).
     """
-    import hashlib
-
-    from mmpost.models.tiny_qwen2vl import mmpost_home
-
     _, tower, text_model = (spec.split(":", 2) + ["", ""])[:3]
-    tower = tower or TINY_TOWER["architecture"]
+    tower, _, pretrained_tower = (tower or "clip").partition("=")
     corpus = [] if text_model else corpus_fn()
-    key = json.dumps([tower, text_model, image_side, vocab_size, corpus], sort_keys=True)
+    key = json.dumps([tower, pretrained_tower, text_model, image_side, vocab_size, corpus], sort_keys=True)
     path = mmpost_home() / "models" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     if not (path / "config.json").exists():
-        build_composed_vlm(path, corpus, tower=tower, text_model=text_model, image_side=image_side,
-                           vocab_size=vocab_size)
+        build_composed_vlm(path, corpus, tower=tower, pretrained_tower=pretrained_tower, text_model=text_model,
+                           image_side=image_side, vocab_size=vocab_size)
     return path
