@@ -55,7 +55,8 @@ class Registry:
 TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "reach": "mmpost.tasks.reach:Reach",
                            "multiview3d": "mmpost.tasks.multiview3d:Multiview3D",
                            "arithmetic": "mmpost.tasks.arithmetic:Arithmetic",
-                           "grounding": "mmpost.tasks.grounding:Grounding"})
+                           "grounding": "mmpost.tasks.grounding:Grounding",
+                           "audio_qa": "mmpost.tasks.audio_qa:AudioQA"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
@@ -69,8 +70,9 @@ REWARDS = Registry("reward", {
     "object_match": "mmpost.rewards.object_match:object_match",
     "grounding_iou": "mmpost.rewards.grounding:grounding_iou",
     "grounding_hit": "mmpost.rewards.grounding:grounding_hit",
-    "format": "mmpost.rewards.grounding:think_format",
-    "answer_format": "mmpost.rewards.grounding:answer_format",
+    "format": "mmpost.rewards.text:think_format",
+    "answer_format": "mmpost.rewards.text:answer_format",
+    "choice_accuracy": "mmpost.rewards.choice:choice_accuracy",
 })
 ENVS = Registry("env", {
     "reach": "mmpost.envs.reach:ReachVecEnv",

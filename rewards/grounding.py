@@ -12,8 +12,8 @@ Visual-RFT match greedily; the optimal assignment is never worse): score = sum o
 that reach ``threshold`` / max(#gold, #predicted), so extra or missing boxes cost. Both lists
 empty scores 1; nothing parseable scores 0. ``grounding_iou`` is this with threshold 0 (the
 continuous IoU for one box, as VLM-R1's ``iou_reward``), ``grounding_hit`` counts matches with
-IoU >= 0.5 as 1 (accuracy at 0.5). ``format`` is VLM-R1 / Visual-RFT's think-then-answer
-template check, ``answer_format`` R1-AQA's answer-only one.
+IoU >= 0.5 as 1 (accuracy at 0.5). The answer-template rewards ``format`` and
+``answer_format`` are in :mod:`mmpost.rewards.text`.
 """
 
 from __future__ import annotations
@@ -21,24 +21,11 @@ from __future__ import annotations
 import re
 
 from mmpost.registry import reward
+from mmpost.rewards.text import answer_text
 
 NUMBER = r"-?\d+(?:\.\d+)?"
 BOX = re.compile(rf"\[\s*({NUMBER})\s*,\s*({NUMBER})\s*,\s*({NUMBER})\s*,\s*({NUMBER})\s*\]")
-ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
-ANSWER_ONLY = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 SCALES = {"pixels": None, "norm1000": 1000.0, "unit": 1.0}
-
-
-def _text(completion) -> str:
-    return completion if isinstance(completion, str) else completion[-1]["content"]
-
-
-def answer_text(completion) -> str:
-    """The inside of the last ``<answer>...</answer>``, or the whole completion without one."""
-    text = _text(completion)
-    found = ANSWER.findall(text)
-    return found[-1] if found else text
 
 
 def parse_boxes(completion, box_format: str = "pixels", image_size=None) -> list[list[float]]:
@@ -122,23 +109,3 @@ def grounding_iou(prompts, completions, box, box_format=None, image_size=None, *
 def grounding_hit(prompts, completions, box, box_format=None, image_size=None, **columns) -> list[float]:
     """1 per gold box matched with IoU >= 0.5, over max(#gold, #predicted): accuracy at IoU 0.5."""
     return _scores(completions, box, box_format, image_size, threshold=0.5, hit=True)
-
-
-@reward("format")
-def think_format(prompts, completions, **columns) -> list[float]:
-    """1 when the completion is exactly ``<think>...</think> <answer>...</answer>`` (VLM-R1, Visual-RFT).
-
-    >>> think_format(["p", "p"], ["<think>a</think>\\n<answer>b</answer>", "<answer>b</answer>"])
-    [1.0, 0.0]
-    """
-    return [1.0 if THINK_ANSWER.fullmatch(_text(c).strip()) else 0.0 for c in completions]
-
-
-@reward("answer_format")
-def answer_format(prompts, completions, **columns) -> list[float]:
-    """1 when the completion is exactly ``<answer>...</answer>`` (R1-AQA's format reward).
-
-    >>> answer_format(["p", "p"], ["<answer>B</answer>", "so <answer>B</answer>"])
-    [1.0, 0.0]
-    """
-    return [1.0 if ANSWER_ONLY.fullmatch(_text(c).strip()) else 0.0 for c in completions]

@@ -7,8 +7,20 @@ import re
 from mmpost.registry import reward
 
 
+ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+ANSWER_ONLY = re.compile(r"<answer>.*?</answer>", re.DOTALL)
+
+
 def _text(completion) -> str:
     return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+def answer_text(completion) -> str:
+    """The inside of the last ``<answer>...</answer>``, or the whole completion without one."""
+    text = _text(completion)
+    found = ANSWER.findall(text)
+    return found[-1] if found else text
 
 
 @reward("length")
@@ -29,3 +41,23 @@ def code_block(prompts, completions, **columns) -> list[float]:
     [1.0, 0.0]
     """
     return [1.0 if re.search(r"```[a-z]*\n.*?```", _text(c), re.DOTALL) else 0.0 for c in completions]
+
+
+@reward("format")
+def think_format(prompts, completions, **columns) -> list[float]:
+    """1 when the completion is exactly ``<think>...</think> <answer>...</answer>`` (VLM-R1, Visual-RFT).
+
+    >>> think_format(["p", "p"], ["<think>a</think>\\n<answer>b</answer>", "<answer>b</answer>"])
+    [1.0, 0.0]
+    """
+    return [1.0 if THINK_ANSWER.fullmatch(_text(c).strip()) else 0.0 for c in completions]
+
+
+@reward("answer_format")
+def answer_format(prompts, completions, **columns) -> list[float]:
+    """1 when the completion is exactly ``<answer>...</answer>`` (R1-AQA's format reward).
+
+    >>> answer_format(["p", "p"], ["<answer>B</answer>", "so <answer>B</answer>"])
+    [1.0, 0.0]
+    """
+    return [1.0 if ANSWER_ONLY.fullmatch(_text(c).strip()) else 0.0 for c in completions]

@@ -10,8 +10,8 @@ from torchvision.ops import box_iou as tv_box_iou
 from mmpost.config import DataConfig, TrainConfig
 from mmpost.data.jsonl import DataError
 from mmpost.data.scenes import NOVEL_PAIRS, SIDE, render, scene, split_seeds
-from mmpost.rewards.grounding import (answer_format, box_iou, grounding_hit, grounding_iou, match_score,
-                                      parse_boxes, think_format)
+from mmpost.rewards.grounding import box_iou, grounding_hit, grounding_iou, match_score, parse_boxes
+from mmpost.rewards.text import answer_format, think_format
 from mmpost.tasks.grounding import Grounding, completion_for
 
 

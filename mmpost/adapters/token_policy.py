@@ -9,6 +9,7 @@ log-probs describe the same distribution.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,19 +59,27 @@ class TokenPolicy:
         self.device = torch.device(device)
         vocab = self.tokenizer.get_vocab()
         # Never sample vision placeholders: a generated <|image_pad|> would break the next forward.
-        placeholders = {*VISION_TOKENS, getattr(processor, "image_token", None), getattr(processor, "video_token", None)}
+        placeholders = {*VISION_TOKENS, *(getattr(processor, f"{kind}_token", None) for kind in ("image", "video", "audio"))}
         self.suppress_ids = sorted(vocab[t] for t in placeholders if t in vocab)
+        text_config = getattr(model.config, "text_config", model.config)
+        # Not every model's forward takes logits_to_keep (Qwen2-Audio's does not, and swallows it)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.multimodal_rope = "mrope_section" in (getattr(text_config, "rope_parameters", None) or {})
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         self.pad_id = self.tokenizer.pad_token_id
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                         gradient_checkpointing: bool = False, **kwargs) -> "TokenPolicy":
-        """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id):
+        any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
         processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+        multimodal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+        loader = AutoModelForMultimodalLM if multimodal else AutoModelForCausalLM
+        model = loader.from_pretrained(path, dtype=dtype).to(device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -107,10 +116,17 @@ class TokenPolicy:
         positions instead of ``E(y_t)`` (IFT's temporal residual input)."""
         prompt = self.encode_prompts(rows)
         completion_ids = completion_ids.to(self.device)
-        completion_mask = (completion_ids != self.pad_id).long()
+        # Attend up to and including the first EOS; a pad token the model sampled mid-completion
+        # is a real token (generate attended to it), only the padding after EOS is not.
+        completion_mask = self._completion_mask(completion_ids).long()
         inputs = dict(prompt)
         inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)
         inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
+        if not self.multimodal_rope:
+            # generate() numbers positions from the attention mask (left padding skipped); a plain
+            # forward would count the pads, so a padded row would be scored at shifted positions.
+            # Qwen2-VL-style models derive their 3-D rotary positions from the mask themselves.
+            kwargs.setdefault("position_ids", (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
         if mix is not None:
@@ -121,7 +137,12 @@ class TokenPolicy:
             blended = (1 - lam) * embeds[:, -completion_ids.shape[1]:] + lam * embed(other.to(self.device))
             completion = real * blended + (1 - real) * embeds[:, -completion_ids.shape[1]:]
             kwargs["inputs_embeds"] = torch.cat([embeds[:, :-completion_ids.shape[1]], completion], dim=1)
-        return self.model(**inputs, use_cache=False, logits_to_keep=completion_ids.shape[1] + 1, **kwargs)
+        keep = completion_ids.shape[1] + 1
+        if self.keeps_logits:  # only the positions that predict the completion (saves a [N, L, V] tensor)
+            kwargs["logits_to_keep"] = keep
+        output = self.model(**inputs, use_cache=False, **kwargs)
+        output.logits = output.logits[:, -keep:]
+        return output
 
     def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,
                            return_logits: bool = False):
@@ -197,6 +218,11 @@ class TokenPolicy:
         inputs = dict(prompt)
         inputs["input_ids"] = torch.stack([F.pad(j, (width - len(j), 0), value=self.pad_id) for j in joined])
         inputs["attention_mask"] = torch.stack([F.pad(torch.ones_like(j), (width - len(j), 0)) for j in joined])
+        if not self.multimodal_rope:
+            # generate() numbers positions from the attention mask (left padding skipped); a plain
+            # forward would count the pads, so a padded row would be scored at shifted positions.
+            # Qwen2-VL-style models derive their 3-D rotary positions from the mask themselves.
+            kwargs.setdefault("position_ids", (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         if "mm_token_type_ids" in prompt:  # image tokens stay where they were relative to the right edge
             types = [t[m.bool()] for t, m in zip(prompt["mm_token_type_ids"], prompt["attention_mask"])]
             inputs["mm_token_type_ids"] = torch.stack([F.pad(t, (width - len(j), len(j) - len(t)))

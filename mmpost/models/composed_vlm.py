@@ -2,7 +2,7 @@
 
 LLaVA's design: vision tower -> two-layer MLP projector -> the LM's input embeddings at
 ``<image>`` placeholders. Two kinds of tower, each an ordinary transformers model class, so the
-result is saved with ``save_pretrained`` and loaded by ``AutoModelForImageTextToText`` /
+result is saved with ``save_pretrained`` and loaded by ``AutoModelForMultimodalLM`` /
 ``AutoProcessor`` like any hub checkpoint, and usable anywhere ``--model DIR`` is:
 
 - ``clip``: a CLIP ViT (``LlavaForConditionalGeneration``, LLaVA-1.5's own layout). Its learned
