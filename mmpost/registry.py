@@ -56,7 +56,8 @@ TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "r
                            "multiview3d": "mmpost.tasks.multiview3d:Multiview3D",
                            "arithmetic": "mmpost.tasks.arithmetic:Arithmetic",
                            "grounding": "mmpost.tasks.grounding:Grounding",
-                           "audio_qa": "mmpost.tasks.audio_qa:AudioQA"})
+                           "audio_qa": "mmpost.tasks.audio_qa:AudioQA",
+                           "video_qa": "mmpost.tasks.video_qa:VideoQA"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",
@@ -73,6 +74,7 @@ REWARDS = Registry("reward", {
     "format": "mmpost.rewards.text:think_format",
     "answer_format": "mmpost.rewards.text:answer_format",
     "choice_accuracy": "mmpost.rewards.choice:choice_accuracy",
+    "video_semantic": "mmpost.rewards.video_semantic:video_semantic",
 })
 ENVS = Registry("env", {
     "reach": "mmpost.envs.reach:ReachVecEnv",
