@@ -48,6 +48,8 @@ def _train(args) -> None:
             overrides = parse_set(args.set or [])
             if args.env:
                 overrides["env.name"] = args.env
+            if args.clip_model:
+                overrides["clip_model"] = args.clip_model
             cfg = mmpost.build_config(args.task, model=args.model or "", recipe=args.recipe, rewards=rewards,
                                       weights=weights, seed=args.seed, max_steps=args.max_steps,
                                       output_dir=args.output_dir, overrides=overrides)
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="local path or hub id of a checkpoint (default: tiny offline model)")
     t.add_argument("--recipe", help="a task's named recipe (`mmpost list`) or a YAML file with `stages:`")
     t.add_argument("--env", help="simulator for robot tasks: reach (default), maniskill:ENV_ID, libero:SUITE")
+    t.add_argument("--clip-model", help="CLIP for video_semantic: ARCH:CHECKPOINT of local open_clip weights "
+                                        "(default: a tiny open_clip model trained on the task's frames)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     t.add_argument("--rewards", help="comma-separated reward names (default: the task's)")
     t.add_argument("--weights", help="comma-separated reward weights")

@@ -248,6 +248,7 @@ class TrainConfig:
     rewards: list[str] = field(default_factory=list)  # "" = the task's default rewards
     reward_weights: list[float] = field(default_factory=list)  # default: 1.0 each
     sandbox_workers: int = 2
+    clip_model: str = ""  # video_semantic's CLIP: ARCH:CHECKPOINT (local open_clip weights); "" = tiny, trained here
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
     keep_checkpoints: int = 2
     max_steps: int = 0  # > 0 caps every stage's steps (quick runs)

@@ -163,6 +163,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     for fn in eval_rewards.values():
         if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
             fn.workers = cfg.sandbox_workers
+        if hasattr(fn, "clip_model"):  # rewards scoring with a CLIP model
+            fn.clip_model = cfg.clip_model
     task = task_cls(cfg, reward=eval_rewards[task_cls.metric])
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)

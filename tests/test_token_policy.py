@@ -71,17 +71,31 @@ def _two_image_rows():
     return rows
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext"])
-def test_multi_image_groups_truncated_at_max_length_rescore_exactly(family, request):
+def _video_rows():
+    """Prompts with a video each (Qwen2-VL's video input, frames through qwen-vl-utils)."""
+    from mmpost.data.motion import render, video
+    from mmpost.tasks.video_qa import frames_for_model
+
+    rows = []
+    for seed in (0, 1):
+        content = [{"type": "video"}, {"type": "text", "text": "Which way does it move?"}]
+        rows.append({"prompt": [{"role": "user", "content": content}],
+                     "videos": [frames_for_model(render(video(seed)))], "completion": "left", "seed": seed})
+    return rows
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext", "qwen2_vl_video"])
+def test_multi_image_and_video_groups_truncated_at_max_length_rescore_exactly(family, request):
     """GRPO groups of multi-image prompts whose completions all hit max_new_tokens: the recomputed
     log-probs match the sampled ones (no image-token/feature mismatch), and a policy-gradient loss
     backpropagates into the vision tower."""
     torch.manual_seed(0)
-    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir", "timm_convnext": "timm_composed_model_dir"}
+    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir",
+               "timm_convnext": "timm_composed_model_dir", "qwen2_vl_video": "tiny_model_dir"}
     path = request.getfixturevalue(fixture[family])
     policy = TokenPolicy.from_pretrained(path, max_new_tokens=3)
     policy.suppress_ids.append(policy.eos_id)  # force every completion to be truncated, not ended
-    rows = _two_image_rows()
+    rows = _video_rows() if family.endswith("video") else _two_image_rows()
     rollout = policy.rollout(rows, n=4, temperature=1.0)
     assert rollout.mask.shape == (8, 3) and bool(rollout.mask.all())
     assert bool(rollout.truncated.all())
