@@ -122,3 +122,23 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(mmpost_home, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"sft"' in line]
     assert steps == list(range(1, 201))
+
+
+@pytest.mark.parametrize("task, metric", [("grounding", "grounding_iou"), ("audio_qa", "choice_accuracy"),
+                                          ("video_qa", "choice_accuracy")])
+def test_modality_tasks_run_end_to_end(task, metric, mmpost_home, tmp_path):
+    """A few steps of each modality task's default recipe: both stages train, the held-out metric
+    and the input-blind baseline are reported, and the final model reloads with from_pretrained."""
+    out = tmp_path / task
+    quick = [a if a != "rl.max_new_tokens=16" else "rl.max_new_tokens=8" for a in QUICK]
+    result = run_cli(["train", "--task", task, *quick, "--output-dir", str(out)], mmpost_home, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "input-blind baseline" in result.stdout
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in lines] == ["sft"] * 4 + ["rl"] * 3
+    assert all(torch.isfinite(torch.tensor(r.get("loss/sft", r.get("loss/pg", 0.0)))) for r in lines)
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["blind"]["score"] <= 1.0 and metric in results["after"]["greedy"]
+    from mmpost.adapters.token_policy import TokenPolicy
+
+    TokenPolicy.from_pretrained(out / "final")
