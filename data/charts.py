@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from mmpost.data.splits import HELDOUT_SEED_OFFSET, split_seeds  # noqa: F401 (re-exported)
+
 CHART_TYPES = ("line", "multiline", "bar", "grouped_bar", "barh", "scatter", "pie", "hist", "area")
 COLORS = ("red", "blue", "green", "orange", "purple", "black")
 TITLE_WORDS = ("Sales", "Revenue", "Traffic", "Growth", "Users", "Costs", "Profit", "Score",
@@ -21,7 +23,6 @@ X_LABELS = ("Month", "Week", "Day", "Year", "Step", "Item")
 Y_LABELS = ("Value", "Count", "Amount", "Rate", "Level", "Units")
 SERIES_LABELS = ("A", "B", "2023", "2024", "North", "South")
 STYLES = ("pyplot", "axes")
-HELDOUT_SEED_OFFSET = 10_000_000
 
 
 def chart_program(seed: int) -> dict:
@@ -79,14 +80,3 @@ def chart_program(seed: int) -> dict:
         else:
             lines += [f"plt.xlabel('{xl}')", f"plt.ylabel('{yl}')"]
     return {"code": "\n".join(lines) + "\n", "chart_type": kind, "seed": seed}
-
-
-def split_seeds(split: str, size: int) -> range:
-    """Seeds of a split: train from 0, held-out from ``HELDOUT_SEED_OFFSET`` (disjoint)."""
-    if split == "train":
-        if size > HELDOUT_SEED_OFFSET:
-            raise ValueError(f"train size {size} would overlap the held-out seeds")
-        return range(size)
-    if split == "heldout":
-        return range(HELDOUT_SEED_OFFSET, HELDOUT_SEED_OFFSET + size)
-    raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import random
 
+from mmpost.data.splits import split_seeds  # noqa: F401 (re-exported)
+
 SIDE = 84
 FRAMES = 8
 SHAPES = ("circle", "square", "triangle")
@@ -26,7 +28,6 @@ TRAIN_BACKGROUNDS = ((235, 235, 235), (200, 215, 235), (225, 210, 190), (60, 60,
 NOVEL_BACKGROUNDS = ((190, 230, 200), (120, 100, 140))
 QUESTION_TYPES = ("direction", "order", "count", "speed")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-HELDOUT_SEED_OFFSET = 10_000_000
 
 
 def _object(rng: random.Random, used: set) -> dict:
@@ -124,14 +125,3 @@ def render(record: dict) -> list:
                 draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=color)
         frames.append(image)
     return frames
-
-
-def split_seeds(split: str, size: int) -> range:
-    """Seeds of a split: train from 0, held-out from ``HELDOUT_SEED_OFFSET`` (disjoint)."""
-    if split == "train":
-        if size > HELDOUT_SEED_OFFSET:
-            raise ValueError(f"train size {size} would overlap the held-out seeds")
-        return range(size)
-    if split == "heldout":
-        return range(HELDOUT_SEED_OFFSET, HELDOUT_SEED_OFFSET + size)
-    raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")

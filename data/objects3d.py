@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmpost.data.splits import HELDOUT_SEED_OFFSET
+
 COLORS = {"red": (0.85, 0.15, 0.15), "green": (0.15, 0.7, 0.2), "blue": (0.15, 0.3, 0.85),
           "yellow": (0.9, 0.8, 0.1), "purple": (0.6, 0.2, 0.7), "orange": (0.95, 0.5, 0.1)}
 SHAPES = ("sphere", "box", "cylinder")
 HELDOUT_PAIRS = {("sphere", "purple"), ("box", "orange"), ("cylinder", "yellow")}  # only in held-out objects
-HELDOUT_SEED_OFFSET = 10_000_000
 ELEVATION, AZIMUTHS, DISTANCE, FOV = 20.0, (0.0, 90.0, 180.0, 270.0), 3.2, 40.0
 LIGHT = torch.tensor([0.4, 0.8, 0.45]) / math.sqrt(0.4**2 + 0.8**2 + 0.45**2)
 

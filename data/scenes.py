@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import random
 
+from mmpost.data.splits import split_seeds  # noqa: F401 (re-exported)
+
 SIDE = 112
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40),
           "purple": (150, 60, 190)}
 SIZES = {"small": (14, 20), "large": (26, 36)}
 NOVEL_PAIRS = (("blue", "triangle"), ("green", "circle"), ("yellow", "square"), ("purple", "diamond"))
-HELDOUT_SEED_OFFSET = 10_000_000
 
 
 def _place(rng: random.Random, placed: list[list[int]], size: int) -> list[int] | None:
@@ -137,14 +138,3 @@ def render(record: dict):
             cx, cy = (x1 + x2 - 1) / 2, (y1 + y2 - 1) / 2
             draw.polygon([(cx, y1), (x2 - 1, cy), (cx, y2 - 1), (x1, cy)], fill=color)
     return image
-
-
-def split_seeds(split: str, size: int) -> range:
-    """Seeds of a split: train from 0, held-out from ``HELDOUT_SEED_OFFSET`` (disjoint)."""
-    if split == "train":
-        if size > HELDOUT_SEED_OFFSET:
-            raise ValueError(f"train size {size} would overlap the held-out seeds")
-        return range(size)
-    if split == "heldout":
-        return range(HELDOUT_SEED_OFFSET, HELDOUT_SEED_OFFSET + size)
-    raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")

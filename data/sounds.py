@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 import random
 
+from mmpost.data.splits import split_seeds  # noqa: F401 (re-exported)
+
 SAMPLE_RATE = 16000
 SECONDS = 2.0
 QUESTION_TYPES = ("pitch", "count", "order", "chord", "vowel")
 VOWELS = {"a": (730, 1090), "i": (270, 2290), "u": (300, 870)}  # first two formants (Hz), adult male averages
-HELDOUT_SEED_OFFSET = 10_000_000
 QUESTIONS = {
     "pitch": "Which tone is higher?",
     "count": "How many beeps are there?",
@@ -108,14 +109,3 @@ def prompt_text(record: dict) -> str:
     """The question with its lettered options."""
     options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(record["choices"]))
     return f"{record['question']} {options}"
-
-
-def split_seeds(split: str, size: int) -> range:
-    """Seeds of a split: train from 0, held-out from ``HELDOUT_SEED_OFFSET`` (disjoint)."""
-    if split == "train":
-        if size > HELDOUT_SEED_OFFSET:
-            raise ValueError(f"train size {size} would overlap the held-out seeds")
-        return range(size)
-    if split == "heldout":
-        return range(HELDOUT_SEED_OFFSET, HELDOUT_SEED_OFFSET + size)
-    raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")

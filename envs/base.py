@@ -22,7 +22,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-HELDOUT_SEED_OFFSET = 10_000_000  # seeds from here on are held-out initial states and phrasings
+# seeds from HELDOUT_SEED_OFFSET on are held-out initial states and phrasings
+from mmpost.data.splits import HELDOUT_SEED_OFFSET  # noqa: F401 (re-exported)
+from mmpost.data.splits import split_seeds as data_split_seeds
+
 
 
 @runtime_checkable
@@ -42,10 +45,7 @@ class ChunkEnv(Protocol):
 
 def split_seeds(split: str, n: int) -> list[int]:
     """Episode seeds of a split: train from 0, held-out from :data:`HELDOUT_SEED_OFFSET`."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-    start = 0 if split == "train" else HELDOUT_SEED_OFFSET
-    return list(range(start, start + n))
+    return list(data_split_seeds(split, n))
 
 
 def make_env(cfg, num_envs: int | None = None):

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, mmpost_home, train_tokenizer
+from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, mmpost_home, save_built, train_tokenizer
 
 IMAGE_TOKEN = "<image>"
 # Qwen2-VL's template with LLaVA's single <image> placeholder (the processor expands it to one
@@ -153,19 +151,9 @@ def build_composed_vlm(out_dir: Path, corpus: list[str], *, tower: str = "clip",
         tokenizer=tokenizer, patch_size=stride, vision_feature_select_strategy=strategy,
         num_additional_image_tokens=extra_tokens, image_token=IMAGE_TOKEN, chat_template=CHAT_TEMPLATE)
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "mmpost_build.json").write_text(json.dumps(
-        {"family": "composed_vlm", "tower": tower, "tower_args": tower_args, "pretrained_tower": pretrained_tower,
-         "text_model": text_model, "image_side": image_side, "seed": seed}, indent=1))
-    if out_dir.exists():  # another process finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out_dir)  # atomic: a half-built model is never visible
-    return out_dir
+    return save_built(out_dir, [model, processor], {
+        "family": "composed_vlm", "tower": tower, "tower_args": tower_args, "pretrained_tower": pretrained_tower,
+        "text_model": text_model, "image_side": image_side, "seed": seed})
 
 
 def cached_composed_vlm(name: str, corpus_fn, spec: str = "composed", image_side: int = 112,

@@ -13,11 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
-from mmpost.models.tiny_qwen2vl import mmpost_home
+from mmpost.models.tiny_qwen2vl import mmpost_home, save_built
 
 TINY_NAME = "mmpost-tiny-clip"
 
@@ -53,18 +51,9 @@ def train_tiny_clip(out_dir: Path, pairs: list, *, image_size: int, steps: int =
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    (tmp / f"{TINY_NAME}.json").write_text(json.dumps(config, indent=1))
-    torch.save(model.state_dict(), tmp / "open_clip_model.pt")
-    (tmp / "mmpost_build.json").write_text(json.dumps({"pairs": len(pairs), "steps": steps, "final_loss":
-                                                       float(loss), "seed": seed}, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
+    return save_built(out_dir, [lambda d: (d / f"{TINY_NAME}.json").write_text(json.dumps(config, indent=1)),
+                                lambda d: torch.save(model.state_dict(), d / "open_clip_model.pt")],
+                      {"pairs": len(pairs), "steps": steps, "final_loss": loss.item(), "seed": seed})
 
 
 def cached_tiny_clip(name: str, pairs_fn, image_size: int, **train_args) -> Path:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, mmpost_home, train_tokenizer
+from mmpost.models.tiny_qwen2vl import SPECIAL_TOKENS, mmpost_home, save_built, train_tokenizer
 
 AUDIO_TOKENS = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 CHAT_TEMPLATE = (
@@ -58,19 +56,8 @@ def build_tiny_qwen2audio(out_dir: Path, corpus: list[str], *, vocab_size: int =
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     processor = Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "mmpost_build.json").write_text(json.dumps(
-        {"family": "qwen2_audio", "vocab_size": vocab_size, "mel_bins": mel_bins, "clip_seconds": clip_seconds,
-         "seed": seed}, indent=1))
-    if out_dir.exists():  # another process finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out_dir)  # atomic: a half-built model is never visible
-    return out_dir
+    return save_built(out_dir, [model, processor], {"family": "qwen2_audio", "vocab_size": vocab_size,
+                                                    "mel_bins": mel_bins, "clip_seconds": clip_seconds, "seed": seed})
 
 
 def cached_tiny_qwen2audio(name: str, corpus_fn, **build_args) -> Path:

@@ -52,6 +52,24 @@ def mmpost_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmpost"
 
 
+def save_built(out_dir: Path, parts: list, build_info: dict) -> Path:
+    """Save every part (``save_pretrained`` of a model or processor, or a callable given the
+    directory) and ``mmpost_build.json`` into ``out_dir``, atomically: written to a temporary sibling
+    and renamed, so a half-built model is never visible. When another process finished the same
+    build first, its copy is kept."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    for part in parts:
+        part.save_pretrained(tmp) if hasattr(part, "save_pretrained") else part(tmp)
+    (tmp / "mmpost_build.json").write_text(json.dumps(build_info, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
+
+
 def train_tokenizer(corpus: list[str], vocab_size: int):
     """Byte-level BPE trained on ``corpus``; pre-split by line, then every digit alone.
 
@@ -127,19 +145,8 @@ def build_tiny_qwen2vl(out_dir: Path, corpus: list[str], preset: str = "tiny", v
     model = Qwen2VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "mmpost_build.json").write_text(json.dumps(
-        {"family": "qwen2_vl", "preset": preset, "vocab_size": vocab_size, "image_side": image_side,
-         "seed": seed}, indent=1))
-    if out_dir.exists():  # another process finished first; keep its copy
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(out_dir)  # atomic: a half-built model is never visible
-    return out_dir
+    return save_built(out_dir, [model, processor], {"family": "qwen2_vl", "preset": preset, "vocab_size": vocab_size,
+                                                    "image_side": image_side, "seed": seed})
 
 
 def cached_tiny_qwen2vl(name: str, corpus_fn, **build_args) -> Path:
