@@ -123,9 +123,10 @@ class TokenPolicy:
         inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)
         inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
         if not self.multimodal_rope:
-            # generate() numbers positions from the attention mask (left padding skipped); a plain
-            # forward would count the pads, so a padded row would be scored at shifted positions.
-            # Qwen2-VL-style models derive their 3-D rotary positions from the mask themselves.
+            # Number positions from the attention mask, skipping the left padding, as generate()
+            # does. Rotary models give the same scores either way (a constant shift per row); a
+            # model with absolute position embeddings would otherwise be scored at shifted
+            # positions. Qwen2-VL-style models derive their 3-D positions from the mask themselves.
             kwargs.setdefault("position_ids", (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
@@ -218,11 +219,6 @@ class TokenPolicy:
         inputs = dict(prompt)
         inputs["input_ids"] = torch.stack([F.pad(j, (width - len(j), 0), value=self.pad_id) for j in joined])
         inputs["attention_mask"] = torch.stack([F.pad(torch.ones_like(j), (width - len(j), 0)) for j in joined])
-        if not self.multimodal_rope:
-            # generate() numbers positions from the attention mask (left padding skipped); a plain
-            # forward would count the pads, so a padded row would be scored at shifted positions.
-            # Qwen2-VL-style models derive their 3-D rotary positions from the mask themselves.
-            kwargs.setdefault("position_ids", (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0))
         if "mm_token_type_ids" in prompt:  # image tokens stay where they were relative to the right edge
             types = [t[m.bool()] for t, m in zip(prompt["mm_token_type_ids"], prompt["attention_mask"])]
             inputs["mm_token_type_ids"] = torch.stack([F.pad(t, (width - len(j), len(j) - len(t)))
