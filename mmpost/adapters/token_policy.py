@@ -59,7 +59,8 @@ class TokenPolicy:
         self.device = torch.device(device)
         vocab = self.tokenizer.get_vocab()
         # Never sample vision placeholders: a generated <|image_pad|> would break the next forward.
-        placeholders = {*VISION_TOKENS, *(getattr(processor, f"{kind}_token", None) for kind in ("image", "video", "audio"))}
+        placeholders = {*VISION_TOKENS,
+                        *(getattr(processor, f"{kind}_token", None) for kind in ("image", "video", "audio"))}
         self.suppress_ids = sorted(vocab[t] for t in placeholders if t in vocab)
         text_config = getattr(model.config, "text_config", model.config)
         # Not every model's forward takes logits_to_keep (Qwen2-Audio's does not, and swallows it)
