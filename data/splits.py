@@ -14,3 +14,9 @@ def split_seeds(split: str, size: int) -> range:
     if split == "heldout":
         return range(HELDOUT_SEED_OFFSET, HELDOUT_SEED_OFFSET + size)
     raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
+
+
+def split_user_rows(rows: list, split: str) -> list:
+    """A user's file split in file order: the last 10% (at least one row) is held out."""
+    cut = max(1, len(rows) // 10)
+    return rows[:-cut] if split == "train" else rows[-cut:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
 from mmpost.data.arithmetic import problem, split_seeds
 from mmpost.data.jsonl import read_jsonl
+from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
 TRAIN_SIZE = 4000
@@ -62,8 +63,7 @@ class Arithmetic:
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
             rows = list(read_jsonl(self.cfg.data.path, required=("question", "solution", "answer"),
                                    skip_bad_rows=self.cfg.data.skip_bad_rows))
-            cut = max(1, len(rows) // 10)
-            rows = rows[:-cut] if split == "train" else rows[-cut:]
+            rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         return [make_row(**problem(s)) for s in split_seeds(split, size)]

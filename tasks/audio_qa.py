@@ -20,6 +20,7 @@ from collections import Counter
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.sounds import SAMPLE_RATE, clip, prompt_text, split_seeds, synthesize
+from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2audio import cached_tiny_qwen2audio
 
 TRAIN_SIZE = 4000
@@ -75,8 +76,7 @@ class AudioQA:
         """Rows of ``split``: the question prompt, the waveform, the ``answer`` and ``choices``."""
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
-            cut = max(1, len(rows) // 10)
-            return rows[:-cut] if split == "train" else rows[-cut:]
+            return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
         for seed in split_seeds(split, size):

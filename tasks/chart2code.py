@@ -15,6 +15,7 @@ import json
 from mmpost.config import DataConfig, Stage, TrainConfig
 from mmpost.data.charts import chart_program, split_seeds
 from mmpost.data.jsonl import read_jsonl
+from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl, mmpost_home
 
 PROMPT = "Write matplotlib code that reproduces this chart."
@@ -77,8 +78,7 @@ class Chart2Code:
         if self.cfg.data.path:
             rows = list(read_jsonl(self.cfg.data.path, required=("image", "code"),
                                    skip_bad_rows=self.cfg.data.skip_bad_rows))
-            cut = max(1, len(rows) // 10)  # last 10% (at least one row) is held out
-            rows = rows[:-cut] if split == "train" else rows[-cut:]
+            rows = split_user_rows(rows, split)
             return [make_row(r["image_obj"], r["code"], source=r["source"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         return [self._synthetic_row(record) for record in self._render(split_seeds(split, size))]

@@ -24,6 +24,7 @@ from pathlib import Path
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.scenes import SIDE, render, scene, split_seeds
+from mmpost.data.splits import split_user_rows
 
 TRAIN_SIZE = 6000
 PROMPT = "Find {}. Answer its box [x1, y1, x2, y2] in pixels."
@@ -98,8 +99,7 @@ class Grounding:
         """Rows of ``split`` ("train" or "heldout"): prompt, image, answer and the gold ``box``."""
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
-            cut = max(1, len(rows) // 10)  # last 10% (at least one row) is held out
-            return rows[:-cut] if split == "train" else rows[-cut:]
+            return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
         for seed in split_seeds(split, size):

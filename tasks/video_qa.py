@@ -23,6 +23,7 @@ from collections import Counter
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.motion import FRAMES, SIDE, render, split_seeds, video
+from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
 TRAIN_SIZE = 3000
@@ -90,8 +91,7 @@ class VideoQA:
         """Rows of ``split``: question, the clip (``videos``), ``answer``, ``choices`` and ``caption``."""
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
-            cut = max(1, len(rows) // 10)
-            return rows[:-cut] if split == "train" else rows[-cut:]
+            return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
         for seed in split_seeds(split, size):
