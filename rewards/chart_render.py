@@ -236,8 +236,9 @@ class ChartRender:
     [1.0]
     """
 
-    def __init__(self, workers: int = 2):
+    def __init__(self, workers: int = 2, limits=None):
         self.workers = workers
+        self.limits = limits  # mmpost.sandbox.Limits; None = its defaults
         self._sandbox = None
         self._gold_cache: dict[str, tuple[dict, np.ndarray, str] | None] = {}
         self._render_cache: dict[str, tuple[dict, np.ndarray, str] | str] = {}
@@ -247,7 +248,7 @@ class ChartRender:
         if self._sandbox is None:
             from mmpost.sandbox import Sandbox
 
-            self._sandbox = Sandbox(RUNNER, workers=self.workers)
+            self._sandbox = Sandbox(RUNNER, workers=self.workers, limits=self.limits)
         return self._sandbox
 
     def render(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | str]:

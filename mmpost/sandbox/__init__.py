@@ -82,7 +82,9 @@ class Sandbox:
         self._workers = [_Worker(runner) for _ in range(workers)]
         for worker in self._workers:
             self._idle.put(worker)
-        self.network = self._workers[0].info["network"]
+        info = self._workers[0].info
+        self.network = info["network"]
+        self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "drop_uid")}
         if not self.network.startswith(("netns", "userns")):
             log.warning("sandbox: no network namespace available (%s)", self.network)
         if not self._workers[0].info["drop_uid"]:
