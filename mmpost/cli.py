@@ -102,20 +102,10 @@ def _list_recipes(markdown: bool) -> None:
 
 
 def _bench_sandbox(args) -> None:
-    from mmpost.data.charts import chart_program
-    from mmpost.rewards.chart_render import RUNNER
-    from mmpost.sandbox import Sandbox
-    import time
+    from mmpost.bench_sandbox import run
 
-    codes = [chart_program(i)["code"] for i in range(args.n)]
-    with Sandbox(RUNNER, workers=args.workers) as box:
-        box.map(codes[: args.workers * 2])  # warm up
-        start = time.perf_counter()
-        replies = box.map(codes)
-        seconds = time.perf_counter() - start
-    ok = sum(r["status"] == "ok" and r["result"]["ok"] for r in replies)
-    print(f"sandbox: {args.n} chart executions on {args.workers} workers in {seconds:.2f} s "
-          f"= {args.n / seconds * 60:.0f} executions/min ({ok} ok); network isolation: {box.network}")
+    _write_json(run(args.n, workers=args.workers, attackers=args.attackers, fresh=args.fresh, repeats=args.repeats),
+                args.json)
 
 
 def _bench_env(args) -> None:
@@ -164,9 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "envs"])
     ls.add_argument("--markdown", action="store_true", help="recipes as the README's Markdown table")
     ls.set_defaults(func=_list)
-    b = sub.add_parser("bench-sandbox", help="measure sandboxed chart executions per minute")
-    b.add_argument("--n", type=int, default=300)
+    b = sub.add_parser("bench-sandbox", help="sandboxed chart executions/min, honest throughput under attack, "
+                       "warm fork-server vs fresh interpreter")
+    b.add_argument("--n", type=int, default=200, help="honest chart programs per condition")
     b.add_argument("--workers", type=int, default=2)
+    b.add_argument("--attackers", type=float, default=0.25, help="fraction of hostile jobs in the attacked run")
+    b.add_argument("--fresh", type=int, default=20, help="jobs timed with a fresh interpreter each")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=_bench_sandbox)
     e = sub.add_parser("bench-env", help="simulator throughput and RL iteration cost split (reach scene)")
     e.add_argument("--envs", type=int, default=64, help="parallel envs")

@@ -252,6 +252,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
     keep_checkpoints: int = 2
     max_steps: int = 0  # > 0 caps every stage's steps (quick runs)
+    # A reward that raises, returns the wrong count or a non-finite/non-numeric value: "contain"
+    # (those samples get no reward from it; logged and counted) or "raise" (stop, naming the reward).
+    reward_errors: str = "contain"
+    max_nonfinite_steps: int = 10  # a NaN/inf loss or gradient skips the step; this many in a row abort the run
     # Which parameters train, by name pattern (fnmatch; a pattern without "*" matches as a substring):
     # e.g. trainable=[vision_tower] trains the vision encoder only (PIVOT), frozen=[vision_tower]
     # everything but it. Empty = all parameters train.
@@ -267,6 +271,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.reward_errors not in ("contain", "raise"):
+            raise ValueError(f"reward_errors must be 'contain' or 'raise', got {self.reward_errors!r}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError("reward_weights needs one weight per reward")
         try:  # from --set they arrive as strings

@@ -36,6 +36,7 @@ from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
+from mmpost.rewarding import set_error_mode as set_reward_error_mode
 from mmpost.stages import STEPS, StageContext, needs_reference, token_only_reason, updates_per_step
 
 
@@ -139,6 +140,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     from accelerate import Accelerator
 
     torch.set_num_threads(cfg.threads)
+    set_reward_error_mode(cfg.reward_errors)
     run_dir = Path(resume or cfg.output_dir or _default_output_dir(cfg))
     checkpoint = None
     if resume:
@@ -234,7 +236,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if stage.demo_data and stage.demo_data not in rows:
             rows[stage.demo_data] = task.rows(stage.demo_data)
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
-                           scheduler, params, steps=steps, demo_rows=rows.get(stage.demo_data))
+                           scheduler, params, steps=steps, demo_rows=rows.get(stage.demo_data),
+                           max_nonfinite_steps=cfg.max_nonfinite_steps)
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -263,6 +266,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             unit = "tokens" if "tokens" in metrics else "samples"
             metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,
                             f"{unit}_per_s": metrics.get(unit, 0.0) / seconds})
+            if ctx.state.get("nonfinite_total"):
+                metrics["skipped/nonfinite_updates"] = float(ctx.state["nonfinite_total"])
             log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
             shown = {k: metrics[k] for k in SHOWN if k in metrics}
             bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"

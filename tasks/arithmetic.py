@@ -61,7 +61,7 @@ class Arithmetic:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column."""
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
-            rows = list(read_jsonl(self.cfg.data.path, required=("question", "solution", "answer"),
+            rows = list(read_jsonl(self.cfg.data.path, required={"question": str, "solution": str, "answer": (str, int, float)},
                                    skip_bad_rows=self.cfg.data.skip_bad_rows))
             rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]

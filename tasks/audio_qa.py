@@ -105,8 +105,7 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
 
     import numpy as np
 
-    rows = []
-    for r in read_jsonl(path, required=("audio", "question", "choices", "answer"), skip_bad_rows=skip_bad_rows):
+    def convert(r: dict) -> dict:
         if not isinstance(r["choices"], list) or r["answer"] not in r["choices"]:
             raise DataError(f"{r['source']}: 'answer' must be one of 'choices'")
         audio_path = Path(path).parent / r["audio"]
@@ -119,5 +118,7 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
         wave = wave.mean(axis=1)
         if rate != SAMPLE_RATE:  # linear resampling: enough for the 16 kHz feature extractor
             wave = np.interp(np.arange(0, len(wave), rate / SAMPLE_RATE), np.arange(len(wave)), wave)
-        rows.append(make_row(wave.astype(np.float32), r["question"], r["choices"], r["answer"], source=r["source"]))
-    return rows
+        return make_row(wave.astype(np.float32), r["question"], r["choices"], r["answer"], source=r["source"])
+
+    return list(read_jsonl(path, required={"audio": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows,
+                           convert=convert))

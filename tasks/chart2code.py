@@ -76,7 +76,7 @@ class Chart2Code:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
         if self.cfg.data.path:
-            rows = list(read_jsonl(self.cfg.data.path, required=("image", "code"),
+            rows = list(read_jsonl(self.cfg.data.path, required={"image": str, "code": str},
                                    skip_bad_rows=self.cfg.data.skip_bad_rows))
             rows = split_user_rows(rows, split)
             return [make_row(r["image_obj"], r["code"], source=r["source"]) for r in rows]

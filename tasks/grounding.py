@@ -130,15 +130,15 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
     """Rows from a JSONL of referring expressions or a COCO annotation file (see the module doc)."""
     if str(path).endswith(".json"):
         return _coco_rows(Path(path))
-    rows = []
-    for r in read_jsonl(path, required=("image", "expression"), skip_bad_rows=skip_bad_rows):
+    def convert(r: dict) -> dict:
         key = "box" if "box" in r else "bbox"
         if key not in r:
             raise DataError(f"{r['source']}: missing field 'box' (or COCO 'bbox')")
         many = isinstance(r[key], list) and r[key] and isinstance(r[key][0], (list, tuple))
         boxes = [_xyxy(b, r["source"], key) for b in (r[key] if many else [r[key]])]
-        rows.append(make_row(r["image_obj"], r["expression"], boxes if many else boxes[0], source=r["source"]))
-    return rows
+        return make_row(r["image_obj"], r["expression"], boxes if many else boxes[0], source=r["source"])
+
+    return list(read_jsonl(path, required={"image": str, "expression": str}, skip_bad_rows=skip_bad_rows, convert=convert))
 
 
 def _coco_rows(path: Path) -> list[dict]:

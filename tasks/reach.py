@@ -99,12 +99,19 @@ class Reach:
         ``data.demos`` noisy scripted-expert episodes; a user's JSONL (``state``,
         ``instruction``, ``actions``) when ``data.path`` is set."""
         if self.cfg.data.path:
-            from mmpost.data.jsonl import read_jsonl
+            from mmpost.data.jsonl import DataError, read_jsonl
 
-            return [{"state": np.asarray(r["state"], np.float32), "instruction": r["instruction"],
-                     "actions": np.asarray(r["actions"], np.float32)}
-                    for r in read_jsonl(self.cfg.data.path, required=("state", "instruction", "actions"),
-                                        skip_bad_rows=self.cfg.data.skip_bad_rows)]
+            def convert(r: dict) -> dict:
+                try:
+                    arrays = {k: np.asarray(r[k], np.float32) for k in ("state", "actions")}
+                except (TypeError, ValueError) as error:
+                    raise DataError(f"{r['source']}: 'state' and 'actions' must be numeric arrays ({error})") from None
+                if not all(np.isfinite(a).all() for a in arrays.values()):
+                    raise DataError(f"{r['source']}: 'state' or 'actions' holds NaN or inf")
+                return {**arrays, "instruction": r["instruction"]}
+
+            return list(read_jsonl(self.cfg.data.path, required={"state": list, "instruction": str, "actions": list},
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows, convert=convert))
         if self.cfg.env.name not in ("", "reach"):
             raise ValueError(f"no scripted demonstrations for env {self.cfg.env.name!r}: set data.path to a JSONL "
                              "of {state, instruction, actions} rows, or skip SFT with --set sft.steps=0")

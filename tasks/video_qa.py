@@ -132,8 +132,7 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
     """Rows from a JSONL of ``{"video", "question", "choices", "answer"}`` (paths relative to the file)."""
     from pathlib import Path
 
-    rows = []
-    for r in read_jsonl(path, required=("video", "question", "choices", "answer"), skip_bad_rows=skip_bad_rows):
+    def convert(r: dict) -> dict:
         if not isinstance(r["choices"], list) or r["answer"] not in r["choices"]:
             raise DataError(f"{r['source']}: 'answer' must be one of 'choices'")
         video_path = Path(path).parent / r["video"]
@@ -141,6 +140,7 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
             frames = read_video(video_path)
         except Exception as error:  # PyAV raises its own error types
             raise DataError(f"{r['source']}: video {video_path} failed to decode ({error})") from None
-        rows.append(make_row(frames, r["question"], r["choices"], r["answer"], r.get("caption", ""),
-                             source=r["source"]))
-    return rows
+        return make_row(frames, r["question"], r["choices"], r["answer"], r.get("caption", ""), source=r["source"])
+
+    return list(read_jsonl(path, required={"video": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows,
+                           convert=convert))

@@ -2,7 +2,7 @@
 
 Untrusted code never runs in the trainer process. :class:`Sandbox` starts ``workers`` warm
 fork-servers (:mod:`mmpost.sandbox.zygote`) that have the runner module's heavy imports done
-(e.g. matplotlib) and fork one fresh, confined child per job. Results come back as plain JSON
+(e.g. matplotlib) and fork one fresh, confined child per job, several jobs at once. Results come back as plain JSON
 data; callers validate them and compute any score themselves.
 
 Example::
@@ -14,12 +14,13 @@ Example::
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
-import queue
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from dataclasses import asdict, dataclass
 
 from mmpost.sandbox.protocol import read_message, write_message
@@ -37,9 +38,12 @@ class Limits:
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 16  # RLIMIT_NPROC (only when children run as a dedicated uid)
+    nice_after_seconds: float = 0.25  # a job still running after this gets the idle CPU priority
 
 
 class _Worker:
+    """One zygote process; jobs are tagged with ids and may be in flight concurrently."""
+
     def __init__(self, runner: str):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MPLBACKEND": "Agg",
                "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -49,21 +53,47 @@ class _Worker:
         if not hello or not hello.get("ready"):
             raise RuntimeError(f"sandbox worker for {runner!r} failed to start")
         self.info = hello
+        self.pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self.alive = True
+        self._reader = threading.Thread(target=self._read_replies, daemon=True, name="sandbox-replies")
+        self._reader.start()
 
-    def run(self, job: dict) -> dict:
-        write_message(self.process.stdin, job)
-        reply = read_message(self.process.stdout)
-        if reply is None:
-            raise BrokenPipeError("sandbox worker died")
-        return reply
+    def _read_replies(self) -> None:
+        while (reply := read_message(self.process.stdout)) is not None:
+            future = self.pending.pop(reply.pop("id", None), None)
+            if future is not None:
+                future.set_result(reply)
+        self.alive = False
+        for future in list(self.pending.values()):
+            future.set_result({"status": "crash", "error": "sandbox worker died", "result": None})
+        self.pending.clear()
+
+    def submit(self, job: dict) -> Future:
+        future: Future = Future()
+        with self._lock:
+            job_id = next(self._ids)
+            self.pending[job_id] = future
+            try:
+                write_message(self.process.stdin, {**job, "id": job_id})
+            except (BrokenPipeError, OSError) as error:
+                self.pending.pop(job_id, None)
+                self.alive = False
+                future.set_result({"status": "crash", "error": f"sandbox worker died: {error}", "result": None})
+        return future
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
             try:
-                self.process.wait(timeout=5)
+                self.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        self._reader.join(timeout=5)
 
 
 class Sandbox:
@@ -71,45 +101,62 @@ class Sandbox:
 
     Args:
         runner: import path of a module with ``prepare()`` and ``execute(code) -> dict``.
-        workers: number of fork-servers (jobs run concurrently up to this number).
+        workers: number of fork-servers.
         limits: per-job :class:`Limits`.
+        jobs_per_worker: jobs each fork-server runs at once. Jobs are separate processes, so a
+            job that sleeps or loops until its deadline does not hold up the others (and a
+            looping one is demoted to the lowest CPU priority after ``limits.nice_after_seconds``).
     """
 
-    def __init__(self, runner: str, workers: int = 2, limits: Limits | None = None):
+    def __init__(self, runner: str, workers: int = 2, limits: Limits | None = None, jobs_per_worker: int = 8):
         self.runner = runner
         self.limits = limits or Limits()
-        self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers = [_Worker(runner) for _ in range(workers)]
-        for worker in self._workers:
-            self._idle.put(worker)
+        self.capacity = workers * jobs_per_worker  # jobs in flight at most
+        self._slots = threading.BoundedSemaphore(self.capacity)
+        self._replace_lock = threading.Lock()
         info = self._workers[0].info
         self.network = info["network"]
-        self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "drop_uid")}
+        self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "pids_cgroup", "drop_uid")}
         if not self.network.startswith(("netns", "userns")):
             log.warning("sandbox: no network namespace available (%s)", self.network)
-        if not self._workers[0].info["drop_uid"]:
-            log.warning("sandbox: children run as this process's user (no unprivileged uid usable)")
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox")
+        if not (info.get("landlock") or info["drop_uid"]):
+            log.warning("sandbox: no filesystem confinement on this kernel (no Landlock, no unprivileged uid): "
+                        "untrusted code can write wherever this user can")
+        self._pool = ThreadPoolExecutor(max_workers=4 * self.capacity, thread_name_prefix="sandbox")
         atexit.register(self.close)
 
+    def _worker(self) -> _Worker:
+        """The live worker with the fewest jobs in flight (a dead one is replaced first)."""
+        with self._replace_lock:
+            for i, worker in enumerate(self._workers):
+                if not worker.alive:
+                    worker.close()
+                    self._workers[i] = _Worker(self.runner)
+            return min(self._workers, key=lambda w: len(w.pending))
+
     def run(self, code: str) -> dict:
-        """Run one program; returns the zygote's reply (``status``, ``result``, ``log``, ...)."""
-        worker = self._idle.get()
-        job = {"code": code, "limits": asdict(self.limits)}
+        """Run one program; returns the zygote's reply (``status``, ``result``, ``log``, ...).
+
+        A job holds one of the ``capacity`` slots only while it is young: once it has run
+        ``limits.nice_after_seconds`` (and been demoted) it frees its slot, so jobs that sleep or
+        loop until their deadline cannot starve the honest ones queued behind them."""
+        self._slots.acquire()
+        released = False
         try:
-            reply = worker.run(job)
-        except (BrokenPipeError, OSError) as error:
-            worker.close()
-            self._workers.remove(worker)
-            worker = _Worker(self.runner)
-            self._workers.append(worker)
-            reply = {"status": "crash", "error": f"sandbox worker died: {error}", "result": None}
+            future = self._worker().submit({"code": code, "limits": asdict(self.limits)})
+            try:
+                return future.result(timeout=self.limits.nice_after_seconds)
+            except TimeoutError:
+                self._slots.release()
+                released = True
+                return future.result()
         finally:
-            self._idle.put(worker)
-        return reply
+            if not released:
+                self._slots.release()
 
     def map(self, codes: list[str]) -> list[dict]:
-        """Run many programs concurrently over the workers, replies in input order."""
+        """Run many programs concurrently, replies in input order."""
         return list(self._pool.map(self.run, codes))
 
     def close(self) -> None:

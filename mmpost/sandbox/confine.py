@@ -11,6 +11,8 @@ sandbox says what it could and could not do on a given machine (``Sandbox.capabi
   See https://docs.kernel.org/userspace-api/landlock.html for the ABI used below.
 - **PID namespace**: the child is process 1 of a fresh namespace, so it cannot see or name any
   other process, and killing it kills everything it spawned (fork bombs, detached daemons).
+- **pids cgroup** (where this process may create cgroups): a job has at most ``processes``
+  processes at once, and every one of them is killed when the job ends.
 - **Capabilities**: dropped from every set, with ``no_new_privs``, so a root-owned zygote does
   not lend root powers (mknod, mount, raw sockets, ignoring rlimits) to untrusted code.
 """
@@ -163,3 +165,104 @@ def limit_pids(count: int) -> bool:
         return True
     except OSError:
         return False
+
+
+class PidsCgroup:
+    """A ``pids`` cgroup per job, capping how many processes a job may have at once (a fork bomb
+    stops at ``processes``) and letting the zygote kill every one of them. Used where this process
+    may create cgroups (root with cgroup v1's ``pids`` hierarchy, or a cgroup v2 subtree with the
+    ``pids`` controller delegated); ``available`` says whether it is."""
+
+    def __init__(self, name: str):
+        self.root = None
+        base = self._find_base()
+        if base:
+            try:
+                path = os.path.join(base, name)
+                os.makedirs(path, exist_ok=True)
+                self.root = path
+            except OSError:
+                pass
+        self.available = self.root is not None
+
+    @staticmethod
+    def _find_base() -> str | None:
+        try:
+            with open("/proc/self/cgroup") as f:
+                memberships = [line.strip().split(":", 2) for line in f if line.strip()]
+            with open("/proc/self/mountinfo") as f:
+                mounts = [line.split() for line in f]
+        except OSError:
+            return None
+        for _, controllers, path in memberships:
+            for fields in mounts:
+                sep = fields.index("-")
+                fstype, options = fields[sep + 1], fields[-1].split(",")
+                point = fields[4]
+                if controllers == "pids" and fstype == "cgroup" and "pids" in options:
+                    candidate = point + path
+                elif controllers == "" and fstype == "cgroup2":
+                    candidate = point + path
+                    try:
+                        with open(os.path.join(candidate, "cgroup.subtree_control")) as f:
+                            if "pids" not in f.read().split():
+                                continue
+                    except OSError:
+                        continue
+                else:
+                    continue
+                if os.access(candidate, os.W_OK):
+                    return candidate
+        return None
+
+    def create(self, job: str, processes: int) -> str | None:
+        """A fresh cgroup for ``job`` allowing ``processes`` processes; None when unavailable."""
+        if not self.available:
+            return None
+        path = os.path.join(self.root, job)
+        try:
+            os.mkdir(path)
+            with open(os.path.join(path, "pids.max"), "w") as f:
+                f.write(str(processes))
+        except OSError:
+            return None
+        return path
+
+    @staticmethod
+    def enter(path: str) -> None:
+        """Move the calling process into ``path`` (in the child, before it is confined)."""
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))  # read in the writer's PID namespace
+
+    @staticmethod
+    def kill_and_remove(path: str, wait: float = 2.0) -> None:
+        """SIGKILL every process left in ``path``, then remove it."""
+        import signal
+        import time
+
+        end = time.monotonic() + wait
+        while True:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(path)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    return
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        if self.root:
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                pass

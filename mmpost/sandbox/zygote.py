@@ -30,7 +30,7 @@ import time
 import traceback
 
 from mmpost.sandbox import confine
-from mmpost.sandbox.protocol import read_message, write_message
+from mmpost.sandbox.protocol import write_message
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -49,7 +49,8 @@ def isolate_network() -> str:
     return f"none ({os.strerror(ctypes.get_errno())}): children can reach the network"
 
 
-def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_uid: bool, caps: dict) -> None:
+def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_uid: bool, caps: dict,
+              cgroup: str | None) -> None:
     """Body of the forked child: confine, execute, write one result message, exit."""
     status = 0
     try:
@@ -65,7 +66,9 @@ def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_
         os.environ.clear()
         os.environ.update(MPLBACKEND="Agg", HOME=tmpdir, TMPDIR=tmpdir, MPLCONFIGDIR=tmpdir,
                           OMP_NUM_THREADS="1", PATH="/usr/bin:/bin")
-        if caps["pid_max"]:
+        if cgroup:
+            confine.PidsCgroup.enter(cgroup)
+        elif caps["pid_max"]:
             confine.limit_pids(limits["processes"])
         if drop_uid:
             os.setgroups([])
@@ -98,61 +101,77 @@ def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_
     os._exit(status)
 
 
-def run_job(runner, job: dict, base_dir: str, drop_uid: bool, caps: dict) -> dict:
-    """Fork one child for ``job``, wait for its result or the deadline, clean everything up."""
-    tmpdir = tempfile.mkdtemp(prefix="job-", dir=base_dir)
-    if drop_uid:
-        os.chown(tmpdir, NOBODY, NOBODY)
-    read_fd, write_fd = os.pipe()
-    start = time.monotonic()
-    pid = caps["pidns"].fork() if caps["pidns"] else os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        run_child(runner, job["code"], job["limits"], tmpdir, write_fd, drop_uid, caps)
-    os.close(write_fd)
-    deadline = start + job["limits"]["wall_seconds"]
-    chunks, size, status = [], 0, "ok"
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            status = "timeout"
-            break
-        ready, _, _ = select.select([read_fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(read_fd, 1 << 16)
+class Job:
+    """One running child: its pipe, deadlines, what it has sent so far."""
+
+    def __init__(self, runner, job: dict, base_dir: str, drop_uid: bool, caps: dict):
+        self.id, self.limits = job.get("id"), job["limits"]
+        self.tmpdir = tempfile.mkdtemp(prefix="job-", dir=base_dir)
+        if drop_uid:
+            os.chown(self.tmpdir, NOBODY, NOBODY)
+        self.cgroup = caps["cgroup"].create(os.path.basename(self.tmpdir), self.limits["processes"]) if caps["cgroup"] else None
+        read_fd, write_fd = os.pipe()
+        self.start = time.monotonic()
+        self.pid = caps["pidns"].fork() if caps["pidns"] else os.fork()
+        if self.pid == 0:
+            os.close(read_fd)
+            run_child(runner, job["code"], self.limits, self.tmpdir, write_fd, drop_uid, caps, self.cgroup)
+        os.close(write_fd)
+        self.fd = read_fd
+        self.deadline = self.start + self.limits["wall_seconds"]
+        self.demote_at = self.start + self.limits.get("nice_after_seconds", float("inf"))
+        self.data = b""
+
+    def next_event(self) -> float:
+        return min(self.deadline, self.demote_at)
+
+    def tick(self, now: float) -> str | None:
+        """Deadline handling: ``"timeout"`` when it has passed; demotes a long job on the way."""
+        if now >= self.deadline:
+            return "timeout"
+        if now >= self.demote_at:  # a long job yields the CPU to the short, honest ones beside it
+            demote(self.pid)
+            self.demote_at = float("inf")
+        return None
+
+    def feed(self) -> str | None:
+        """Read what the child sent; a status once the job is over, else None."""
+        chunk = os.read(self.fd, 1 << 16)
         if not chunk:
-            break
-        size += len(chunk)
-        if size > RESULT_CAP + 4:
-            status = "oversize"
-            break
-        chunks.append(chunk)
-        if size >= 4 and size >= 4 + struct.unpack(">I", b"".join(chunks)[:4])[0]:
-            break  # the whole message is in; processes the child left behind may hold the pipe open
-    os.close(read_fd)
-    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            return "ok"
+        self.data += chunk
+        if len(self.data) > RESULT_CAP + 4:
+            return "oversize"
+        if len(self.data) >= 4 and len(self.data) >= 4 + struct.unpack(">I", self.data[:4])[0]:
+            return "ok"  # the whole message is in; processes the child left behind may hold the pipe open
+        return None
+
+    def finish(self, status: str) -> dict:
+        """Kill the child (and, in its PID namespace, everything it started), clean up, build the reply."""
+        os.close(self.fd)
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        _, wait_status = os.waitpid(self.pid, 0)
+        if self.cgroup:
+            confine.PidsCgroup.kill_and_remove(self.cgroup)
+        log = ""
         try:
-            target()
-        except (ProcessLookupError, PermissionError):
+            with open(os.path.join(self.tmpdir, "output.txt"), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
+                log = f.read().decode("utf-8", "replace")
+        except OSError:
             pass
-    _, wait_status = os.waitpid(pid, 0)
-    log = ""
-    try:
-        with open(os.path.join(tmpdir, "output.txt"), "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
-            log = f.read().decode("utf-8", "replace")
-    except OSError:
-        pass
-    shutil.rmtree(tmpdir, ignore_errors=True)
-    reply = {"status": status, "seconds": time.monotonic() - start, "log": log, "result": None}
-    data = b"".join(chunks)
-    if status == "timeout":
-        reply["error"] = f"wall-clock deadline of {job['limits']['wall_seconds']} s passed: killed"
-    elif status == "oversize":
-        reply["error"] = f"result larger than {RESULT_CAP} bytes: killed"
-    else:
-        if len(data) < 4 or struct.unpack(">I", data[:4])[0] != len(data) - 4:
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        reply = {"id": self.id, "status": status, "seconds": time.monotonic() - self.start, "log": log, "result": None}
+        data = self.data
+        if status == "timeout":
+            reply["error"] = f"wall-clock deadline of {self.limits['wall_seconds']} s passed: killed"
+        elif status == "oversize":
+            reply["error"] = f"result larger than {RESULT_CAP} bytes: killed"
+        elif len(data) < 4 or struct.unpack(">I", data[:4])[0] != len(data) - 4:
             reply["status"] = "crash"
             last = log.strip().splitlines()[-1][:200] if log.strip() else ""
             reply["error"] = f"child ended without a result ({_death(wait_status)})" + (f"; its last output: {last}" if last else "")
@@ -162,7 +181,47 @@ def run_job(runner, job: dict, base_dir: str, drop_uid: bool, caps: dict) -> dic
             except ValueError:
                 reply["status"] = "crash"
                 reply["error"] = "child sent malformed result"
-    return reply
+        return reply
+
+
+def run_job(runner, job: dict, base_dir: str, drop_uid: bool, caps: dict) -> dict:
+    """Run one job to the end (the zygote's start-up probe)."""
+    running = Job(runner, job, base_dir, drop_uid, caps)
+    while True:
+        status = running.tick(time.monotonic())
+        if status:
+            return running.finish(status)
+        ready, _, _ = select.select([running.fd], [], [], max(0.0, running.next_event() - time.monotonic()))
+        if ready and (status := running.feed()):
+            return running.finish(status)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from ``/proc/PID/task/TID/children``)."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        try:
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def demote(pid: int) -> None:
+    """Idle CPU priority (``SCHED_IDLE``: runs only when nothing else wants the CPU) for a job's
+    whole process tree; children it forks later inherit it."""
+    for target in descendants(pid):
+        try:
+            os.sched_setscheduler(target, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            try:
+                os.setpriority(os.PRIO_PROCESS, target, 19)
+            except OSError:
+                pass
 
 
 SIGNAL_REASONS = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGXFSZ: "file size limit exceeded",
@@ -188,7 +247,9 @@ def kernel_at_least(major: int, minor: int) -> bool:
 def capabilities() -> dict:
     """What confinement this machine's kernel gives the children (see :mod:`mmpost.sandbox.confine`)."""
     pidns = confine.PidNamespaces()
+    cgroup = confine.PidsCgroup(f"mmpost-sandbox-{os.getpid()}")
     return {"pidns": pidns if pidns.available else None, "landlock": confine.landlock_abi(),
+            "cgroup": cgroup if cgroup.available else None,
             # pid_max is per PID namespace only from Linux 6.14; before, writing it would change the
             # whole machine's, so it is never touched there.
             "pid_max": pidns.available and kernel_at_least(6, 14)}
@@ -206,6 +267,51 @@ def can_drop_uid(runner, base_dir: str, caps: dict) -> bool:
     return reply["status"] == "ok" and reply["result"]["ok"]
 
 
+def serve(runner, stdin, stdout, base_dir: str, drop_uid: bool, caps: dict) -> None:
+    """Run jobs concurrently as they arrive; reply to each (tagged with its ``id``) when it ends.
+    A sleeping or looping job never holds up the others. Returns when stdin closes."""
+    frames = FrameReader(stdin.fileno())
+    running: dict[int, Job] = {}
+    open_input = True
+    while open_input or running:
+        now = time.monotonic()
+        for job in list(running.values()):
+            if status := job.tick(now):
+                write_message(stdout, running.pop(job.fd).finish(status))
+        wait = max(0.0, min((j.next_event() for j in running.values()), default=now + 60) - time.monotonic())
+        ready, _, _ = select.select(([frames.fd] if open_input else []) + list(running), [], [], wait)
+        for fd in ready:
+            if fd == frames.fd:
+                messages = frames.read()
+                if messages is None:
+                    open_input = False
+                    continue
+                for message in messages:
+                    job = Job(runner, message, base_dir, drop_uid, caps)
+                    running[job.fd] = job
+            elif fd in running and (status := running[fd].feed()):
+                write_message(stdout, running.pop(fd).finish(status))
+
+
+class FrameReader:
+    """Length-prefixed JSON messages from a raw file descriptor, without blocking on partial ones."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def read(self) -> list[dict] | None:
+        """Complete messages now available; None at end of input."""
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            return None
+        self.buffer += chunk
+        messages = []
+        while len(self.buffer) >= 4 and len(self.buffer) >= 4 + (size := struct.unpack(">I", self.buffer[:4])[0]):
+            messages.append(json.loads(self.buffer[4:4 + size]))
+            self.buffer = self.buffer[4 + size:]
+        return messages
+
+
 def main() -> None:
     runner = importlib.import_module(sys.argv[1])
     runner.prepare()
@@ -216,12 +322,14 @@ def main() -> None:
     drop_uid = "userns" not in network and can_drop_uid(runner, base_dir, caps)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     write_message(stdout, {"ready": True, "network": network, "drop_uid": drop_uid, "pid": os.getpid(),
-                           "pidns": bool(caps["pidns"]), "landlock": caps["landlock"], "pid_max": caps["pid_max"]})
+                           "pidns": bool(caps["pidns"]), "landlock": caps["landlock"], "pid_max": caps["pid_max"],
+                           "pids_cgroup": bool(caps["cgroup"])})
     try:
-        while (job := read_message(stdin)) is not None:
-            write_message(stdout, run_job(runner, job, base_dir, drop_uid, caps))
+        serve(runner, stdin, stdout, base_dir, drop_uid, caps)
     finally:
         shutil.rmtree(base_dir, ignore_errors=True)
+        if caps["cgroup"]:
+            caps["cgroup"].close()
 
 
 if __name__ == "__main__":

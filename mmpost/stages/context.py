@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import torch
 
 from mmpost.config import Stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,6 +32,7 @@ class StageContext:
     step: int = 0  # 0-based index of the current step within the stage
     steps: int = 1  # steps in the stage (for schedules over the stage)
     demo_rows: list | None = None  # rows of ``stage.demo_data`` when the demonstrations live apart
+    max_nonfinite_steps: int = 10  # consecutive NaN/inf losses or gradients before the run stops
 
     def batch(self, indices: list[int]) -> list[dict]:
         return [self.rows[i] for i in indices]
@@ -46,11 +50,26 @@ class StageContext:
         than poisoning the weights; the learning-rate schedule advances either way, unless the update
         is an extra one the schedule did not plan for (``advance_schedule=False``)."""
         grad_norm = math.nan
-        if loss is not None and torch.isfinite(loss):
+        finite_loss = loss is None or bool(torch.isfinite(loss))
+        if loss is not None and finite_loss:
             self.accelerator.backward(loss)
             grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.stage.max_grad_norm))
         if math.isfinite(grad_norm):
             self.optimizer.step()
+            self.state["nonfinite_in_a_row"] = 0
+        elif loss is not None:  # NaN/inf loss or gradient: skipped, counted, fatal when it persists
+            bad = self.state.get("nonfinite_in_a_row", 0) + 1
+            self.state["nonfinite_in_a_row"] = bad
+            self.state["nonfinite_total"] = self.state.get("nonfinite_total", 0) + 1
+            what = "gradient" if finite_loss else "loss"
+            log.warning("stage %s step %d: non-finite %s, update skipped (%d in a row)", self.stage.name,
+                        self.step + 1, what, bad)
+            if bad >= self.max_nonfinite_steps:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise FloatingPointError(
+                    f"stage {self.stage.name!r}: non-finite {what} for {bad} updates in a row (last at step "
+                    f"{self.step + 1}); stopping. Lower the learning rate, check the rewards and data, or resume "
+                    f"from the last checkpoint (max_nonfinite_steps={self.max_nonfinite_steps})")
         if advance_schedule:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
