@@ -38,7 +38,8 @@ class Limits:
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 16  # RLIMIT_NPROC (only when children run as a dedicated uid)
-    nice_after_seconds: float = 0.25  # a job still running after this gets the idle CPU priority
+    demote_after_cpu_seconds: float = 0.25  # a job (all its processes) that used this much CPU gets idle priority
+    slot_seconds: float = 0.5  # a job running longer stops counting against the sandbox's concurrency
 
 
 class _Worker:
@@ -105,7 +106,7 @@ class Sandbox:
         limits: per-job :class:`Limits`.
         jobs_per_worker: jobs each fork-server runs at once. Jobs are separate processes, so a
             job that sleeps or loops until its deadline does not hold up the others (and a
-            looping one is demoted to the lowest CPU priority after ``limits.nice_after_seconds``).
+            looping one is demoted to idle CPU priority after ``limits.demote_after_cpu_seconds``).
     """
 
     def __init__(self, runner: str, workers: int = 2, limits: Limits | None = None, jobs_per_worker: int = 8):
@@ -139,14 +140,15 @@ class Sandbox:
         """Run one program; returns the zygote's reply (``status``, ``result``, ``log``, ...).
 
         A job holds one of the ``capacity`` slots only while it is young: once it has run
-        ``limits.nice_after_seconds`` (and been demoted) it frees its slot, so jobs that sleep or
-        loop until their deadline cannot starve the honest ones queued behind them."""
+        ``limits.slot_seconds`` it frees its slot, so jobs that sleep or loop until their deadline
+        (looping ones are also demoted to idle CPU priority) cannot starve the honest ones queued
+        behind them."""
         self._slots.acquire()
         released = False
         try:
             future = self._worker().submit({"code": code, "limits": asdict(self.limits)})
             try:
-                return future.result(timeout=self.limits.nice_after_seconds)
+                return future.result(timeout=self.limits.slot_seconds)
             except TimeoutError:
                 self._slots.release()
                 released = True

@@ -175,6 +175,7 @@ class PidsCgroup:
 
     def __init__(self, name: str):
         self.root = None
+        self.pending: list[str] = []
         base = self._find_base()
         if base:
             try:
@@ -235,32 +236,43 @@ class PidsCgroup:
             f.write(str(os.getpid()))  # read in the writer's PID namespace
 
     @staticmethod
-    def kill_and_remove(path: str, wait: float = 2.0) -> None:
-        """SIGKILL every process left in ``path``, then remove it."""
+    def kill_and_remove(path: str) -> bool:
+        """SIGKILL every process left in ``path`` and try to remove it (it empties as the kernel
+        reaps them); whether it is gone."""
         import signal
+
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return True
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.rmdir(path)
+            return True
+        except OSError:
+            return False
+
+    def release(self, path: str) -> None:
+        """End a job's cgroup now, or on a later :meth:`sweep` if its processes are still dying
+        (never blocking the zygote's loop)."""
+        if not self.kill_and_remove(path):
+            self.pending.append(path)
+
+    def sweep(self) -> None:
+        self.pending = [p for p in self.pending if not self.kill_and_remove(p)]
+
+    def close(self, wait: float = 2.0) -> None:
         import time
 
         end = time.monotonic() + wait
-        while True:
-            try:
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    pids = [int(p) for p in f.read().split()]
-            except OSError:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.rmdir(path)
-                return
-            except OSError:
-                if time.monotonic() > end:
-                    return
-                time.sleep(0.01)
-
-    def close(self) -> None:
+        while self.pending and time.monotonic() < end:
+            self.sweep()
+            time.sleep(0.01)
         if self.root:
             try:
                 os.rmdir(self.root)

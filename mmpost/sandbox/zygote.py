@@ -36,7 +36,9 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
 RESULT_CAP = 8 << 20  # bytes a child may send back
-LOG_TAIL = 2000  # characters of the child's stdout/stderr kept for the reason message
+LOG_TAIL = 2000
+CPU_CHECK_SECONDS = 0.05  # how often a running job's CPU use is read
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # characters of the child's stdout/stderr kept for the reason message
 
 
 def isolate_network() -> str:
@@ -109,6 +111,7 @@ class Job:
         self.tmpdir = tempfile.mkdtemp(prefix="job-", dir=base_dir)
         if drop_uid:
             os.chown(self.tmpdir, NOBODY, NOBODY)
+        self.cgroups = caps["cgroup"]
         self.cgroup = caps["cgroup"].create(os.path.basename(self.tmpdir), self.limits["processes"]) if caps["cgroup"] else None
         read_fd, write_fd = os.pipe()
         self.start = time.monotonic()
@@ -119,19 +122,25 @@ class Job:
         os.close(write_fd)
         self.fd = read_fd
         self.deadline = self.start + self.limits["wall_seconds"]
-        self.demote_at = self.start + self.limits.get("nice_after_seconds", float("inf"))
+        self.cpu_budget = self.limits.get("demote_after_cpu_seconds", float("inf"))
+        self.check_at = self.start + CPU_CHECK_SECONDS
         self.data = b""
 
     def next_event(self) -> float:
-        return min(self.deadline, self.demote_at)
+        return min(self.deadline, self.check_at)
 
     def tick(self, now: float) -> str | None:
-        """Deadline handling: ``"timeout"`` when it has passed; demotes a long job on the way."""
+        """Deadline handling: ``"timeout"`` when it has passed. A job whose processes have used more
+        than its CPU budget is demoted to idle priority, so it only gets the CPU the short, honest
+        jobs beside it leave over (CPU time, not wall time: an honest job waiting for a busy CPU is
+        not punished)."""
         if now >= self.deadline:
             return "timeout"
-        if now >= self.demote_at:  # a long job yields the CPU to the short, honest ones beside it
-            demote(self.pid)
-            self.demote_at = float("inf")
+        if now >= self.check_at:
+            if tree_cpu_seconds(self.pid) >= self.cpu_budget:
+                demote(self.pid)
+                self.cpu_budget = 0.0  # keep demoting what it forks from then on
+            self.check_at = now + CPU_CHECK_SECONDS
         return None
 
     def feed(self) -> str | None:
@@ -156,7 +165,7 @@ class Job:
                 pass
         _, wait_status = os.waitpid(self.pid, 0)
         if self.cgroup:
-            confine.PidsCgroup.kill_and_remove(self.cgroup)
+            self.cgroups.release(self.cgroup)
         log = ""
         try:
             with open(os.path.join(self.tmpdir, "output.txt"), "rb") as f:
@@ -209,6 +218,19 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    total = 0
+    for target in descendants(pid):
+        try:
+            with open(f"/proc/{target}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / CLOCK_TICKS
 
 
 def demote(pid: int) -> None:
@@ -274,6 +296,8 @@ def serve(runner, stdin, stdout, base_dir: str, drop_uid: bool, caps: dict) -> N
     running: dict[int, Job] = {}
     open_input = True
     while open_input or running:
+        if caps["cgroup"]:
+            caps["cgroup"].sweep()
         now = time.monotonic()
         for job in list(running.values()):
             if status := job.tick(now):
