@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmpost import faults
+
 _NAME = re.compile(r"^s(\d{2})-(\d{6})$")
 
 
@@ -35,18 +37,76 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, file size limit, I/O error); the previous
+    checkpoint is intact."""
+
+
+class InsufficientSpaceError(OSError):
+    """The output directory's disk cannot hold the run's checkpoints."""
+
+
+def check_free_space(run_dir: Path, model: torch.nn.Module, keep: int) -> int:
+    """Fail before training when ``run_dir``'s disk cannot hold ``keep + 1`` checkpoints of ``model``
+    (weights + AdamW's two moments each, the extra one being written before the oldest is pruned)
+    plus the final model. Returns the estimate in bytes."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    needed = (keep + 1) * (weights + moments) + weights
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise InsufficientSpaceError(
+            f"{run_dir} has {free / 2**20:.0f} MiB free; this run's checkpoints need about {needed / 2**20:.0f} MiB "
+            f"({keep} kept + 1 being written, plus the final model): free space, choose another --output-dir "
+            f"or lower keep_checkpoints")
+    return needed
+
+
+class _Writer:
+    """A file wrapper that remembers the OSError behind a failed write (torch.save's own message for
+    it is an opaque "unexpected pos")."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(run_dir: Path, stage_index: int, step: int, payload: dict, keep: int = 2) -> Path:
-    """Write ``payload`` (plus RNG states) atomically as checkpoint (stage_index, step); prune old ones."""
+    """Write ``payload`` (plus RNG states) atomically as checkpoint (stage_index, step); prune old ones.
+
+    Raises :class:`CheckpointError` when the write fails (the partial files are removed; earlier
+    checkpoints stay loadable)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"s{stage_index:02d}-{step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save({**payload, "rng": rng_state(), "stage_index": stage_index, "step": step}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    writer = None
+    try:
+        tmp.mkdir()
+        with open(tmp / "state.pt", "wb") as f:
+            writer = _Writer(f)
+            torch.save({**payload, "rng": rng_state(), "stage_index": stage_index, "step": step}, writer)
+            f.flush()
+            faults.reached("checkpoint_write")
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
+        error = (writer and writer.error) or error  # the OS's reason (disk full, file too large), not torch's
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(run_dir)
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({error}); "
+            + (f"the last complete checkpoint, {previous[-1].name}, is intact: free space and continue with "
+               f"`mmpost train --resume {run_dir}`" if previous else "no earlier checkpoint exists")) from error
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -32,8 +32,10 @@ import sys
 def _train(args) -> None:
     import mmpost
     from mmpost.config import load_run_config, parse_set
+    from mmpost.checkpoint import CheckpointError, InsufficientSpaceError
     from mmpost.data.jsonl import DataError
     from mmpost.engine import train
+    from mmpost.rewarding import RewardError
     from mmpost.registry import load_reward_file
 
     try:  # mistakes in the command line: a short message, no traceback
@@ -59,14 +61,16 @@ def _train(args) -> None:
         train(cfg, resume=args.resume)
     except (DataError, FileExistsError, PermissionError, ImportError) as error:  # bad data, run dir, missing extra
         _fail(error)
+    except (CheckpointError, InsufficientSpaceError, FloatingPointError, RewardError) as error:
+        _fail(error, status=1)  # mid-run: every complete checkpoint is kept, the message says how to resume
 
 
-def _fail(error: BaseException) -> None:
+def _fail(error: BaseException, status: int = 2) -> None:
     if os.environ.get("MMPOST_DEBUG"):
         raise error
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
     print(f"mmpost: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _list(args) -> None:
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
+
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpost.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from mmpost.checkpoint import check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
@@ -146,6 +147,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     if resume:
         found = list_checkpoints(run_dir)
         checkpoint = load_checkpoint(found[-1]) if found else None
+        for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # writes a crash cut short: never loaded
+            shutil.rmtree(stale, ignore_errors=True)
     if not resume and list_checkpoints(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --output-dir")
@@ -171,8 +174,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     policy = task.policy(device=accelerator.device)
+    torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
     if cfg.trainable or cfg.frozen:
         select_trainable(policy.model, cfg.trainable, cfg.frozen)
+    check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if any(s.advantage == "gae" for s in cfg.stages) and hasattr(policy, "enable_value_head"):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
     with contextlib.closing(policy):  # simulators and worker processes go away even on errors

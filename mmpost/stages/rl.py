@@ -21,6 +21,7 @@ from mmpost.algos.schedules import chord_mu, cosine, entropy_temperature
 from mmpost.algos.value import value_loss
 from mmpost.config import Stage
 from mmpost.rewarding import score_rollout
+from mmpost import faults
 from mmpost.stages.context import StageContext
 from mmpost.stages.sft import demo_loss
 from mmpost.types import Rollout
@@ -140,6 +141,7 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     batch = ctx.batch(indices)
     temperature = ctx.state.get("temperature", stage.temperature)
     rollout = sample_groups(ctx, batch, temperature)
+    faults.reached("rl_sampling")
     generated = time.perf_counter()
     metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
     scored = time.perf_counter()
