@@ -42,6 +42,9 @@ class Stage:
     max_grad_norm: float = 1.0
     # --- sampling (rl, mixed, dpo, spin, rft)
     group_size: int = 8  # completions per prompt (GRPO group; candidates for pairs / rejection sampling)
+    # rl: prompts per generate call (0 = all of this process's prompts). Each call's sampling is seeded
+    # by its position, so N processes with batch B/N sample what one process with generation_batch B/N does.
+    generation_batch: int = 0
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 72  # generation cap
     # --- policy-gradient term (rl, mixed)

@@ -35,6 +35,7 @@ import torch
 from mmpost.checkpoint import check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
+from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
 from mmpost.rewarding import set_error_mode as set_reward_error_mode
@@ -66,10 +67,13 @@ def build_scheduler(optimizer, stage: Stage, total: int):
 
 
 class RunLog:
-    """``metrics.jsonl``: one line per step, flushed, truncated back to the checkpoint on resume."""
+    """``metrics.jsonl``: one line per step, flushed, truncated back to the checkpoint on resume
+    (written by the main process only; ``enabled=False`` elsewhere)."""
 
-    def __init__(self, path: Path, keep_until: tuple[int, int]):
-        self.path = path
+    def __init__(self, path: Path, keep_until: tuple[int, int], enabled: bool = True):
+        self.path, self.file = path, None
+        if not enabled:
+            return
         if path.exists():
             kept = []
             for line in path.read_text().splitlines():
@@ -83,8 +87,20 @@ class RunLog:
         self.file = path.open("a")
 
     def log(self, record: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+
+
+def _save_results(run_dir: Path, results: dict, key: str | None = None) -> None:
+    """Write ``results.json`` (and the samples of evaluation ``key``); main process only."""
+    samples = results[key].pop("samples") if key else None
+    if world()[0] != 0:
+        return
+    if key:
+        save_samples(run_dir / "samples" / key, samples)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
 
 
 def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
@@ -138,7 +154,7 @@ def select_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[
 
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     """Run ``cfg`` (or continue the run in ``resume``); return the final metrics."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     torch.set_num_threads(cfg.threads)
     set_reward_error_mode(cfg.reward_errors)
@@ -156,7 +172,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     if not os.access(run_dir, os.W_OK):
         raise PermissionError(f"output directory {run_dir} is not writable")
     cfg.output_dir = str(run_dir)
-    cfg.save(run_dir / "config.yaml")
+    if world()[0] == 0:
+        cfg.save(run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
 
     task_cls = TASKS.get(cfg.task)
@@ -172,7 +189,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             fn.clip_model = cfg.clip_model
     task = task_cls(cfg, reward=eval_rewards[task_cls.metric])
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    # find_unused_parameters: a VLM on a text-only task never uses its vision tower; DDP must not wait for it
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     policy = task.policy(device=accelerator.device)
     torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
     if cfg.trainable or cfg.frozen:
@@ -197,14 +216,13 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     if "before" not in results:
         results["before"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
-        save_samples(run_dir / "samples" / "before", results["before"].pop("samples"))
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        _save_results(run_dir, results, "before")
     if hasattr(task, "blind_completions") and "blind" not in results:
         rows.setdefault("train", task.rows("train"))
         blind = task.blind_completions(rows["train"], eval_rows)
         results["blind"] = {"what": blind[0] if len(set(blind)) == 1 else "per-row answers",
                             "score": blind_baseline(blind, eval_rows, eval_rewards[task.metric])}
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        _save_results(run_dir, results)
 
     interrupted = {"flag": False}
     previous_handler = None
@@ -212,7 +230,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     # Lines after the checkpoint being resumed (or all lines, when starting over) are dropped.
     log = RunLog(run_dir / "metrics.jsonl",
-                 keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else (-1, -1))
+                 keep_until=(checkpoint["stage_index"], checkpoint["step"]) if checkpoint else (-1, -1),
+                 enabled=accelerator.is_main_process)
     for stage_index, stage in enumerate(cfg.stages):
         if checkpoint and stage_index < checkpoint["stage_index"]:
             continue
@@ -242,7 +261,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             rows[stage.demo_data] = task.rows(stage.demo_data)
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
                            scheduler, params, steps=steps, demo_rows=rows.get(stage.demo_data),
-                           max_nonfinite_steps=cfg.max_nonfinite_steps)
+                           max_nonfinite_steps=cfg.max_nonfinite_steps, seed=cfg.seed, stage_index=stage_index)
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -256,6 +275,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         bar = tqdm(range(start, steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=steps, unit="step")
 
         def checkpoint_now(step: int) -> None:
+            if not accelerator.is_main_process:
+                return
             save_checkpoint(run_dir, stage_index, step, {
                 "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stage_state": ctx.state,
@@ -266,13 +287,15 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             started = time.perf_counter()
             ctx.step = step
             drawn = stage.batch_size * (stage.select_pool if stage.select else 1)  # a selection hook picks from more
-            metrics = STEPS[stage.kind](ctx, batch_indices(cfg.seed, stage_index, step, drawn, len(train_rows)))
+            with global_token_mean():  # this process's slice of the step; token means over all processes
+                metrics = STEPS[stage.kind](ctx, shard(batch_indices(cfg.seed, stage_index, step, drawn, len(train_rows))))
             seconds = time.perf_counter() - started
             unit = "tokens" if "tokens" in metrics else "samples"
             metrics.update({"lr": scheduler.get_last_lr()[0], "seconds": seconds,
                             f"{unit}_per_s": metrics.get(unit, 0.0) / seconds})
             if ctx.state.get("nonfinite_total"):
                 metrics["skipped/nonfinite_updates"] = float(ctx.state["nonfinite_total"])
+            metrics = mean_over_processes(metrics)
             log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
             shown = {k: metrics[k] for k in SHOWN if k in metrics}
             bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"
@@ -288,20 +311,20 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         checkpoint = None
         if reference is not None and stage.kind != "spin":  # how far this stage moved the model (held out)
             results.setdefault("kl_to_start", {})[stage.name] = heldout_kl(policy, reference, eval_rows, cfg.eval)
-            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            _save_results(run_dir, results)
         if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:
             key = f"after_{stage.name}"  # per-stage evaluation: e.g. SFT vs SFT+RL on the same charts
             results[key] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
-            save_samples(run_dir / "samples" / key, results[key].pop("samples"))
-            (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+            _save_results(run_dir, results, key)
             policy.model.train()
 
     if previous_handler is not None:
         signal.signal(signal.SIGINT, previous_handler)
     results["after"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
-    save_samples(run_dir / "samples" / "after", results["after"].pop("samples"))
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    policy.save(run_dir / "final")
-    print_table(results)
-    print(f"run directory: {run_dir}")
+    _save_results(run_dir, results, "after")
+    if accelerator.is_main_process:
+        policy.save(run_dir / "final")
+        print_table(results)
+        print(f"run directory: {run_dir}")
+    accelerator.wait_for_everyone()
     return results

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from mmpost.distributed import token_count
+
 from mmpost.config import AGGREGATIONS, RATIO_LEVELS
 
 
@@ -20,8 +22,8 @@ def aggregate(per_step: torch.Tensor, mask: torch.Tensor, how: str, max_length: 
     (the original GRPO; TRL's ``grpo``). ``max_length``: sum / (N * max_length), a constant
     normaliser, so no output's length changes its steps' weight (Dr. GRPO; TRL's ``dr_grpo``).
     """
-    if how == "token_mean":
-        return (per_step * mask).sum() / mask.sum().clamp(min=1.0)
+    if how == "token_mean":  # over all processes' tokens in a data-parallel step (mmpost.distributed)
+        return (per_step * mask).sum() / token_count(mask).clamp(min=1.0)
     if how == "sequence_mean":
         return ((per_step * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     if how == "max_length":

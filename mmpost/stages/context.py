@@ -33,6 +33,8 @@ class StageContext:
     steps: int = 1  # steps in the stage (for schedules over the stage)
     demo_rows: list | None = None  # rows of ``stage.demo_data`` when the demonstrations live apart
     max_nonfinite_steps: int = 10  # consecutive NaN/inf losses or gradients before the run stops
+    seed: int = 0  # the run's seed and this stage's index: with ``step``, the position that seeds sampling
+    stage_index: int = 0
 
     def batch(self, indices: list[int]) -> list[dict]:
         return [self.rows[i] for i in indices]

@@ -22,6 +22,7 @@ from mmpost.algos.value import value_loss
 from mmpost.config import Stage
 from mmpost.rewarding import score_rollout
 from mmpost import faults
+from mmpost.distributed import seeded, world
 from mmpost.stages.context import StageContext
 from mmpost.stages.sft import demo_loss
 from mmpost.types import Rollout
@@ -117,7 +118,23 @@ def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple[t
 
 
 def sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> Rollout:
-    """Each prompt's group: ``group_size`` outputs of the policy, of which ``prefix_samples`` continue a
+    """Each prompt's group, sampled ``generation_batch`` prompts per call, each call seeded by its
+    position in the run (:func:`mmpost.distributed.seeded`: the same samples on one process or
+    several)."""
+    per_call = ctx.stage.generation_batch or len(batch)
+    calls = -(-len(batch) // per_call)
+    rank, _ = world()
+    parts = []
+    for j, start in enumerate(range(0, len(batch), per_call)):
+        with seeded(ctx.seed, ctx.stage_index, ctx.step, rank * calls + j):
+            part = _sample_groups(ctx, batch[start:start + per_call], temperature)
+        part.group = part.group + start
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else Rollout.concat(parts)
+
+
+def _sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> Rollout:
+    """``group_size`` outputs of the policy per prompt, of which ``prefix_samples`` continue a
     demonstration prefix (Prefix-RFT), plus the demonstration itself with ``demo_in_group`` (LUFFY)."""
     stage, policy = ctx.stage, ctx.policy
     if stage.prefix_samples:
