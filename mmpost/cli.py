@@ -112,6 +112,13 @@ def _bench_sandbox(args) -> None:
                 args.json)
 
 
+def _bench(args) -> None:
+    from mmpost.bench import run
+
+    run(quick=args.quick, repeats=args.repeats, cases=args.cases.split(",") if args.cases else None,
+        scaling=not args.no_scaling, out=args.json)
+
+
 def _bench_env(args) -> None:
     from mmpost.bench_env import run
 
@@ -158,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "envs"])
     ls.add_argument("--markdown", action="store_true", help="recipes as the README's Markdown table")
     ls.set_defaults(func=_list)
+    bench = sub.add_parser("bench", help="mmpost vs TRL side by side: GRPO and SFT throughput, step split, peak RSS",
+                           description="examples: mmpost bench --quick; mmpost bench --repeats 5 --json runs/bench.json")
+    bench.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (a smoke test)")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per system and case (median reported)")
+    bench.add_argument("--cases", help="comma-separated subset of grpo_vlm,grpo_text,sft_vlm")
+    bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep")
+    bench.add_argument("--json", help="write the report here")
+    bench.set_defaults(func=_bench)
     b = sub.add_parser("bench-sandbox", help="sandboxed chart executions/min, honest throughput under attack, "
                        "warm fork-server vs fresh interpreter")
     b.add_argument("--n", type=int, default=200, help="honest chart programs per condition")

@@ -251,6 +251,7 @@ class TrainConfig:
     rewards: list[str] = field(default_factory=list)  # "" = the task's default rewards
     reward_weights: list[float] = field(default_factory=list)  # default: 1.0 each
     sandbox_workers: int = 2
+    image_pixels: int = 0  # > 0: every image is resized to about this many pixels (e.g. 224*224); 0 = the processor's range
     clip_model: str = ""  # video_semantic's CLIP: ARCH:CHECKPOINT (local open_clip weights); "" = tiny, trained here
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
     keep_checkpoints: int = 2

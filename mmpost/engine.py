@@ -194,6 +194,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     policy = task.policy(device=accelerator.device)
     torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
+    if cfg.image_pixels:
+        policy.set_image_pixels(cfg.image_pixels)
     if cfg.trainable or cfg.frozen:
         select_trainable(policy.model, cfg.trainable, cfg.frozen)
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)

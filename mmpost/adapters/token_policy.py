@@ -86,6 +86,14 @@ class TokenPolicy:
             model.config.use_cache = False
         return cls(model, processor, device=device, **kwargs)
 
+    def set_image_pixels(self, pixels: int) -> None:
+        """Resize every image to about ``pixels`` pixels (min = max of the processor's range), e.g. to
+        trade resolution for speed or to measure how cost grows with resolution."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None:
+            raise ValueError(f"{type(self.processor).__name__} has no image processor: image_pixels needs a vision model")
+        image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}
+
     # ------------------------------------------------------------------ encoding
 
     def _prompt_text(self, row: dict) -> str:

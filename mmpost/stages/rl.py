@@ -10,6 +10,7 @@ near a target (AceReason), hybrid members that continue a demonstration prefix (
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -83,16 +84,23 @@ def outcome_as_step_rewards(rollout: Rollout, policy, kl_coef: float = 0.0) -> N
     rollout.bootstrap = torch.zeros(len(rollout))
 
 
-def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped policy gradient + critic + KL + entropy terms on one minibatch of outputs."""
-    stage, policy, reference = ctx.stage, ctx.policy, ctx.reference
-    entropy = None
+def policy_forward(ctx: StageContext, part: Rollout, closed_form: bool) -> tuple:
+    """The policy's log-probs of ``part`` (with grad), its entropy when a term needs it, and the exact
+    per-step KL to the reference for Gaussian policies (``closed_form``): ``(logprobs, entropy, step_kl)``."""
     if closed_form:  # Gaussian policies: log-probs and the exact KL to the reference from one forward
-        logprobs, step_kl = policy.logprobs_and_kl(part, reference)
-    elif stage.entropy_coef:
-        logprobs, entropy = policy.logprobs(part, return_entropy=True)
-    else:
-        logprobs = policy.logprobs(part)
+        logprobs, step_kl = ctx.policy.logprobs_and_kl(part, ctx.reference)
+        return logprobs, None, step_kl
+    if ctx.stage.entropy_coef:
+        return (*ctx.policy.logprobs(part, return_entropy=True), None)
+    return ctx.policy.logprobs(part), None, None
+
+
+def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool,
+                 forward: tuple | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy gradient + critic + KL + entropy terms on one minibatch of outputs (``forward``:
+    :func:`policy_forward` of ``part`` when already computed)."""
+    stage, policy, reference = ctx.stage, ctx.policy, ctx.reference
+    logprobs, entropy, step_kl = forward or policy_forward(ctx, part, closed_form)
     device = logprobs.device
     mask = part.mask.to(device)
     loss, metrics = clipped_pg_loss(logprobs, part.logprobs.to(device), part.advantages.to(device), mask,
@@ -160,7 +168,17 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     rollout = sample_groups(ctx, batch, temperature)
     faults.reached("rl_sampling")
     generated = time.perf_counter()
-    metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
+    closed_form = stage.kl_coef > 0 and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
+    orders = [torch.randperm(len(rollout)).chunk(stage.minibatches) for _ in range(stage.epochs)]
+    # The rewards (often sandboxed programs, in other processes) are computed in a thread while this
+    # process runs the first minibatch's forward pass, which does not need them.
+    scoring = _SCORER.submit(_timed, score_rollout, rollout, ctx.rewards, ctx.weights)
+    first_forward = None
+    if stage.advantage != "gae":  # GAE's values are read after the rewards
+        with ctx.accelerator.autocast():
+            first_forward = policy_forward(ctx, rollout.subset(orders[0][0]), closed_form)
+    waited = time.perf_counter()
+    metrics, reward_seconds = scoring.result()
     scored = time.perf_counter()
     if stage.overlong:
         rollout.rewards = rollout.rewards + overlong_penalty(rollout.num_steps, *stage.overlong)
@@ -171,13 +189,13 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     if stage.advantage == "gae" and rollout.step_rewards is None:  # a sequence scored once at its end
         outcome_as_step_rewards(rollout, ctx.policy, stage.kl_coef if stage.kl_in == "reward" else 0.0)
     metrics.update(compute_advantages(rollout, stage))
-    closed_form = stage.kl_coef > 0 and stage.kl_in == "loss" and stage.kl_estimator == "closed_form"
     mu = chord_mu(ctx.step, *stage.mu) if stage.kind == "mixed" else 0.0
     demos = ctx.demo_batch(indices) if stage.kind == "mixed" else None
-    for _ in range(stage.epochs):
-        for index in torch.randperm(len(rollout)).chunk(stage.minibatches):
+    for epoch, order in enumerate(orders):
+        for i, index in enumerate(order):
+            forward = first_forward if (epoch, i) == (0, 0) else None
             with ctx.accelerator.autocast():
-                loss, part_metrics = pg_objective(ctx, rollout.subset(index), closed_form)
+                loss, part_metrics = pg_objective(ctx, rollout.subset(index), closed_form, forward)
                 if mu:  # CHORD: (1 - mu) * GRPO + mu * SFT on the prompts' demonstrations
                     sft, _ = demo_loss(ctx, demos)
                     loss = (1 - mu) * loss + mu * sft
@@ -190,13 +208,23 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
         ctx.state["temperature"] = entropy_temperature(temperature, entropy, stage.target_entropy,
                                                        stage.temperature_rate)
     metrics.update({
-        **rollout.metrics, "time/update": time.perf_counter() - scored, "loss/total": loss.item(),
+        **rollout.metrics, "time/update": time.perf_counter() - scored + (waited - generated), "loss/total": loss.item(),
         "tokens": float(rollout.mask.sum()), "temperature": temperature,
         # -mean log p of sampled tokens: an unbiased estimate of the sampling distribution's entropy
         "entropy": entropy, "rollout/len": float(rollout.num_steps.float().mean()),
-        "time/generate": generated - started, "time/reward": scored - generated,
+        "time/generate": generated - started,
+        # reward time the step waited for (the rest ran beside the first forward pass), and its full length
+        "time/reward": scored - waited, "time/reward_busy": reward_seconds,
     })
     return metrics
+
+
+_SCORER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    return fn(*args), time.perf_counter() - start
 
 
 def _relift(ctx: StageContext, indices: list[int], rollout: Rollout) -> dict[str, float]:
