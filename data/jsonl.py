@@ -1,7 +1,14 @@
-"""Loader for users' JSONL files: one JSON object a line, image paths relative to the file."""
+"""Loader for users' datasets: JSONL, Parquet, CSV or a Hugging Face ``datasets`` directory.
+
+Rows stream from the file (nothing is read whole), are renamed by an optional column mapping,
+validated one by one, and carry ``source`` (``"file:row"``) for error messages. Media columns
+may hold a path relative to the data file, raw bytes, ``{"bytes": ..., "path": ...}`` (the
+``datasets`` Image feature) or an already decoded image.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -9,72 +16,148 @@ from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
 
 class DataError(ValueError):
-    """A malformed data row; the message names the file and line."""
+    """A malformed data row; the message names the file and row."""
 
 
 def _as_tuple(kind) -> tuple:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def read_jsonl(path: str | Path, required: dict[str, type | tuple] | tuple[str, ...] = (), skip_bad_rows: bool = False,
-               convert: Callable[[dict], Any] | None = None) -> Iterator:
-    """Yield validated rows of a JSONL file (or ``convert(row)`` of each).
+def parse_columns(mapping: list[str] | dict | None) -> dict[str, str]:
+    """``["image=img_path", "code=program"]`` (from ``--set data.columns=image=img_path,code=program``)
+    as ``{"image": "img_path", "code": "program"}``: the field mmpost needs -> the column that holds it."""
+    if not mapping:
+        return {}
+    if isinstance(mapping, dict):
+        return dict(mapping)
+    pairs = [item.split("=", 1) for item in mapping]
+    bad = [item for item, pair in zip(mapping, pairs) if len(pair) != 2 or not all(pair)]
+    if bad:
+        raise ValueError(f"data.columns entries are FIELD=COLUMN, got {bad}")
+    return dict(pairs)
 
-    Each row gets ``source`` (``"file:line"``) and, when it has an ``image`` field, ``image_obj``
-    (the decoded RGB image). ``required`` names the fields every row must have, or maps each to
-    its JSON type(s) (``str``, ``list``, ``(str, int, float)``). A row that is not valid UTF-8 or
-    JSON, lacks a required field or has one of the wrong type, has a text field that is empty or
-    holds NUL bytes, whose image fails to decode, or that
-    ``convert`` rejects (by raising :class:`DataError`) raises :class:`DataError` naming file and
-    line, or is skipped and counted when ``skip_bad_rows`` is set (``data.skip_bad_rows=true``).
-    """
-    from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    skipped = 0
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, object)`` per non-blank line; undecodable lines come as DataError objects."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
+            if not raw.strip():
+                continue
             try:
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as error:
-                    raise DataError(f"{where}: not UTF-8 ({error})") from None
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{where}: invalid JSON ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object")
-                missing = [k for k in required if k not in row or row[k] is None]
+                yield number, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                yield number, DataError(f"{path}:{number}: not UTF-8 ({error})")
+            except json.JSONDecodeError as error:
+                yield number, DataError(f"{path}:{number}: invalid JSON ({error.msg})")
+
+
+def _dataset_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a Parquet/CSV file (streamed) or a ``datasets.save_to_disk`` directory."""
+    import datasets
+
+    if path.is_dir():
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
+    else:
+        dataset = datasets.load_dataset(FORMATS[path.suffix], data_files=str(path), split="train", streaming=True)
+    for number, row in enumerate(dataset, start=1):
+        yield number, row
+
+
+def _image(value, base: Path):
+    """A media value as an RGB PIL image (path, bytes, {"bytes", "path"} or an image)."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, (bytes, bytearray)):
+        with Image.open(io.BytesIO(value)) as image:
+            return image.convert("RGB")
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path or image bytes, got {type(value).__name__}")
+    with Image.open(base / value) as image:
+        return image.convert("RGB")
+
+
+def _validate(row, where: str, required) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object")
+    missing = [k for k in required if k not in row or row[k] is None]
+    if missing:
+        raise DataError(f"{where}: missing field {missing[0]!r} (map another column to it with "
+                        f"--set data.columns={missing[0]}=COLUMN)")
+    for key, kind in (required.items() if isinstance(required, dict) else ()):
+        value = row[key]
+        if key == "image" and not isinstance(value, str):
+            continue  # bytes or a decoded image: checked when decoded
+        if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
+            expected = " or ".join(t.__name__ for t in _as_tuple(kind))
+            raise DataError(f"{where}: {key!r} must be {expected}, got {type(value).__name__}")
+    for key in [*required, "code"]:
+        value = row.get(key)
+        if (isinstance(value, str) or key == "code" and key in row) and (
+                not isinstance(value, str) or not value.strip() or "\x00" in value):
+            raise DataError(f"{where}: {key!r} must be a non-empty string without NUL bytes")
+    return row
+
+
+def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, ...] = (), skip_bad_rows: bool = False,
+              convert: Callable[[dict], Any] | None = None, columns: list[str] | dict | None = None) -> Iterator:
+    """Yield validated rows of a dataset (or ``convert(row)`` of each), streaming.
+
+    ``path``: a ``.jsonl`` / ``.parquet`` / ``.csv`` file or a ``datasets.save_to_disk`` directory.
+    ``columns`` maps the fields mmpost needs to the file's column names (``["image=img"]``).
+    ``required`` names the fields every row must have, or maps each to its JSON type(s) (``str``,
+    ``list``, ``(str, int, float)``). Each row gets ``source`` (``"file:row"``) and, when it has an
+    ``image``, ``image_obj`` (decoded RGB). A row that is not valid UTF-8 or JSON, lacks a required
+    field or has one of the wrong type, has a text field that is empty or holds NUL bytes, whose
+    image fails to decode, or that ``convert`` rejects (by raising :class:`DataError`) raises
+    :class:`DataError` naming file and row, or is skipped and counted when ``skip_bad_rows`` is set
+    (``data.skip_bad_rows=true``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.is_file() and path.suffix not in FORMATS:
+        raise ValueError(f"{path}: unknown data format {path.suffix!r}; use .jsonl, .parquet, .csv or a "
+                         "datasets.save_to_disk directory")
+    renames = parse_columns(columns)
+    records = _jsonl_records(path) if path.suffix in (".jsonl", ".json") else _dataset_records(path)
+    base = path if path.is_dir() else path.parent
+    skipped = 0
+    for number, row in records:
+        where = f"{path}:{number}"
+        try:
+            if isinstance(row, DataError):
+                raise row
+            if renames and isinstance(row, dict):
+                missing = [column for column in renames.values() if column not in row]
                 if missing:
-                    raise DataError(f"{where}: missing field {missing[0]!r}")
-                for key, kind in (required.items() if isinstance(required, dict) else ()):
-                    if not isinstance(row[key], kind) or isinstance(row[key], bool) and bool not in _as_tuple(kind):
-                        expected = " or ".join(t.__name__ for t in _as_tuple(kind))
-                        raise DataError(f"{where}: {key!r} must be {expected}, got {type(row[key]).__name__}")
-                for key in [*required, "code"]:
-                    value = row.get(key)
-                    if (isinstance(value, str) or key == "code" and key in row) and (
-                            not isinstance(value, str) or not value.strip() or "\x00" in value):
-                        raise DataError(f"{where}: {key!r} must be a non-empty string without NUL bytes")
-                if "image" in row:
-                    image_path = path.parent / row["image"]
-                    try:
-                        with Image.open(image_path) as image:
-                            row["image_obj"] = image.convert("RGB")
-                    except (OSError, ValueError) as error:
-                        raise DataError(f"{where}: image {image_path} failed to decode ({error})") from None
-                row["source"] = where
-                yield convert(row) if convert else row
-            except DataError:
-                if not skip_bad_rows:
-                    raise
-                skipped += 1
-                log.warning("skipping bad row %s", where)
+                    raise DataError(f"{where}: data.columns names column {missing[0]!r}, which this file does not "
+                                    f"have (columns: {', '.join(map(str, row))})")
+                row = {**row, **{field: row[column] for field, column in renames.items()}}
+            row = _validate(row, where, required)
+            if "image" in row:
+                try:
+                    row["image_obj"] = _image(row["image"], base)
+                except (OSError, ValueError) as error:
+                    raise DataError(f"{where}: image {str(row['image'])[:200]} failed to decode ({error})") from None
+            row["source"] = where
+            yield convert(row) if convert else row
+        except DataError:
+            if not skip_bad_rows:
+                raise
+            skipped += 1
+            log.warning("skipping bad row %s", where)
     if skipped:
         log.warning("%s: skipped %d malformed rows (data.skip_bad_rows=true)", path, skipped)
+
+
+read_jsonl = read_rows  # the original name: JSONL is one of the formats

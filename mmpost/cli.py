@@ -27,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _train(args) -> None:
@@ -112,6 +113,78 @@ def _bench_sandbox(args) -> None:
                 args.json)
 
 
+def _eval(args) -> None:
+    import mmpost
+    from mmpost.config import parse_set
+    from mmpost.engine import evaluate_saved
+
+    try:
+        cfg = mmpost.build_config(args.task, model=args.model, overrides=parse_set(args.set or []))
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = evaluate_saved(cfg, out=args.out)
+    print(f"held-out evaluation of {args.model} on {args.task}")
+    for mode in ("greedy", "sampled"):
+        for key, value in sorted(results.get(mode, {}).items()):
+            print(f"{mode + ' ' + key:<40}{value:10.3f}" if value is not None else f"{mode + ' ' + key:<40}{'-':>10}")
+
+
+def _export(args) -> None:
+    from mmpost.adapters.lora import export_adapter
+
+    try:
+        export_adapter(args.adapter, args.out, base=args.base)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        _fail(error)
+    print(f"merged {args.adapter} into its base; wrote {args.out}")
+
+
+def _report(args) -> None:
+    from mmpost.report import write_report
+
+    try:
+        path = write_report(args.run_dir, samples=args.samples)
+    except FileNotFoundError as error:
+        _fail(error)
+    print(f"wrote {path}")
+
+
+def _completion(args) -> None:
+    """A bash completion script for every command and option (and task / recipe names)."""
+    import mmpost
+    from mmpost.recipes import RECIPES
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    cases = "\n".join(
+        f'        {name}) opts="{" ".join(o for a in sub._actions for o in a.option_strings)}" ;;'
+        for name, sub in commands.items())
+    print(f"""# mmpost bash completion: eval "$(mmpost completion)"  (or save it under /etc/bash_completion.d/)
+_mmpost() {{
+    local cur prev cmd opts
+    cur="${{COMP_WORDS[COMP_CWORD]}}"; prev="${{COMP_WORDS[COMP_CWORD-1]}}"; cmd="${{COMP_WORDS[1]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then COMPREPLY=($(compgen -W "{' '.join(commands)}" -- "$cur")); return; fi
+    case "$prev" in
+        --task) COMPREPLY=($(compgen -W "{' '.join(mmpost.TASKS.names())}" -- "$cur")); return ;;
+        --recipe) COMPREPLY=($(compgen -W "{' '.join(RECIPES)}" -- "$cur") $(compgen -f -- "$cur")); return ;;
+    esac
+    case "$cmd" in
+{cases}
+        *) opts="" ;;
+    esac
+    COMPREPLY=($(compgen -W "$opts" -- "$cur") $(compgen -f -- "$cur"))
+}}
+complete -F _mmpost mmpost""")
+
+
+def _doctor(args) -> None:
+    from mmpost.doctor import report
+
+    report()
+
+
 def _bench(args) -> None:
     from mmpost.bench import run
 
@@ -143,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmpost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a task (SFT then RL by default)")
+    t = sub.add_parser("train", help="train a task (SFT then RL by default)",
+                       description="examples: mmpost train --task chart2code; mmpost train --task arithmetic --recipe dpo; "
+                                   "mmpost train --task grounding --set peft.r=16 --set rl.kl_coef=0.05; "
+                                   "mmpost train --resume runs/chart2code-X")
     t.add_argument("--task", default="chart2code", help="task name (see `mmpost list`)")
     t.add_argument("--model", help="local path or hub id of a checkpoint (default: tiny offline model)")
     t.add_argument("--recipe", help="a task's named recipe (`mmpost list`) or a YAML file with `stages:`")
@@ -165,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "envs"])
     ls.add_argument("--markdown", action="store_true", help="recipes as the README's Markdown table")
     ls.set_defaults(func=_list)
+    ev = sub.add_parser("eval", help="evaluate a saved model on a task's held-out split",
+                        description="examples: mmpost eval --model runs/chart2code-X/final --task chart2code; "
+                                    "mmpost eval --model ./Qwen2-VL-2B --task grounding --set eval.sampled=false")
+    ev.add_argument("--model", required=True, help="a saved model directory (or hub id you have locally)")
+    ev.add_argument("--task", default="chart2code")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (eval.*, data.*, ...)")
+    ev.add_argument("--out", help="write results.json and the samples here")
+    ev.set_defaults(func=_eval)
+    ex = sub.add_parser("export", help="merge a LoRA adapter into its base model and save it",
+                        description="example: mmpost export runs/arithmetic-X/final/adapter --out merged/")
+    ex.add_argument("adapter", help="a PEFT adapter directory (adapter_config.json)")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--base", help="the base model (default: the one recorded in the adapter)")
+    ex.set_defaults(func=_export)
+    rp = sub.add_parser("report", help="write an HTML report of a run: curves, held-out table, sample gallery",
+                        description="example: mmpost report runs/chart2code-20261127-101500  (opens as RUN_DIR/report/index.html)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--samples", type=int, default=8, help="samples shown per evaluation")
+    rp.set_defaults(func=_report)
+    cp = sub.add_parser("completion", help="print a bash completion script",
+                        description='example: eval "$(mmpost completion)"')
+    cp.set_defaults(func=_completion)
+    dr = sub.add_parser("doctor", help="versions, optional extras, sandbox confinement and device",
+                        description="example: mmpost doctor")
+    dr.set_defaults(func=_doctor)
     bench = sub.add_parser("bench", help="mmpost vs TRL side by side: GRPO and SFT throughput, step split, peak RSS",
                            description="examples: mmpost bench --quick; mmpost bench --repeats 5 --json runs/bench.json")
     bench.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (a smoke test)")
@@ -174,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="write the report here")
     bench.set_defaults(func=_bench)
     b = sub.add_parser("bench-sandbox", help="sandboxed chart executions/min, honest throughput under attack, "
-                       "warm fork-server vs fresh interpreter")
+                       "warm fork-server vs fresh interpreter",
+                       description="examples: mmpost bench-sandbox; mmpost bench-sandbox --n 100 --attackers 0.5")
     b.add_argument("--n", type=int, default=200, help="honest chart programs per condition")
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--attackers", type=float, default=0.25, help="fraction of hostile jobs in the attacked run")
@@ -182,13 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=_bench_sandbox)
-    e = sub.add_parser("bench-env", help="simulator throughput and RL iteration cost split (reach scene)")
+    e = sub.add_parser("bench-env", help="simulator throughput and RL iteration cost split (reach scene)",
+                       description="examples: mmpost bench-env; mmpost bench-env --envs 16 --quick")
     e.add_argument("--envs", type=int, default=64, help="parallel envs")
     e.add_argument("--iterations", type=int, default=6, help="RL iterations per case (median reported)")
     e.add_argument("--quick", action="store_true", help="short version (for tests)")
     e.add_argument("--json", help="also write the results to this file")
     e.set_defaults(func=_bench_env)
-    m = sub.add_parser("bench-mrc", help="MRC reward seconds per object; multiview3d RL iteration cost split")
+    m = sub.add_parser("bench-mrc", help="MRC reward seconds per object; multiview3d RL iteration cost split",
+                       description="examples: mmpost bench-mrc; mmpost bench-mrc --objects 4 --quick")
     m.add_argument("--objects", type=int, default=8)
     m.add_argument("--iterations", type=int, default=4)
     m.add_argument("--quick", action="store_true", help="short version (for tests)")

@@ -163,7 +163,8 @@ class Stage:
 class DataConfig:
     train_size: int = 4000  # synthetic training examples
     eval_size: int = 100  # held-out examples for before/after evaluation
-    path: str = ""  # a user's JSONL instead of the synthetic generator
+    path: str = ""  # a user's dataset instead of the synthetic generator: .jsonl, .parquet, .csv or a datasets directory
+    columns: list[str] = field(default_factory=list)  # FIELD=COLUMN renames, e.g. image=img_path,code=program
     skip_bad_rows: bool = False  # skip (and count) malformed rows instead of failing
     demos: int = 20  # robot tasks: scripted expert episodes for few-shot SFT
 
@@ -230,6 +231,25 @@ class DiffusionConfig:
             raise ValueError("diffusion.eta must be > 0: deterministic DDIM steps have no log-prob to train on")
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio")
+
+
+@dataclass
+class PeftConfig:
+    """LoRA adapters through PEFT (token policies). ``r`` = 0: full fine-tuning. With adapters, a
+    stage's frozen reference is the same model with its adapters disabled (no second copy)."""
+
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self):
+        if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"peft: r >= 0, alpha > 0 and 0 <= dropout < 1 required, got r={self.r}, "
+                             f"alpha={self.alpha}, dropout={self.dropout}")
+
+
 @dataclass
 class EvalConfig:
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
@@ -259,6 +279,9 @@ class TrainConfig:
     # A reward that raises, returns the wrong count or a non-finite/non-numeric value: "contain"
     # (those samples get no reward from it; logged and counted) or "raise" (stop, naming the reward).
     reward_errors: str = "contain"
+    # Where step metrics also go (accelerate's trackers; metrics.jsonl is always written): any of
+    # "tensorboard" (local, under RUN_DIR/tensorboard), "wandb", "trackio"; [] for none.
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     max_nonfinite_steps: int = 10  # a NaN/inf loss or gradient skips the step; this many in a row abort the run
     # Which parameters train, by name pattern (fnmatch; a pattern without "*" matches as a substring):
     # e.g. trainable=[vision_tower] trains the vision encoder only (PIVOT), frozen=[vision_tower]
@@ -266,6 +289,7 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # robot tasks only
     flow: FlowConfig = field(default_factory=FlowConfig)  # flow-matching action policies only
@@ -275,6 +299,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        unknown = [t for t in self.trackers if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"trackers: unknown {unknown}; choose from {', '.join(TRACKERS)} (or [] for none)")
         if self.reward_errors not in ("contain", "raise"):
             raise ValueError(f"reward_errors must be 'contain' or 'raise', got {self.reward_errors!r}")
         if self.max_nonfinite_steps < 1:
@@ -324,6 +351,8 @@ def _coerce(value: Any, current: Any, key: str):
         raise ValueError(f"{key}: expected {type(current).__name__}, got {value!r}")
     if isinstance(current, list) and isinstance(value, str):
         value = [v for v in value.split(",") if v]
+    if isinstance(current, list) and value is None:  # --set trackers=  (nothing)
+        value = []
     return value
 
 

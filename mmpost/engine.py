@@ -32,13 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmpost.adapters.lora import AdapterDisabledReference, add_lora, has_adapters, restart_adapters
 from mmpost.checkpoint import check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.registry import REWARDS, TASKS
+from mmpost.report import write_model_card
 from mmpost.rewarding import set_error_mode as set_reward_error_mode
+from mmpost.tracking import accelerator_arguments, check_trackers, flat_config, scalars
 from mmpost.stages import STEPS, StageContext, needs_reference, token_only_reason, updates_per_step
 
 
@@ -91,6 +94,50 @@ class RunLog:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+
+
+def build_task(cfg: TrainConfig):
+    """The task with its training rewards and weights, and the rewards held-out evaluation reports: the
+    task's metric (and its checks, e.g. that generated images still show the object) whatever rewards
+    drive training. Returns ``(task, rewards, weights, eval_rewards)``."""
+    task_cls = TASKS.get(cfg.task)
+    rewards, weights = resolve_rewards(cfg, task_cls)
+    eval_rewards = {name: REWARDS.get(name) for name in (task_cls.metric, *getattr(task_cls, "eval_rewards", ()))}
+    eval_rewards.update(rewards)
+    for fn in eval_rewards.values():
+        if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
+            fn.workers = cfg.sandbox_workers
+        if hasattr(fn, "clip_model"):  # rewards scoring with a CLIP model
+            fn.clip_model = cfg.clip_model
+    return task_cls(cfg, reward=eval_rewards[task_cls.metric]), rewards, weights, eval_rewards
+
+
+def evaluate_saved(cfg: TrainConfig, out: Path | None = None) -> dict:
+    """``mmpost eval``: the held-out evaluation of ``cfg.model`` (any saved or local model) on
+    ``cfg.task``, the same one a training run reports before and after; samples to ``out``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    task, _, weights, eval_rewards = build_task(cfg)
+    policy = task.policy()
+    if cfg.image_pixels:
+        policy.set_image_pixels(cfg.image_pixels)
+    with contextlib.closing(policy):
+        results = evaluate(policy, task.rows("heldout"), eval_rewards, weights, cfg.eval, task.metric)
+    samples = results.pop("samples")
+    if out:
+        save_samples(Path(out) / "samples", samples)
+        (Path(out) / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def stage_steps(stage: Stage, max_steps: int) -> int:
+    """Steps ``stage`` runs (``max_steps`` > 0 caps every stage)."""
+    return min(stage.steps, max_steps) if max_steps else stage.steps
+
+
+def own_copy(reference) -> bool:
+    """Whether a stage's reference is a model of its own (checkpointed with the run)."""
+    return reference is not None and not getattr(reference, "shares_policy", False)
 
 
 def _save_results(run_dir: Path, results: dict, key: str | None = None) -> None:
@@ -176,28 +223,26 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
         cfg.save(run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
 
-    task_cls = TASKS.get(cfg.task)
-    rewards, weights = resolve_rewards(cfg, task_cls)
-    # Held-out evaluation always reports the task's metric (and its checks, e.g. that generated images
-    # still show the object), whatever rewards drive training.
-    eval_rewards = {name: REWARDS.get(name) for name in (task_cls.metric, *getattr(task_cls, "eval_rewards", ()))}
-    eval_rewards.update(rewards)
-    for fn in eval_rewards.values():
-        if hasattr(fn, "workers"):  # rewards backed by a sandbox pool
-            fn.workers = cfg.sandbox_workers
-        if hasattr(fn, "clip_model"):  # rewards scoring with a CLIP model
-            fn.clip_model = cfg.clip_model
-    task = task_cls(cfg, reward=eval_rewards[task_cls.metric])
+    task, rewards, weights, eval_rewards = build_task(cfg)
     rows = {"heldout": task.rows("heldout")}  # row splits by name, loaded when a stage first needs them
+    check_trackers(cfg.trackers)
     # find_unused_parameters: a VLM on a text-only task never uses its vision tower; DDP must not wait for it
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              **accelerator_arguments(cfg.trackers, run_dir))
+    if cfg.trackers:
+        accelerator.init_trackers(run_dir.name, config=flat_config(cfg.to_dict()))
     policy = task.policy(device=accelerator.device)
     torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
     if cfg.image_pixels:
         policy.set_image_pixels(cfg.image_pixels)
     if cfg.trainable or cfg.frozen:
         select_trainable(policy.model, cfg.trainable, cfg.frozen)
+    if cfg.peft.r:
+        if not hasattr(policy, "demo_logprobs"):
+            raise ValueError(f"peft: LoRA adapters are supported on token policies; task {cfg.task!r} trains a "
+                             f"{type(policy).__name__}")
+        add_lora(policy, cfg.peft)
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if any(s.advantage == "gae" for s in cfg.stages) and hasattr(policy, "enable_value_head"):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
@@ -237,7 +282,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     for stage_index, stage in enumerate(cfg.stages):
         if checkpoint and stage_index < checkpoint["stage_index"]:
             continue
-        steps = min(stage.steps, cfg.max_steps) if cfg.max_steps else stage.steps
+        steps = stage_steps(stage, cfg.max_steps)
         check_policy_supports(stage, policy)
         if stage.data not in rows:
             rows[stage.data] = task.rows(stage.data)
@@ -245,6 +290,14 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if stage.kind == "rl" and stage.curate:
             train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *stage.curate, stage.group_size,
                                             stage.batch_size, run_dir / f"curated-{stage.name}.json")
+        trained_before = any(stage_steps(s, cfg.max_steps) for s in cfg.stages[:stage_index])
+        if has_adapters(policy) and trained_before and steps > 0:
+            policy.adapters_merged = True
+            if not (checkpoint and stage_index == checkpoint["stage_index"]):  # (a resumed stage has its own)
+                # Earlier stages' adapters go into the base, fresh ones train this stage: "adapters off"
+                # is then this stage's starting model, the reference its KL and preference terms need.
+                restart_adapters(policy, cfg.peft)
+                policy.model = accelerator.prepare_model(policy.model)
         params = [p for p in policy.model.parameters() if p.requires_grad]
         network = getattr(policy.model, "module", policy.model)  # unwrapped from DDP
         critic = {id(p) for p in getattr(network, "value_head", torch.nn.Module()).parameters()}
@@ -257,8 +310,11 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             policy.max_new_tokens = stage.max_new_tokens
         reference = None
         if needs_reference(stage):  # frozen start-of-stage model, only when a term reads it
-            reference = copy.deepcopy(policy)
-            reference.model.requires_grad_(False).eval()
+            if has_adapters(policy) and stage.kind != "spin":
+                reference = AdapterDisabledReference(policy)  # the base itself: no second copy
+            else:
+                reference = copy.deepcopy(policy)
+                reference.model.requires_grad_(False).eval()
         if stage.demo_data and stage.demo_data not in rows:
             rows[stage.demo_data] = task.rows(stage.demo_data)
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
@@ -268,7 +324,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
-            if checkpoint.get("reference") is not None:
+            if checkpoint.get("reference") is not None and own_copy(reference):
                 reference.model.load_state_dict(checkpoint["reference"])
             ctx.state = checkpoint.get("stage_state") or {}
             set_rng_state(checkpoint["rng"])
@@ -282,7 +338,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             save_checkpoint(run_dir, stage_index, step, {
                 "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stage_state": ctx.state,
-                "reference": reference.model.state_dict() if reference is not None else None,
+                "reference": reference.model.state_dict() if own_copy(reference) else None,
             }, keep=cfg.keep_checkpoints)
 
         for step in bar:
@@ -299,6 +355,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
                 metrics["skipped/nonfinite_updates"] = float(ctx.state["nonfinite_total"])
             metrics = mean_over_processes(metrics)
             log.log({"stage": stage.name, "stage_index": stage_index, "step": step + 1, **metrics})
+            if cfg.trackers:  # one step axis across stages
+                accelerator.log(scalars(metrics), step=sum(stage_steps(s, cfg.max_steps) for s in cfg.stages[:stage_index]) + step + 1)
             shown = {k: metrics[k] for k in SHOWN if k in metrics}
             bar.set_postfix({k.split("/")[-1] if k != "reward/total/mean" else "reward": f"{v:.3f}"
                              for k, v in shown.items()})
@@ -324,8 +382,13 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         signal.signal(signal.SIGINT, previous_handler)
     results["after"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
     _save_results(run_dir, results, "after")
+    if cfg.trackers:
+        accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")
+                         for key, value in results["after"].get(mode, {}).items() if value is not None})
+        accelerator.end_training()
     if accelerator.is_main_process:
         policy.save(run_dir / "final")
+        write_model_card(run_dir, cfg, results)
         print_table(results)
         print(f"run directory: {run_dir}")
     accelerator.wait_for_everyone()

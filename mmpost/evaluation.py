@@ -110,12 +110,19 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
                                duration=50, loop=0)
             if sample.get("png"):
                 (directory / f"{i:03d}_render.png").write_bytes(base64.b64decode(sample["png"]))
-            columns = {k: v for k, v in sample["row"].items() if isinstance(v, (str, int, float)) and k != "completion"}
+            columns = {k: v for k, v in sample["row"].items() if k != "completion" and _plain(v)}
             if isinstance(sample["row"].get("tile"), torch.Tensor):  # the training rendering, for comparison
                 _save_image(sample["row"]["tile"], directory / f"{i:03d}_reference.png")
             f.write(json.dumps({"index": i, "output": sample["output"], "reward": sample["reward"],
                                 "reason": sample.get("reason"), "reference": sample["row"].get("completion"),
                                 **columns}) + "\n")
+
+
+def _plain(value) -> bool:
+    """A column worth keeping with a sample: text, a number, or a (nested) list of them (boxes, choices)."""
+    if isinstance(value, (str, int, float)):
+        return True
+    return isinstance(value, list) and len(value) <= 64 and all(_plain(v) for v in value)
 
 
 def print_table(results: dict) -> None:

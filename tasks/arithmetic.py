@@ -62,7 +62,8 @@ class Arithmetic:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column."""
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
             rows = list(read_jsonl(self.cfg.data.path, required={"question": str, "solution": str, "answer": (str, int, float)},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows))
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows,
+                                   columns=self.cfg.data.columns))
             rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size

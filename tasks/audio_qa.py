@@ -75,7 +75,7 @@ class AudioQA:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: the question prompt, the waveform, the ``answer`` and ``choices``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
+            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
@@ -99,7 +99,7 @@ def _question(row: dict) -> str:
     return row.get("qtype") or row["prompt"][0]["content"][-1]["text"]
 
 
-def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
+def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None) -> list[dict]:
     """Rows from a JSONL of ``{"audio", "question", "choices", "answer"}`` (audio paths relative to the file)."""
     from pathlib import Path
 
@@ -120,5 +120,5 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
             wave = np.interp(np.arange(0, len(wave), rate / SAMPLE_RATE), np.arange(len(wave)), wave)
         return make_row(wave.astype(np.float32), r["question"], r["choices"], r["answer"], source=r["source"])
 
-    return list(read_jsonl(path, required={"audio": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows,
-                           convert=convert))
+    return list(read_jsonl(path, required={"audio": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows, convert=convert,
+                           columns=columns))

@@ -77,7 +77,8 @@ class Chart2Code:
         """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
         if self.cfg.data.path:
             rows = list(read_jsonl(self.cfg.data.path, required={"image": str, "code": str},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows))
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows,
+                                   columns=self.cfg.data.columns))
             rows = split_user_rows(rows, split)
             return [make_row(r["image_obj"], r["code"], source=r["source"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size

@@ -98,7 +98,7 @@ class Grounding:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train" or "heldout"): prompt, image, answer and the gold ``box``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
+            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
@@ -126,7 +126,7 @@ def _xyxy(box, where: str, key: str) -> list:
     return [x1, y1, x2, y2]
 
 
-def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
+def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None) -> list[dict]:
     """Rows from a JSONL of referring expressions or a COCO annotation file (see the module doc)."""
     if str(path).endswith(".json"):
         return _coco_rows(Path(path))
@@ -138,7 +138,8 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
         boxes = [_xyxy(b, r["source"], key) for b in (r[key] if many else [r[key]])]
         return make_row(r["image_obj"], r["expression"], boxes if many else boxes[0], source=r["source"])
 
-    return list(read_jsonl(path, required={"image": str, "expression": str}, skip_bad_rows=skip_bad_rows, convert=convert))
+    return list(read_jsonl(path, required={"image": str, "expression": str}, skip_bad_rows=skip_bad_rows, convert=convert,
+                           columns=columns))
 
 
 def _coco_rows(path: Path) -> list[dict]:

@@ -111,7 +111,8 @@ class Reach:
                 return {**arrays, "instruction": r["instruction"]}
 
             return list(read_jsonl(self.cfg.data.path, required={"state": list, "instruction": str, "actions": list},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows, convert=convert))
+                                   skip_bad_rows=self.cfg.data.skip_bad_rows, convert=convert,
+                                   columns=self.cfg.data.columns))
         if self.cfg.env.name not in ("", "reach"):
             raise ValueError(f"no scripted demonstrations for env {self.cfg.env.name!r}: set data.path to a JSONL "
                              "of {state, instruction, actions} rows, or skip SFT with --set sft.steps=0")

@@ -90,7 +90,7 @@ class VideoQA:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: question, the clip (``videos``), ``answer``, ``choices`` and ``caption``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows)
+            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
@@ -128,7 +128,7 @@ def read_video(path, fps: float = FPS, max_frames: int = FRAMES) -> list:
     return frames[:max_frames]
 
 
-def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
+def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None) -> list[dict]:
     """Rows from a JSONL of ``{"video", "question", "choices", "answer"}`` (paths relative to the file)."""
     from pathlib import Path
 
@@ -142,5 +142,5 @@ def load_user_rows(path: str, skip_bad_rows: bool = False) -> list[dict]:
             raise DataError(f"{r['source']}: video {video_path} failed to decode ({error})") from None
         return make_row(frames, r["question"], r["choices"], r["answer"], r.get("caption", ""), source=r["source"])
 
-    return list(read_jsonl(path, required={"video": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows,
-                           convert=convert))
+    return list(read_jsonl(path, required={"video": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows, convert=convert,
+                           columns=columns))

@@ -23,6 +23,16 @@ from mmpost.types import MEDIA_AND_TEXT, Rollout
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
+def load_model(path, dtype: torch.dtype = torch.float32):
+    """Any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+
+    multimodal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+    loader = AutoModelForMultimodalLM if multimodal else AutoModelForCausalLM
+    return loader.from_pretrained(path, dtype=dtype)
+
+
 @dataclass
 class TokenActions:
     """What :meth:`TokenPolicy.logprobs` needs to recompute a token rollout exactly."""
@@ -74,13 +84,10 @@ class TokenPolicy:
                         gradient_checkpointing: bool = False, **kwargs) -> "TokenPolicy":
         """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id):
         any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+        from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
-        multimodal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
-        loader = AutoModelForMultimodalLM if multimodal else AutoModelForCausalLM
-        model = loader.from_pretrained(path, dtype=dtype).to(device)
+        model = load_model(path, dtype).to(device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -348,7 +355,16 @@ class TokenPolicy:
         return nll_loss(logprobs, mask), {"tokens": float(mask.sum())}
 
     def save(self, path: Path) -> None:
-        getattr(self.model, "module", self.model).save_pretrained(path)  # unwrap DDP/FSDP wrappers
+        """``save_pretrained`` of model and processor; with LoRA adapters the merged model (merged in
+        place: the end of training), plus the adapter alone in ``path/adapter`` when it alone recreates
+        the model from the original base (no earlier stage's adapters merged)."""
+        model = getattr(self.model, "module", self.model)  # unwrap DDP/FSDP wrappers
+        if hasattr(model, "merge_and_unload"):
+            from mmpost.adapters.lora import save_merged
+
+            save_merged(model, self.processor, path, with_adapter=not getattr(self, "adapters_merged", False))
+            return
+        model.save_pretrained(path)
         self.processor.save_pretrained(path)
 
     def close(self) -> None:

@@ -1,0 +1,107 @@
+"""LoRA adapters (PEFT) on a policy's model, and the frozen reference they make free.
+
+Within a stage the base weights never change, so the frozen start-of-stage model a KL or
+preference term needs is the same model with its adapters switched off: no second copy in memory
+(as TRL does for PEFT models). :class:`AdapterDisabledReference` is that view; between stages the
+trainer merges the adapters into the base and starts fresh ones (:func:`restart_adapters`).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from mmpost.config import PeftConfig
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / FSDP wrappers
+
+
+def add_lora(policy, cfg: PeftConfig) -> int:
+    """Wrap ``policy.model`` with LoRA adapters on ``cfg.target_modules``; only they train.
+    Returns the number of trainable parameters."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                        target_modules=list(cfg.target_modules))
+    try:
+        policy.model = get_peft_model(policy.model, config)
+    except ValueError as error:  # e.g. no module matches target_modules
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in policy.model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"peft.target_modules={list(cfg.target_modules)}: {error}. Linear layers of this model: "
+                         f"{', '.join(names)}") from None
+    return sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
+
+
+def restart_adapters(policy, cfg: PeftConfig) -> None:
+    """Merge the trained adapters into the base weights and add fresh ones (LoRA's B starts at zero,
+    so the model is unchanged and "adapters off" is the current model)."""
+    policy.model = _unwrap(policy.model).merge_and_unload()
+    add_lora(policy, cfg)
+
+
+def has_adapters(policy) -> bool:
+    return hasattr(_unwrap(getattr(policy, "model", None)), "disable_adapter")
+
+
+class AdapterDisabledReference:
+    """The policy with its adapters disabled: the frozen base model, sharing the policy's weights.
+
+    Every method of the policy is available and runs with the adapters off; ``shares_policy`` tells
+    the trainer not to freeze, copy or checkpoint it separately."""
+
+    shares_policy = True
+
+    def __init__(self, policy):
+        self._policy = policy
+
+    def __getattr__(self, name):
+        attribute = getattr(self._policy, name)
+        if not inspect.ismethod(attribute):  # data and the model itself pass through
+            return attribute
+
+        def with_adapters_off(*args, **kwargs):
+            with _unwrap(self._policy.model).disable_adapter():
+                return attribute(*args, **kwargs)
+
+        return with_adapters_off
+
+
+def save_merged(model, processor, path, with_adapter: bool = True) -> None:
+    """Save the model with its adapters merged in to ``path`` (loadable with ``from_pretrained`` like
+    any checkpoint) and, when ``with_adapter`` (the adapter alone recreates it from the original
+    base: one adapter-training stage), the adapter to ``path/adapter``. Merges in place: call at the end."""
+    from pathlib import Path
+
+    path = Path(path)
+    peft_model = _unwrap(model)
+    if with_adapter:
+        peft_model.save_pretrained(path / "adapter")
+        processor.save_pretrained(path / "adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(path)
+    processor.save_pretrained(path)
+
+
+def export_adapter(adapter_dir, out, base: str | None = None) -> None:
+    """``mmpost export``: merge a saved adapter into its base model (the one recorded in the adapter's
+    config, or ``base``) and save the result with its processor."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoProcessor
+
+    from mmpost.adapters.token_policy import load_model
+
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json (a PEFT adapter directory)")
+    base = base or json.loads(config.read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(load_model(base), adapter_dir).merge_and_unload()
+    model.save_pretrained(out)
+    source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base
+    AutoProcessor.from_pretrained(source).save_pretrained(out)

@@ -1,0 +1,49 @@
+"""Experiment trackers through accelerate: TensorBoard by default (local, ``RUN_DIR/tensorboard``),
+Weights & Biases or Trackio when chosen and installed. ``metrics.jsonl`` is written regardless."""
+
+from __future__ import annotations
+
+import importlib.util
+import numbers
+from pathlib import Path
+
+MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Fail before training when a chosen tracker is not installed, naming what to install."""
+    for name in trackers:
+        if importlib.util.find_spec(MODULES[name]) is None:
+            extra = "" if name == "tensorboard" else f" (pip install 'mmpost[{name}]')"
+            raise ImportError(f"tracker {name!r} is not installed{extra}; or choose others with --set trackers=...")
+
+
+def accelerator_arguments(trackers: list[str], run_dir: Path) -> dict:
+    """Keyword arguments for ``Accelerator`` that route ``accelerator.log`` to ``trackers``."""
+    if not trackers:
+        return {}
+    from accelerate.utils import ProjectConfiguration
+
+    return {"log_with": list(trackers),
+            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))}
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as flat scalar hyper-parameters (TensorBoard's hparams take no lists or dicts)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_config(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+            for item in value:  # stages, by name
+                out.update(flat_config(item, f"{name}.{item['name']}."))
+        elif isinstance(value, (bool, str, numbers.Number)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def scalars(metrics: dict) -> dict:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Number) and not isinstance(v, bool)}

@@ -1,0 +1,83 @@
+"""LoRA through PEFT: only adapters train, the KL reference is the same model with adapters off (no
+copy), stages hand over by merging, the final model is saved merged (and the adapter alone), and
+``mmpost export`` merges a saved adapter into its base."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmpost.adapters.lora import AdapterDisabledReference, add_lora
+from mmpost.adapters.token_policy import TokenPolicy
+from mmpost.config import PeftConfig
+
+ROWS = [{"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "completion": "2 + 3 = 5"},
+        {"prompt": [{"role": "user", "content": "What is 7 - 4?"}], "completion": "7 - 4 = 3"}]
+
+
+def test_reference_is_the_base_with_adapters_off(tiny_model_dir):
+    base = TokenPolicy.from_pretrained(tiny_model_dir)
+    policy = TokenPolicy.from_pretrained(tiny_model_dir)
+    trainable = add_lora(policy, PeftConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert 0 < trainable < sum(p.numel() for p in base.model.parameters()) / 10
+    assert all("lora_" in n for n, p in policy.model.named_parameters() if p.requires_grad)
+    torch.manual_seed(0)
+    for name, parameter in policy.model.named_parameters():
+        if "lora_B" in name:  # LoRA starts as the identity (B = 0); move it so the two models differ
+            parameter.data.normal_(0, 0.5)
+    reference = AdapterDisabledReference(policy)
+    with torch.no_grad():
+        base_lp, _ = base.demo_logprobs(ROWS)
+        ref_lp, _ = reference.demo_logprobs(ROWS)
+        policy_lp, _ = policy.demo_logprobs(ROWS)
+    torch.testing.assert_close(ref_lp, base_lp)
+    assert not torch.allclose(policy_lp, base_lp, atol=1e-3)
+    assert reference.model is policy.model  # one model in memory, not a copy
+
+
+def test_bad_target_modules_name_the_model_layers(tiny_model_dir):
+    policy = TokenPolicy.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="Linear layers of this model: .*q_proj"):
+        add_lora(policy, PeftConfig(r=4, target_modules=["no_such_proj"]))
+
+
+def _train(out, **overrides):
+    import mmpost
+
+    mmpost.train("arithmetic", output_dir=str(out), **{
+        "peft.r": 4, "data.train_size": 16, "data.eval_size": 2, "sft.steps": 3, "sft.batch_size": 4, "sft.lr": 1e-2,
+        "rl.steps": 2, "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 8, "rl.kl_coef": 0.1,
+        "threads": 1, "eval.sampled": False, "checkpoint_every": 1, **overrides})
+
+
+def test_single_stage_lora_saves_adapter_that_export_merges(mmpost_home, tmp_path):
+    from mmpost.adapters.lora import export_adapter
+
+    out = tmp_path / "run"
+    _train(out, **{"rl.steps": 0})
+    adapter = out / "final" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    merged = load_file(out / "final" / "model.safetensors")
+    assert not any("lora_" in k for k in merged)
+    base_dir = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = load_file(f"{base_dir}/model.safetensors")
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert changed and all(("q_proj" in k or "k_proj" in k or "v_proj" in k or "o_proj" in k) for k in changed)
+    export_adapter(adapter, tmp_path / "exported")
+    exported = load_file(tmp_path / "exported" / "model.safetensors")
+    for key in merged:
+        torch.testing.assert_close(exported[key], merged[key])
+
+
+def test_two_stage_lora_merges_between_stages_and_keeps_kl_reference(mmpost_home, tmp_path):
+    out = tmp_path / "run"
+    _train(out)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rl = [m for m in metrics if m["stage"] == "rl"]
+    assert rl and all("kl/sampled" in m for m in rl)
+    # RL's first step samples from the model SFT left: its KL to the reference (adapters off = that
+    # model, since SFT's adapters were merged and fresh ones start at zero) is exactly 0
+    assert rl[0]["kl/sampled"] == pytest.approx(0.0, abs=1e-6)
+    assert not (out / "final" / "adapter").exists()  # the last adapter alone no longer rebuilds the model
+    assert not any("lora_" in k for k in load_file(out / "final" / "model.safetensors"))

@@ -1,0 +1,58 @@
+"""``mmpost report``: the HTML page of a real (short) run shows its curves, table and samples; in a
+headless browser when one is installed."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmpost
+from mmpost.report import write_report
+
+QUICK = {"data.train_size": 8, "data.eval_size": 3, "sft.steps": 4, "sft.batch_size": 2, "rl.steps": 2,
+         "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 8, "threads": 1, "eval.sampled": False,
+         "trackers": []}
+
+
+@pytest.fixture(scope="module")
+def run_dir(mmpost_home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "run"
+    mmpost.train("arithmetic", output_dir=str(out), **QUICK)
+    return out
+
+
+def test_report_has_curves_table_and_samples(run_dir):
+    page = write_report(run_dir)
+    text = page.read_text()
+    for name in ("losses.png", "rewards.png", "kl_entropy.png"):
+        assert f'src="{name}"' in text
+        pixels = np.asarray(Image.open(page.parent / name).convert("L"), dtype=float)
+        assert pixels.std() > 5  # a drawn plot, not a blank image
+    assert "<th>before</th>" in text and "<th>after_sft</th>" in text and "greedy answer_match" in text
+    assert text.count('class="card"') == 3 * 3  # three held-out samples before, after SFT and after
+
+
+def test_final_model_has_a_model_card(run_dir):
+    card = (run_dir / "final" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers")
+    assert "| sft | sft | 4 | 2 |" in card and "| greedy answer_match |" in card
+
+
+def test_report_of_a_non_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        write_report(tmp_path)
+
+
+CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: scripts/report_screenshot.sh needs one")
+def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
+    page = write_report(run_dir)
+    shot = tmp_path / "report.png"
+    subprocess.run(["bash", "scripts/report_screenshot.sh", str(run_dir), str(shot)], check=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 10 and page.exists()
