@@ -91,7 +91,7 @@ def _boxes_image(sample_dir: Path, index: int, output: str, row: dict, out: Path
     for box in parse_boxes(output, row.get("box_format", "pixels"), image.size):
         draw.rectangle(list(box), outline=(220, 0, 0), width=2)
     path = out / f"boxes_{sample_dir.name}_{index:03d}.png"
-    image.resize((image.width * 2, image.height * 2)).save(path)
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path)
     return path.name
 
 

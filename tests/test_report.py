@@ -56,3 +56,21 @@ def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
     subprocess.run(["bash", "scripts/report_screenshot.sh", str(run_dir), str(shot)], check=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10 and page.exists()
+
+
+def test_grounding_samples_get_boxes_drawn(tmp_path):
+    """A grounding sample's card shows the model's box (red) and the gold box (green) on the image."""
+    import json
+
+    run = tmp_path / "run"
+    samples = run / "samples" / "after"
+    samples.mkdir(parents=True)
+    Image.new("RGB", (112, 112), (255, 255, 255)).save(samples / "000_input0.png")
+    (samples / "samples.jsonl").write_text(json.dumps({
+        "index": 0, "output": "<answer>[60, 60, 100, 100]</answer>", "reward": 0.1, "reason": None,
+        "box": [10, 10, 50, 50], "box_format": "pixels"}) + "\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"stage": "sft", "stage_index": 0, "step": 1, "loss/sft": 1.0}) + "\n")
+    text = write_report(run).read_text()
+    assert 'src="boxes_after_000.png"' in text
+    drawn = np.asarray(Image.open(run / "report" / "boxes_after_000.png"))  # drawn at 2x
+    assert tuple(drawn[20, 40]) == (0, 200, 0) and tuple(drawn[120, 140]) == (220, 0, 0)
