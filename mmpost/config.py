@@ -413,11 +413,9 @@ def stages_from_yaml(path: str | Path) -> list[Stage]:
 def from_dict(data: dict) -> TrainConfig:
     """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (e.g. for ``--resume``)."""
     data = dict(data)
-    data["data"] = DataConfig(**data.get("data", {}))
-    data["eval"] = EvalConfig(**data.get("eval", {}))
-    data["env"] = EnvConfig(**data.get("env", {}))
-    data["flow"] = FlowConfig(**data.get("flow", {}))
-    data["diffusion"] = DiffusionConfig(**data.get("diffusion", {}))
+    for f in dataclasses.fields(TrainConfig):  # nested sections (data, eval, peft, ...) back into their classes
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(section := f.default_factory()):
+            data[f.name] = type(section)(**data.get(f.name, {}))
     data["stages"] = [Stage(**s) for s in data.get("stages", [])]
     return TrainConfig(**data)
 
