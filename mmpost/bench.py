@@ -69,7 +69,8 @@ def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
     import mmpost
 
     overrides = {"threads": 1, "data.train_size": 64, "data.eval_size": 2, "eval.sampled": False,
-                 "checkpoint_every": 10_000, "output_dir": str(out), "sandbox_workers": 2}
+                 "checkpoint_every": 10_000, "output_dir": str(out), "sandbox_workers": 2,
+                 "trackers": []}  # TRL runs with report_to=[]
     if case["kind"] == "grpo":
         overrides.update({"sft.steps": 0, "rl.steps": steps, "rl.batch_size": case["prompts"],
                           "rl.group_size": case["group"], "rl.max_new_tokens": case["max_new_tokens"],
