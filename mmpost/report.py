@@ -146,7 +146,7 @@ def write_report(run_dir: str | Path, samples: int = 8) -> Path:
 <style>body{{font-family:sans-serif;margin:24px;max-width:1200px}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 .card{{border:1px solid #ddd;margin:8px 0;padding:8px}}.media{{display:flex;gap:8px;flex-wrap:wrap}}
-figure{{margin:0}}figure img{{max-height:180px}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px}}</style>
+figure{{margin:0}}figure img{{max-height:180px}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px;max-height:220px;overflow:auto}}</style>
 </head><body><h1>mmpost run <code>{html.escape(run_dir.name)}</code></h1>
 <h2>Curves</h2>{''.join(f'<h3>{html.escape(t)}</h3><img class="curve" src="{f}">' for t, f in figures) or '<p>no steps logged</p>'}
 <h2>Held-out evaluation</h2>{_table(results) if results else '<p>no results yet</p>'}
