@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmpost.algos.kl import kl_k3, sequence_kl
@@ -100,6 +101,15 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
         for i, sample in enumerate(samples):
             for j, image in enumerate(sample["row"].get("images", [])):
                 image.save(directory / f"{i:03d}_input{j}.png")
+            for j, wave in enumerate(sample["row"].get("audios", [])):  # playable in the run report
+                import soundfile
+
+                soundfile.write(directory / f"{i:03d}_input{j}.wav", np.asarray(wave, dtype=np.float32),
+                                sample["row"].get("audio_sampling_rate", 16000))
+            for j, clip in enumerate(sample["row"].get("videos", [])):  # [T, C, H, W], 0-255
+                frames = [Image.fromarray(np.asarray(f, dtype=np.uint8).transpose(1, 2, 0)) for f in np.asarray(clip)]
+                frames[0].save(directory / f"{i:03d}_input{j}.gif", save_all=True, append_images=frames[1:],
+                               duration=250, loop=0)
             if isinstance(sample["output"], torch.Tensor):  # a generated image [3, H, W] in [0, 1]
                 _save_image(sample["output"], directory / f"{i:03d}_output.png")
                 sample["output"] = f"{i:03d}_output.png"

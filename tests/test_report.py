@@ -74,3 +74,29 @@ def test_grounding_samples_get_boxes_drawn(tmp_path):
     assert 'src="boxes_after_000.png"' in text
     drawn = np.asarray(Image.open(run / "report" / "boxes_after_000.png"))  # drawn at 2x
     assert tuple(drawn[20, 40]) == (0, 200, 0) and tuple(drawn[120, 140]) == (220, 0, 0)
+
+
+def test_audio_and_video_samples_play_in_the_report(tmp_path):
+    """Audio inputs are saved as .wav (an <audio> player in the report), video inputs as a GIF."""
+    import json
+
+    import soundfile
+
+    from mmpost.evaluation import save_samples
+
+    run = tmp_path / "run"
+    wave = np.sin(np.linspace(0, 440 * 2 * np.pi, 16000)).astype(np.float32)
+    clip = np.zeros((4, 3, 32, 32), np.float32)
+    for t in range(4):
+        clip[t, 0, 8:16, 4 * t:4 * t + 8] = 255  # a red square moving right
+    save_samples(run / "samples" / "after", [
+        {"row": {"audios": [wave], "question": "How many beeps?"}, "output": "<answer>2</answer>", "reward": 1.0},
+        {"row": {"videos": [clip], "question": "Which way?"}, "output": "<answer>left</answer>", "reward": 0.0}])
+    (run / "metrics.jsonl").write_text(json.dumps({"stage": "sft", "stage_index": 0, "step": 1, "loss/sft": 1.0}) + "\n")
+    saved, rate = soundfile.read(run / "samples" / "after" / "000_input0.wav")
+    assert rate == 16000 and np.allclose(saved, wave, atol=1e-4)
+    gif = Image.open(run / "samples" / "after" / "001_input0.gif")
+    assert gif.n_frames == 4 and gif.convert("RGB").getpixel((5, 10))[0] > 200  # frame 0: square at x 0-7
+    text = write_report(run).read_text()
+    assert '<audio controls src="../samples/after/000_input0.wav">' in text
+    assert 'src="../samples/after/001_input0.gif"' in text
