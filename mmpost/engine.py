@@ -385,11 +385,12 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     if cfg.trackers:
         accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")
                          for key, value in results["after"].get(mode, {}).items() if value is not None})
-        accelerator.end_training()
     if accelerator.is_main_process:
         policy.save(run_dir / "final")
         write_model_card(run_dir, cfg, results)
         print_table(results)
         print(f"run directory: {run_dir}")
     accelerator.wait_for_everyone()
+    if cfg.trackers:
+        accelerator.end_training()  # closes the trackers (and, in a data-parallel run, the process group): last
     return results
