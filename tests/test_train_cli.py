@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 QUICK = ["--set", "data.train_size=32", "--set", "data.eval_size=4", "--set", "sft.steps=4",
          "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.group_size=2",
