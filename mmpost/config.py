@@ -85,7 +85,8 @@ class Stage:
     # --- demonstrations (sft, mixed, rft, and inside rl)
     sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr" | "qtuning"
     sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
-    sstoken_ratio: float = 0.6  # sstoken: fraction of demonstrated tokens trained on
+    sstoken_ratio: float = 0.6  # sstoken: fraction of each demonstration's tokens trained on
+    sstoken_gamma: float = 0.5  # sstoken: weight of the excess loss vs the attention-on-prompt score (1 = loss only)
     qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
     qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
     otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
@@ -98,6 +99,7 @@ class Stage:
     prefix_samples: int = 0  # rl: members of each group that continue a demonstration prefix (Prefix-RFT)
     prefix_ratio: list = field(default_factory=lambda: [0.95, 0.05])  # prefix share, cosine from first to last
     prefix_entropy_top: float = 0.2  # share of prefix tokens (highest entropy) that keep a loss
+    sasr: bool = False  # rl: each step is SFT with probability min(1, |g_SFT| / |g_SFT at step 1|), else GRPO (SASR)
     relift_size: int = 0  # rl: SFT on prompts no sample solved once this many are buffered (ReLIFT); 0 = off
     solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
     rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)

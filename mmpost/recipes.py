@@ -85,7 +85,8 @@ RECIPES: dict[str, Recipe] = {
     "anchored_sft": Recipe("Anchored SFT (zhuchichi56/ASFT)", "DFT + 0.1 x KL(start || policy), full vocabulary",
                            {"sft.sft_weight": "dft", "sft.sft_kl_coef": 0.1}, keep=("sft",),
                            tests="test_pg_loss::test_full_forward_kl_matches_torch_kl_div"),
-    "sstoken": Recipe("ssToken (2510.18250)", "SFT on the 60% tokens of highest excess loss over the start model",
+    "sstoken": Recipe("ssToken (2510.18250)", "SFT on each demonstration's 60% tokens of highest 0.5 x excess loss "
+                      "over the start model (min-max normalised) + 0.5 x last-layer attention on the prompt",
                       {"sft.sft_weight": "sstoken"}, keep=("sft",),
                       tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
@@ -120,6 +121,9 @@ RECIPES: dict[str, Recipe] = {
                          tests="test_recipes::test_prefix_hybrids"),
     "relift": Recipe("ReLIFT (Learning What RL Can't)", "GRPO + SFT on a buffer of prompts no sample solved",
                      lambda t: {"rl.relift_size": 8, "rl.solved_threshold": _solved(t)}, tests="test_recipes"),
+    "sasr": Recipe("SASR (2505.13026)", "SFT warm-up, then each step SFT with probability min(1, |g_SFT| / |g_SFT| at "
+                   "the hybrid phase's start), else GRPO", {"rl.sasr": True},
+                   tests="test_advantages::test_sasr_switching_probability_by_hand"),
     "rft": Recipe("rejection-sampling fine-tuning (FARE)", "sample 8, SFT on the solved ones",
                   lambda t: {"rl.kind": "rft", "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},
                   tests="test_advantages::test_rft_keeps_solved_top_k"),

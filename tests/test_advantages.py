@@ -136,3 +136,12 @@ def test_prefix_ratio_cosine_by_hand():
     assert cosine(0, 11, 0.95, 0.05) == pytest.approx(0.95)
     assert cosine(5, 11, 0.95, 0.05) == pytest.approx(0.5)  # half-way
     assert cosine(10, 11, 0.95, 0.05) == pytest.approx(0.05)
+
+
+def test_sasr_switching_probability_by_hand():
+    from mmpost.algos.schedules import sasr_sft_probability
+
+    assert sasr_sft_probability(0.5, 2.0) == 0.25  # demonstrations fitted better than at the start: mostly GRPO
+    assert sasr_sft_probability(3.0, 2.0) == 1.0  # drifted away from them: SFT
+    assert sasr_sft_probability(float("nan"), 2.0) == 0.0  # no finite SFT gradient: never an SFT step
+    assert sasr_sft_probability(1.0, 0.0) == 1.0

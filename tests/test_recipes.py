@@ -145,7 +145,7 @@ def test_prefix_hybrids(warm_model, mmpost_home):
     assert hybrid.group.tolist() == [0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("name", ["relift", "dpo"])
+@pytest.mark.parametrize("name", ["relift", "dpo", "sasr"])
 def test_resume_is_exact_with_stage_state(name, warm_model, tmp_path):
     """Stage state (ReLIFT's buffer, the entropy controller's temperature, the preference stage's
     sampling) survives a lost checkpoint: the resumed run ends with the same weights."""

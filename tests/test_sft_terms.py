@@ -30,11 +30,37 @@ def test_weighted_nll_by_hand_and_its_gradient_is_dft():
 
 def test_sstoken_keeps_the_top_excess_loss_tokens():
     logp = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.2, 0.6, 0.1]]))
-    history = torch.log(torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.6, 0.1]]))
+    history = torch.log(torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.4, 0.1]]))
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    # excess log p - log p_hist on real tokens: log 2, 0, (pad), log 2, 0, 0 -> top 40% of 5 = 2 tokens
+    # REL = log p - log p_hist per sample: [log 2, 0 | pad] and [log 2, log 1.5, 0]; min-max normalised
+    # [1, 0] and [1, 0.585, 0]; ceil(0.4 * 2) = 1 and ceil(0.4 * 3) = 2 tokens kept per sample
     kept = sstoken_mask(logp, history, mask, 0.4)
-    assert kept.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    assert kept.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    # with the attention half, gamma = 0.25: scores 0.25 * REL_norm + 0.75 * attention
+    # sample 0: [0.25 + 0.075, 0 + 0.675] -> token 1; sample 1: [0.25, 0.146, 0.675] -> tokens 2 and 0
+    attention = torch.tensor([[0.1, 0.9, 0.5], [0.0, 0.0, 0.9]])
+    kept = sstoken_mask(logp, history, mask, 0.4, attention, gamma=0.25)
+    assert kept.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+
+
+def test_demo_prompt_attention_is_the_last_layers_attention_on_the_prompt():
+    """The semantic half read from a real tiny model: eager attention of the last layer, heads
+    averaged, summed over the prompt's key positions (recomputed here from ``output_attentions``)."""
+    from mmpost.tasks.arithmetic import Arithmetic
+
+    policy = Arithmetic(Arithmetic.default_config()).policy()
+    rows = Arithmetic(Arithmetic.default_config()).rows("heldout")[:2]
+    scores = policy.demo_prompt_attention(rows)
+    ids = policy.demo_ids(rows)
+    policy.model.set_attn_implementation("eager")
+    with torch.no_grad():
+        last = policy._forward(rows, ids, output_attentions=True).attentions[-1].mean(1)
+    policy.model.set_attn_implementation("sdpa")
+    width = last.shape[-1] - ids.shape[1]
+    assert scores.shape == ids.shape
+    assert torch.allclose(scores, last[:, width:, :width].sum(-1))
+    assert ((scores > 0) & (scores <= 1 + 1e-5)).all()  # a share of one softmax row
+    assert policy.model.config._attn_implementation == "sdpa"  # restored after the eager forward
 
 
 def test_poft_by_hand():

@@ -318,6 +318,25 @@ class TokenPolicy:
         logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
 
+    @torch.no_grad()
+    def demo_prompt_attention(self, batch: list[dict]) -> torch.Tensor:
+        """[B, T] for each demonstrated token (the ``demo_logprobs`` positions): the attention its
+        position pays to the prompt (text and media tokens) in the last layer, averaged over heads
+        (ssToken's semantic score). Attention weights need the eager kernel, switched on for this
+        forward only."""
+        ids = self.demo_ids(batch)
+        network = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        network = getattr(network, "module", network)
+        previous = network.config._attn_implementation
+        network.set_attn_implementation("eager")
+        try:
+            attentions = self._forward(batch, ids, output_attentions=True).attentions
+        finally:
+            network.set_attn_implementation(previous)
+        last = attentions[-1].float().mean(1)  # [B, S, S], heads averaged
+        prompt_width = last.shape[-1] - ids.shape[1]
+        return last[:, prompt_width:, :prompt_width].sum(-1)  # completion queries -> prompt keys
+
     def ift_demo_logprobs(self, batch: list[dict], lam: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
         """IFT (``TsinghuaC3I/Intuitive-Fine-Tuning``): the gold tokens' log-probs when each completion
         input is ``(1 - lam) E(y_t) + lam E(y_hat_t)``, ``y_hat_t`` the model's greedy prediction of

@@ -28,3 +28,17 @@ def entropy_temperature(temperature: float, entropy: float, target: float, rate:
     the temperature-adjusted entropy stays near 0.3; this applies that rule as a controller."""
     low, high = bounds
     return min(high, max(low, temperature * math.exp(rate * (target - entropy))))
+
+
+def sasr_sft_probability(grad_norm: float, reference_norm: float) -> float:
+    """SASR's chance of an SFT step rather than a GRPO step: ``min(1, ||g_SFT|| / ||g_ref||)``, the
+    demonstrations' gradient norm now over its value when the hybrid phase began. As RL moves the
+    policy away from the demonstrations' distribution their gradient grows and SFT returns; once
+    they are fitted, GRPO takes over. SASR (arXiv 2505.13026) states the rule as driven by the
+    SFT gradient norm and the divergence from the warm-up distribution; its exact function and
+    constants could not be read here, so this ratio form is ours (README, "Methods")."""
+    if not math.isfinite(grad_norm):
+        return 0.0
+    if reference_norm <= 0:
+        return 1.0
+    return min(1.0, grad_norm / reference_norm)

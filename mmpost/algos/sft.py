@@ -14,6 +14,8 @@ reference on the same demonstration.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -131,18 +133,30 @@ def qtuning_mask(logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tens
     return keep * mask
 
 
-def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor,
-                 ratio: float) -> torch.Tensor:
-    """ssToken's selection: keep the top ``ratio`` of the batch's demonstrated tokens by retrospective
-    excess loss ``REL = L_history - L_theta = log p_theta - log p_history`` (history = the model at the
-    start of the stage); the attention-score half of ssToken's score is not used here (gamma = 1)."""
-    excess = (logprobs - history_logprobs).detach().masked_fill(mask == 0, float("-inf"))
-    real = int(mask.sum())
-    keep = max(1, int(round(ratio * real))) if real else 0
+def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: torch.Tensor, ratio: float,
+                 attention: torch.Tensor | None = None, gamma: float = 1.0) -> torch.Tensor:
+    """ssToken's token selection (``jianke0604/ssToken`` ``scripts/finetune_with_hook.py``,
+    ``filter_tokens_with_attention_loss``): per sample, keep the ``ceil(ratio * length)`` demonstrated
+    tokens of highest ``gamma * REL_norm + (1 - gamma) * attention``.
+
+    ``REL = L_history - L_theta = log p_theta - log p_history`` is the retrospective excess loss over
+    the history model (here the model at the start of the stage), min-max normalised over the sample's
+    tokens; ``attention`` [B, T] is the semantic half: each token's head-averaged last-layer attention
+    on the prompt (:meth:`TokenPolicy.demo_prompt_attention`). ``gamma = 1`` uses REL alone. (The
+    reference code trains on attention alone for its first samples; that warm-up is not reproduced.)"""
+    excess = (logprobs - history_logprobs).detach().float()
     selected = torch.zeros_like(mask)
-    if keep:
-        top = torch.topk(excess.flatten(), keep).indices
-        selected.view(-1)[top] = 1.0
+    for i in range(mask.shape[0]):
+        real = mask[i].bool()
+        n = int(real.sum())
+        if not n:
+            continue
+        rel = excess[i][real]
+        score = gamma * (rel - rel.min()) / (rel.max() - rel.min() + 1e-8)
+        if attention is not None and gamma < 1:
+            score = score + (1 - gamma) * attention[i][real].float().to(score.device)
+        top = torch.topk(score, math.ceil(ratio * n)).indices
+        selected[i, real.nonzero().squeeze(1)[top]] = 1.0
     return selected * mask
 
 

@@ -23,7 +23,8 @@ def needs_reference(stage: Stage) -> bool:
     if stage.kind == "sft":
         return demo_terms
     if stage.kind in ("rl", "mixed"):
-        return stage.kl_coef > 0 or (stage.kind == "mixed" and demo_terms) or (stage.relift_size and demo_terms)
+        demos_inside = stage.kind == "mixed" or stage.relift_size or stage.sasr
+        return stage.kl_coef > 0 or bool(demos_inside and demo_terms)
     if stage.kind == "rft":
         return stage.kl_coef > 0 or (stage.rft_demo_fallback and demo_terms)
     if stage.kind == "spin":

@@ -51,11 +51,20 @@ class StageContext:
         learn from this batch) or a non-finite loss or gradient skips the step (NaN is logged) rather
         than poisoning the weights; the learning-rate schedule advances either way, unless the update
         is an extra one the schedule did not plan for (``advance_schedule=False``)."""
-        grad_norm = math.nan
+        return self.apply(loss, self.backward(loss), advance_schedule)
+
+    def backward(self, loss: torch.Tensor | None) -> float:
+        """Gradients of ``loss`` (clipped to ``max_grad_norm``); their norm before clipping, NaN when
+        there is no finite loss. :meth:`apply` then steps or skips."""
+        if loss is None or not bool(torch.isfinite(loss)):
+            return math.nan
+        self.accelerator.backward(loss)
+        return float(self.accelerator.clip_grad_norm_(self.params, self.stage.max_grad_norm))
+
+    def apply(self, loss: torch.Tensor | None, grad_norm: float, advance_schedule: bool = True) -> float:
+        """The optimiser step on the gradients :meth:`backward` left (skipped when ``grad_norm`` is
+        not finite), then the schedule; returns ``grad_norm``."""
         finite_loss = loss is None or bool(torch.isfinite(loss))
-        if loss is not None and finite_loss:
-            self.accelerator.backward(loss)
-            grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.stage.max_grad_norm))
         if math.isfinite(grad_norm):
             self.optimizer.step()
             self.state["nonfinite_in_a_row"] = 0

@@ -18,7 +18,7 @@ from mmpost.algos.advantages import (gae, group_advantages, group_keep_mask, nor
                                      reinforce_pp_advantages, rloo_advantages, uniform_group_mask)
 from mmpost.algos.kl import per_step_kl, sequence_kl
 from mmpost.algos.pg import aggregate, clipped_pg_loss
-from mmpost.algos.schedules import chord_mu, cosine, entropy_temperature
+from mmpost.algos.schedules import chord_mu, cosine, entropy_temperature, sasr_sft_probability
 from mmpost.algos.value import value_loss
 from mmpost.config import Stage
 from mmpost.rewarding import score_rollout
@@ -160,8 +160,12 @@ def _sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> 
 
 
 def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
-    """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps."""
+    """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps (or, with
+    ``sasr``, an SFT step instead when the switching rule draws one)."""
     stage, policy = ctx.stage, ctx.policy
+    switch = _sasr_switch(ctx, indices) if stage.sasr else {}
+    if switch.get("sasr/sft"):
+        return switch
     started = time.perf_counter()
     batch = ctx.batch(indices)
     temperature = ctx.state.get("temperature", stage.temperature)
@@ -214,9 +218,32 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
         "entropy": entropy, "rollout/len": float(rollout.num_steps.float().mean()),
         "time/generate": generated - started,
         # reward time the step waited for (the rest ran beside the first forward pass), and its full length
-        "time/reward": scored - waited, "time/reward_busy": reward_seconds,
+        "time/reward": scored - waited, "time/reward_busy": reward_seconds, **switch,
     })
     return metrics
+
+
+def _sasr_switch(ctx: StageContext, indices: list[int]) -> dict[str, float]:
+    """SASR: the SFT gradient on the prompts' demonstrations decides the step. With probability
+    :func:`sasr_sft_probability` it is applied (an SFT step: ``sasr/sft`` = 1 in the metrics returned),
+    otherwise it is discarded and the step is GRPO. The reference norm is the first step's, kept in the
+    checkpointed stage state; the draw uses the checkpointed torch RNG (exact resume)."""
+    with ctx.accelerator.autocast():
+        loss, metrics = demo_loss(ctx, ctx.demo_batch(indices))
+    grad_norm = ctx.backward(loss)
+    reference = ctx.state.setdefault("sasr_reference_grad_norm", grad_norm)
+    probability = sasr_sft_probability(grad_norm, reference)
+    chosen = bool(torch.rand(()) < probability)
+    ctx.state["sasr_sft_steps"] = ctx.state.get("sasr_sft_steps", 0) + int(chosen)
+    switch = {"sasr/sft_probability": probability, "sasr/sft_grad_norm": grad_norm, "sasr/sft": float(chosen),
+              "sasr/sft_steps": float(ctx.state["sasr_sft_steps"])}
+    if not chosen:
+        ctx.optimizer.zero_grad(set_to_none=True)
+        return switch
+    ctx.apply(loss, grad_norm)
+    for _ in range(ctx.stage.epochs * ctx.stage.minibatches - 1):  # the schedule planned this step's RL updates
+        ctx.scheduler.step()
+    return {"grad_norm": grad_norm, "loss/sft": loss.item(), **metrics, **switch}
 
 
 _SCORER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")

@@ -47,7 +47,8 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         with torch.no_grad():
             ref_logprobs = ctx.reference.demo_logprobs(batch)[0]
         if stage.sft_weight == "sstoken":
-            keep = sstoken_mask(logprobs, ref_logprobs, mask, stage.sstoken_ratio)
+            attention = policy.demo_prompt_attention(batch) if stage.sstoken_gamma < 1 else None
+            keep = sstoken_mask(logprobs, ref_logprobs, mask, stage.sstoken_ratio, attention, stage.sstoken_gamma)
             loss = nll_loss(logprobs, keep)
             metrics["sft/kept_tokens"] = float(keep.sum())
         else:
