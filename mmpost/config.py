@@ -33,6 +33,7 @@ class Stage:
     name: str = "sft"
     kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft
     data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
+    mix: dict = field(default_factory=dict)  # {split: k}: add a share k of each split's rows to this stage's (DMT)
     steps: int = 100  # optimiser steps in this stage
     batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
     lr: float = 1e-3
@@ -136,6 +137,9 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: kl_in 'reward' needs advantage 'gae' (per-step rewards)")
         if self.kl_in == "advantage" and self.advantage != "group":
             raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
+        if any(not isinstance(k, str) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for k, v in self.mix.items()):
+            raise ValueError(f"stage {self.name!r}: mix maps split names to shares in [0, 1], e.g. "
+                             f"{{three_step: 0.0625}}; got {self.mix}")
         if self.group_filter and len(self.group_filter) != 2:
             raise ValueError(f"stage {self.name!r}: group_filter is [low, high], got {self.group_filter}")
         self.group_filter = [float(v) for v in self.group_filter]

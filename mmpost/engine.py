@@ -38,6 +38,7 @@ from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
+from mmpost.mixing import mixed_rows
 from mmpost.registry import REWARDS, TASKS
 from mmpost.report import write_model_card
 from mmpost.rewarding import set_error_mode as set_reward_error_mode
@@ -287,6 +288,10 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         if stage.data not in rows:
             rows[stage.data] = task.rows(stage.data)
         train_rows = rows[stage.data]
+        if stage.mix:
+            for split in stage.mix:
+                rows.setdefault(split, task.rows(split))
+            train_rows = mixed_rows(train_rows, rows, stage.mix, cfg.seed)
         if stage.kind == "rl" and stage.curate:
             train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *stage.curate, stage.group_size,
                                             stage.batch_size, run_dir / f"curated-{stage.name}.json")

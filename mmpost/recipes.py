@@ -37,6 +37,21 @@ def _solved(task_cls) -> float:
     return float(getattr(task_cls, "solved_threshold", 1.0))
 
 
+def _dmt(task_cls) -> dict:
+    """DMT: the task's specialist split first, then its general split with 1/16 of the specialist rows
+    mixed back in, each for half the default SFT stage's steps at its settings."""
+    abilities = getattr(task_cls, "abilities", None)
+    if not abilities:
+        raise ValueError(f"recipe 'dmt' needs a task with two abilities (row splits: specialist, general); "
+                         f"task {task_cls.name!r} defines none (arithmetic does: three_step, two_step)")
+    specialist, general = abilities
+    sft = task_cls.default_config().stage("sft")
+    half = max(1, sft.steps // 2)
+    return {"sft.data": specialist, "sft.steps": half, "rl.kind": "sft", "rl.data": general,
+            "rl.mix": {specialist: 1 / 16}, "rl.steps": half, "rl.lr": sft.lr, "rl.batch_size": sft.batch_size,
+            "rl.schedule": sft.schedule, "rl.warmup": sft.warmup}
+
+
 def _preference(paper: str, terms: str, loss: str, tests: str, **extra) -> Recipe:
     """A ``dpo`` stage after SFT: pairs are the best and worst of 4 samples per prompt by reward."""
     overrides = {"rl.kind": "dpo", "rl.preference_loss": loss, "rl.group_size": 4,
@@ -104,6 +119,9 @@ RECIPES: dict[str, Recipe] = {
                    "model's own wrong greedy answer differs", lambda t: {"rl.kind": "sft", "rl.sft_weight": "fait",
                                                                         "rl.solved_threshold": _solved(t)},
                    rename={"rl": "fait"}, tests="test_sft_terms::test_fait_weights_by_hand"),
+    "dmt": Recipe("DMT (How Abilities in LLMs are Affected by SFT Data Composition)", "SFT on the specialist split, then on the general split "
+                  "+ 1/16 of the specialist rows", _dmt, rename={"sft": "specialist", "rl": "general"},
+                  tests="test_selection::test_mixed_rows_by_hand"),
     "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
                   "distance to recently selected rows", {"sft.select": "uds"}, keep=("sft",),
                   tests="test_selection"),

@@ -16,6 +16,7 @@ from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
 TRAIN_SIZE = 4000
+OPERATION_SPLITS = {"two_step": 2, "three_step": 3}  # split -> operations (solution lines before "#### N")
 
 
 def make_row(question: str, solution: str, answer: str, **columns) -> dict:
@@ -30,6 +31,7 @@ class Arithmetic:
     rewards = ["answer_match"]
     metric = "answer_match"
     solved_threshold = 1.0  # a sample counts as solved when its answer is right
+    abilities = ("three_step", "two_step")  # specialist, general: row splits for data-mixture recipes (DMT)
 
     @staticmethod
     def default_config() -> TrainConfig:
@@ -59,7 +61,11 @@ class Arithmetic:
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
     def rows(self, split: str) -> list[dict]:
-        """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column."""
+        """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column.
+        ``two_step`` / ``three_step``: the training problems with that many operations (two
+        abilities for data-mixture recipes such as DMT)."""
+        if split in OPERATION_SPLITS:
+            return [r for r in self.rows("train") if r["completion"].count("\n") == OPERATION_SPLITS[split]]
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
             rows = list(read_jsonl(self.cfg.data.path, required={"question": str, "solution": str, "answer": (str, int, float)},
                                    skip_bad_rows=self.cfg.data.skip_bad_rows,

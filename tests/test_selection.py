@@ -1,4 +1,4 @@
-"""UDS online batch selection against its definition on hand-made logits."""
+"""Data selection and mixtures: UDS online batch selection against its definition on hand-made logits; DMT mixtures."""
 
 import torch
 
@@ -26,3 +26,28 @@ def test_diversity_prefers_rows_far_from_the_queue():
     assert torch.allclose(scores, utility + distance)
     chosen, new_queue = uds_select(logits, mask, 2, queue, alpha=1.0, queue_size=2)
     assert len(chosen) == 2 and len(new_queue) == 2  # FIFO capped at queue_size
+
+
+def test_mixed_rows_by_hand():
+    """DMT's mixture: the stage's rows plus round(k * |split|) rows of each mixed split, seeded."""
+    from mmpost.mixing import mixed_rows
+
+    general = [{"id": f"g{i}"} for i in range(10)]
+    specialist = [{"id": f"s{i}"} for i in range(64)]
+    out = mixed_rows(general, {"math": specialist}, {"math": 1 / 16}, seed=0)
+    assert out[:10] == general and len(out) == 10 + 4  # 64 / 16 = 4 specialist rows
+    assert {r["id"] for r in out[10:]} <= {r["id"] for r in specialist} and len({r["id"] for r in out[10:]}) == 4
+    assert out == mixed_rows(general, {"math": specialist}, {"math": 1 / 16}, seed=0)  # same seed, same rows
+    assert out != mixed_rows(general, {"math": specialist}, {"math": 1 / 16}, seed=1)
+    assert len(mixed_rows(general, {"math": specialist}, {"math": 1 / 256}, seed=0)) == 11  # at least one
+    assert len(mixed_rows(general, {"math": specialist}, {"math": 0.0}, seed=0)) == 10
+    assert len(mixed_rows(general, {"math": specialist}, {"math": 1.0}, seed=0)) == 74  # plain multi-task
+
+
+def test_mix_config_is_checked():
+    import pytest
+
+    from mmpost.config import Stage
+
+    with pytest.raises(ValueError, match="mix maps split names"):
+        Stage(mix={"three_step": 2.0})
