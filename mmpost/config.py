@@ -105,6 +105,7 @@ class Stage:
     solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
     rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
     rft_demo_fallback: bool = False  # rft: prompts with no solved sample train on the demonstration (S3FT)
+    donod: float = 0.0  # keep this share of the stage's rows, ranked by DONOD (TOPSIS over DON, NOD); 0 = all
     select: str = ""  # sft: "uds" picks each batch from select_pool x batch_size rows (utility x diversity)
     select_pool: int = 4  # candidates per trained row when select is on
     # --- preference (dpo, spin)
@@ -140,6 +141,8 @@ class Stage:
         if any(not isinstance(k, str) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for k, v in self.mix.items()):
             raise ValueError(f"stage {self.name!r}: mix maps split names to shares in [0, 1], e.g. "
                              f"{{three_step: 0.0625}}; got {self.mix}")
+        if not 0 <= self.donod <= 1:
+            raise ValueError(f"stage {self.name!r}: donod is the share of rows kept, in (0, 1]; got {self.donod}")
         if self.group_filter and len(self.group_filter) != 2:
             raise ValueError(f"stage {self.name!r}: group_filter is [low, high], got {self.group_filter}")
         self.group_filter = [float(v) for v in self.group_filter]

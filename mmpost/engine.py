@@ -39,6 +39,7 @@ from mmpost.curation import lowest_reward_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.mixing import mixed_rows
+from mmpost.pruning import donod_rows
 from mmpost.registry import REWARDS, TASKS
 from mmpost.report import write_model_card
 from mmpost.rewarding import set_error_mode as set_reward_error_mode
@@ -160,6 +161,24 @@ def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
 
 
 SHOWN = ("loss/sft", "loss/pg", "loss/value", "loss/preference", "reward/total/mean")
+
+
+def stage_rows(stage: Stage, task, rows: dict, policy, rewards: dict, weights: dict, seed: int,
+               run_dir: Path) -> list[dict]:
+    """The rows ``stage`` trains on: its split, plus shares of others (``mix``, DMT), then narrowed
+    to the prompts the model does worst on (``curate``, Carve3D) or the best share by DONOD
+    (``donod``). Choices that depend on the model are recorded in the run directory (resume)."""
+    for split in (stage.data, *stage.mix):
+        if split not in rows:
+            rows[split] = task.rows(split)
+    train_rows = mixed_rows(rows[stage.data], rows, stage.mix, seed) if stage.mix else rows[stage.data]
+    if stage.kind == "rl" and stage.curate:
+        train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *stage.curate, stage.group_size,
+                                        stage.batch_size, run_dir / f"curated-{stage.name}.json")
+    if stage.donod:
+        train_rows = donod_rows(policy, train_rows, stage.donod, stage.lr, stage.batch_size,
+                                run_dir / f"donod-{stage.name}.json")
+    return train_rows
 
 
 def check_policy_supports(stage: Stage, policy) -> None:
@@ -285,16 +304,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             continue
         steps = stage_steps(stage, cfg.max_steps)
         check_policy_supports(stage, policy)
-        if stage.data not in rows:
-            rows[stage.data] = task.rows(stage.data)
-        train_rows = rows[stage.data]
-        if stage.mix:
-            for split in stage.mix:
-                rows.setdefault(split, task.rows(split))
-            train_rows = mixed_rows(train_rows, rows, stage.mix, cfg.seed)
-        if stage.kind == "rl" and stage.curate:
-            train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *stage.curate, stage.group_size,
-                                            stage.batch_size, run_dir / f"curated-{stage.name}.json")
+        train_rows = stage_rows(stage, task, rows, policy, rewards, weights, cfg.seed, run_dir)
         trained_before = any(stage_steps(s, cfg.max_steps) for s in cfg.stages[:stage_index])
         if has_adapters(policy) and trained_before and steps > 0:
             policy.adapters_merged = True

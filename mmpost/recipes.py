@@ -122,6 +122,9 @@ RECIPES: dict[str, Recipe] = {
     "dmt": Recipe("DMT (How Abilities in LLMs are Affected by SFT Data Composition)", "SFT on the specialist split, then on the general split "
                   "+ 1/16 of the specialist rows", _dmt, rename={"sft": "specialist", "rl": "general"},
                   tests="test_selection::test_mixed_rows_by_hand"),
+    "donod": Recipe("DONOD (model-intrinsic dataset pruning)", "SFT on the 30% of rows ranked best by TOPSIS over "
+                    "DON = |W + dW| - |W| (benefit) and NOD = |dW| (cost) of the output layer", {"sft.donod": 0.3},
+                    keep=("sft",), tests="test_pruning"),
     "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
                   "distance to recently selected rows", {"sft.select": "uds"}, keep=("sft",),
                   tests="test_selection"),

@@ -319,6 +319,16 @@ class TokenPolicy:
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
 
     @torch.no_grad()
+    def demo_hidden_states(self, batch: list[dict]):
+        """``(hidden [B, T, D], logits [B, T, V], ids [B, T], mask [B, T])``: for each demonstrated
+        token, the final hidden state and logits at the position that predicts it (DONOD's
+        closed-form update norms)."""
+        ids = self.demo_ids(batch)
+        output = self._forward(batch, ids, output_hidden_states=True)
+        hidden = output.hidden_states[-1][:, -(ids.shape[1] + 1):-1]
+        return hidden, output.logits[:, :-1], ids, (ids != self.pad_id).to(self.device)
+
+    @torch.no_grad()
     def demo_prompt_attention(self, batch: list[dict]) -> torch.Tensor:
         """[B, T] for each demonstrated token (the ``demo_logprobs`` positions): the attention its
         position pays to the prompt (text and media tokens) in the last layer, averaged over heads

@@ -45,6 +45,8 @@ def token_only_reason(stage: Stage) -> str:
         return f"sft_weight={stage.sft_weight!r} / sft_kl_coef"
     if stage.select:
         return f"select={stage.select!r}"
+    if stage.donod:
+        return "donod"
     for key in ("demo_in_group", "prefix_samples", "entropy_coef", "mask_truncated"):
         if getattr(stage, key):
             return key
