@@ -105,6 +105,7 @@ class Stage:
     solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
     rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
     rft_demo_fallback: bool = False  # rft: prompts with no solved sample train on the demonstration (S3FT)
+    middo: list = field(default_factory=list)  # sft: [every, m] diagnose and rewrite the rows every N steps (Middo)
     donod: float = 0.0  # keep this share of the stage's rows, ranked by DONOD (TOPSIS over DON, NOD); 0 = all
     select: str = ""  # sft: "uds" picks each batch from select_pool x batch_size rows (utility x diversity)
     select_pool: int = 4  # candidates per trained row when select is on
@@ -141,6 +142,10 @@ class Stage:
         if any(not isinstance(k, str) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for k, v in self.mix.items()):
             raise ValueError(f"stage {self.name!r}: mix maps split names to shares in [0, 1], e.g. "
                              f"{{three_step: 0.0625}}; got {self.mix}")
+        if self.middo and (len(self.middo) != 2 or int(self.middo[0]) < 1):
+            raise ValueError(f"stage {self.name!r}: middo is [every, m] (a round every N >= 1 steps, thresholds "
+                             f"mean - m std), got {self.middo}")
+        self.middo = [int(self.middo[0]), float(self.middo[1])] if self.middo else []
         if not 0 <= self.donod <= 1:
             raise ValueError(f"stage {self.name!r}: donod is the share of rows kept, in (0, 1]; got {self.donod}")
         if self.group_filter and len(self.group_filter) != 2:
@@ -176,6 +181,7 @@ class DataConfig:
     columns: list[str] = field(default_factory=list)  # FIELD=COLUMN renames, e.g. image=img_path,code=program
     skip_bad_rows: bool = False  # skip (and count) malformed rows instead of failing
     demos: int = 20  # robot tasks: scripted expert episodes for few-shot SFT
+    noise: float = 0.0  # arithmetic: share of training rows whose worked solution belongs to another problem
 
 
 @dataclass

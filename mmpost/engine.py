@@ -334,7 +334,8 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             rows[stage.demo_data] = task.rows(stage.demo_data)
         ctx = StageContext(stage, policy, reference, train_rows, rewards, weights, accelerator, optimizer,
                            scheduler, params, steps=steps, demo_rows=rows.get(stage.demo_data),
-                           max_nonfinite_steps=cfg.max_nonfinite_steps, seed=cfg.seed, stage_index=stage_index)
+                           max_nonfinite_steps=cfg.max_nonfinite_steps, seed=cfg.seed, stage_index=stage_index,
+                           refine=getattr(task, "refine", None))
         start = 0
         if checkpoint and stage_index == checkpoint["stage_index"]:
             optimizer.load_state_dict(checkpoint["optimizer"])

@@ -125,6 +125,10 @@ RECIPES: dict[str, Recipe] = {
     "donod": Recipe("DONOD (model-intrinsic dataset pruning)", "SFT on the 30% of rows ranked best by TOPSIS over "
                     "DON = |W + dW| - |W| (benefit) and NOD = |dW| (cost) of the output layer", {"sft.donod": 0.3},
                     keep=("sft",), tests="test_pruning"),
+    "middo": Recipe("Middo (2508.21589)", "SFT; 4 times per stage, rows hard before and after training (loss > mean + "
+                    "std), isolated (top-2 cosine < mean - std) or of low quality (reward < mean - std) are "
+                    "rewritten by the task's rules", lambda t: {"sft.middo": [max(1, t.default_config().stage("sft").steps // 4), 1.0]},
+                    keep=("sft",), tests="test_refinement"),
     "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
                   "distance to recently selected rows", {"sft.select": "uds"}, keep=("sft",),
                   tests="test_selection"),

@@ -9,8 +9,10 @@ so the one TokenPolicy serves text and vision alike. Default recipe: SFT then GR
 
 from __future__ import annotations
 
+import random
+
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
-from mmpost.data.arithmetic import problem, split_seeds
+from mmpost.data.arithmetic import HELDOUT_OFFSET, problem, refine_problem, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
@@ -60,6 +62,13 @@ class Arithmetic:
         return TokenPolicy.from_pretrained(self.model_path(), device=device,
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
+    @staticmethod
+    def refine(row: dict, axis: str, rng) -> dict | None:
+        """Middo's rewrites by rule (:func:`mmpost.data.arithmetic.refine_problem`): a simpler problem,
+        a repaired worked solution, or a neighbour; None for a question of another shape."""
+        new = refine_problem(row["prompt"][0]["content"], axis, rng)
+        return make_row(new["question"], new["solution"], new["answer"]) if new else None
+
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column.
         ``two_step`` / ``three_step``: the training problems with that many operations (two
@@ -73,4 +82,9 @@ class Arithmetic:
             rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
-        return [make_row(**problem(s)) for s in split_seeds(split, size)]
+        rows = [make_row(**problem(s)) for s in split_seeds(split, size)]
+        if split == "train" and self.cfg.data.noise:  # noisy demonstrations, for data-quality methods
+            rng = random.Random(f"noise:{self.cfg.seed}")
+            for i in rng.sample(range(size), round(self.cfg.data.noise * size)):
+                rows[i]["completion"] = problem(HELDOUT_OFFSET - 1 - i)["solution"]  # another problem's
+        return rows

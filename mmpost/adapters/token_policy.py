@@ -319,6 +319,15 @@ class TokenPolicy:
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
 
     @torch.no_grad()
+    def prompt_embeddings(self, batch: list[dict]) -> torch.Tensor:
+        """[B, D] each prompt's mean last-layer hidden state over its real tokens (Middo's sentence
+        embedding of an instruction)."""
+        inputs = self.encode_prompts(batch)
+        hidden = self.model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[-1].float()
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    @torch.no_grad()
     def demo_hidden_states(self, batch: list[dict]):
         """``(hidden [B, T, D], logits [B, T, V], ids [B, T], mask [B, T])``: for each demonstrated
         token, the final hidden state and logits at the position that predicts it (DONOD's

@@ -21,7 +21,7 @@ def needs_reference(stage: Stage) -> bool:
     """Whether any term of ``stage`` reads the frozen start-of-stage model (only then is it copied)."""
     demo_terms = stage.sft_weight in ("sstoken", "poft") or stage.sft_kl_coef > 0
     if stage.kind == "sft":
-        return demo_terms
+        return demo_terms or bool(stage.middo)
     if stage.kind in ("rl", "mixed"):
         demos_inside = stage.kind == "mixed" or stage.relift_size or stage.sasr
         return stage.kl_coef > 0 or bool(demos_inside and demo_terms)
@@ -45,8 +45,8 @@ def token_only_reason(stage: Stage) -> str:
         return f"sft_weight={stage.sft_weight!r} / sft_kl_coef"
     if stage.select:
         return f"select={stage.select!r}"
-    if stage.donod:
-        return "donod"
+    if stage.donod or stage.middo:
+        return "donod" if stage.donod else "middo"
     for key in ("demo_in_group", "prefix_samples", "entropy_coef", "mask_truncated"):
         if getattr(stage, key):
             return key

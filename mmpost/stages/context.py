@@ -28,16 +28,22 @@ class StageContext:
     optimizer: Any
     scheduler: Any
     params: list
-    state: dict = field(default_factory=dict)  # per-stage state that must survive a resume (JSON-able)
+    state: dict = field(default_factory=dict)  # per-stage state that must survive a resume (saved in checkpoints)
     step: int = 0  # 0-based index of the current step within the stage
     steps: int = 1  # steps in the stage (for schedules over the stage)
     demo_rows: list | None = None  # rows of ``stage.demo_data`` when the demonstrations live apart
     max_nonfinite_steps: int = 10  # consecutive NaN/inf losses or gradients before the run stops
     seed: int = 0  # the run's seed and this stage's index: with ``step``, the position that seeds sampling
     stage_index: int = 0
+    refine: Any = None  # the task's rule-based row rewriter ``refine(row, axis, rng)``, if it has one (Middo)
 
     def batch(self, indices: list[int]) -> list[dict]:
-        return [self.rows[i] for i in indices]
+        """The rows at ``indices``: of the stage's rows, or of the refined dataset once a Middo round
+        has replaced them (``state["refined_rows"]``: indices into ``rows`` or rewritten rows)."""
+        refined = self.state.get("refined_rows")
+        if refined is None:
+            return [self.rows[i] for i in indices]
+        return [self.rows[e] if isinstance(e, int) else e for e in (refined[i] for i in indices)]
 
     def demo_batch(self, indices: list[int]) -> list[dict]:
         """Demonstrations for a step: the rows themselves, or as many rows drawn from ``demo_rows``

@@ -84,6 +84,8 @@ def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     """One optimiser step on the demonstrations of ``indices`` (chosen from a larger pool by UDS when
     the stage selects)."""
     selected = {}
+    if ctx.stage.middo and ctx.step and ctx.step % ctx.stage.middo[0] == 0:
+        selected = _middo_round(ctx)
     if ctx.stage.select == "uds":
         indices, selected = _uds(ctx, indices)
     with ctx.accelerator.autocast():
@@ -98,3 +100,37 @@ def _uds(ctx: StageContext, pool: list[int]) -> tuple[list[int], dict[str, float
         _, mask, logits = ctx.policy.demo_logprobs(ctx.batch(pool), return_logits=True)
     chosen, ctx.state["uds_queue"] = uds_select(logits, mask, ctx.stage.batch_size, ctx.state.get("uds_queue"))
     return [pool[i] for i in chosen], {"select/pool": float(len(pool)), "select/queue": float(len(ctx.state["uds_queue"]))}
+
+
+@torch.no_grad()
+def _middo_round(ctx: StageContext) -> dict[str, float]:
+    """One Middo round over the stage's current rows (:mod:`mmpost.refinement`): loss under the
+    start-of-stage and the current model, prompt embeddings, and the task's reward on each row's own
+    demonstration; the flagged rows are rewritten and the result becomes the stage's data (kept in
+    the checkpointed stage state)."""
+    from mmpost.refinement import complexity_flags, low_quality_flags, refined_dataset, sparse_flags
+    from mmpost.rewarding import score_rollout
+
+    policy, m = ctx.policy, ctx.stage.middo[1]
+    current = ctx.state.get("refined_rows") or list(range(len(ctx.rows)))
+    rows = ctx.batch(list(range(len(current))))
+    was_training = policy.model.training
+    policy.model.eval()
+    loss_start, loss_now, embeddings, quality = [], [], [], []
+    for start in range(0, len(rows), ctx.stage.batch_size):
+        chunk = rows[start:start + ctx.stage.batch_size]
+        for model, out in ((ctx.reference, loss_start), (policy, loss_now)):
+            logprobs, mask = model.demo_logprobs(chunk)
+            out.append((-(logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+        embeddings.append(policy.prompt_embeddings(chunk).cpu())
+        demos = policy.demo_rollout(chunk)
+        score_rollout(demos, ctx.rewards, ctx.weights)
+        quality.append(torch.nan_to_num(demos.rewards.float(), nan=0.0))
+    policy.model.train(was_training)
+    sparse, _ = sparse_flags(torch.cat(embeddings), m)
+    flags = {"complexity": complexity_flags(torch.cat(loss_start), torch.cat(loss_now)), "diversity": sparse,
+             "quality": low_quality_flags(torch.cat(quality), m)}
+    order, counts = refined_dataset(rows, flags, ctx.refine, seed=f"{ctx.seed}:{ctx.stage_index}:{ctx.step}")
+    ctx.state["refined_rows"] = [current[e] if isinstance(e, int) else e for e in order]
+    return {**{f"middo/{axis}": float(f.sum()) for axis, f in flags.items()},
+            **{f"middo/{what}": float(n) for what, n in counts.items()}}
