@@ -123,7 +123,7 @@ RECIPES: dict[str, Recipe] = {
                   "+ 1/16 of the specialist rows", _dmt, rename={"sft": "specialist", "rl": "general"},
                   tests="test_selection::test_mixed_rows_by_hand"),
     "donod": Recipe("DONOD (model-intrinsic dataset pruning)", "SFT on the 30% of rows ranked best by TOPSIS over "
-                    "DON = |W + dW| - |W| (benefit) and NOD = |dW| (cost) of the output layer", {"sft.donod": 0.3},
+                    "DON = norm(W + dW) - norm(W) (benefit) and NOD = norm(dW) (cost) of the output layer", {"sft.donod": 0.3},
                     keep=("sft",), tests="test_pruning"),
     "middo": Recipe("Middo (2508.21589)", "SFT; 4 times per stage, rows hard before and after training (loss > mean + "
                     "std), isolated (top-2 cosine < mean - std) or of low quality (reward < mean - std) are "
@@ -146,8 +146,8 @@ RECIPES: dict[str, Recipe] = {
                          tests="test_recipes::test_prefix_hybrids"),
     "relift": Recipe("ReLIFT (Learning What RL Can't)", "GRPO + SFT on a buffer of prompts no sample solved",
                      lambda t: {"rl.relift_size": 8, "rl.solved_threshold": _solved(t)}, tests="test_recipes"),
-    "sasr": Recipe("SASR (2505.13026)", "SFT warm-up, then each step SFT with probability min(1, |g_SFT| / |g_SFT| at "
-                   "the hybrid phase's start), else GRPO", {"rl.sasr": True},
+    "sasr": Recipe("SASR (2505.13026)", "SFT warm-up, then each step SFT with probability min(1, norm(g_SFT) / its value "
+                   "at the hybrid phase's start), else GRPO", {"rl.sasr": True},
                    tests="test_advantages::test_sasr_switching_probability_by_hand"),
     "rft": Recipe("rejection-sampling fine-tuning (FARE)", "sample 8, SFT on the solved ones",
                   lambda t: {"rl.kind": "rft", "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},

@@ -8,7 +8,8 @@ Not part of the test suite (it trains for tens of minutes). Methods that post-tr
 (RL, preference, rejection sampling, mixed) all start from the *same* SFT run of the task's default
 recipe (``ROOT/sft-seedS/final``), with their own SFT stage skipped, so their before/after columns
 compare methods on one starting point. Methods that replace SFT itself (DFT, Anchored SFT, ssToken,
-PoFT) train from the untrained model for the default SFT budget and are compared with plain SFT.
+PoFT, DMT, DONOD, Middo) train from the untrained model for the default SFT budget and are compared
+with plain SFT.
 Each run is ``mmpost train`` in ``ROOT/RECIPE-seedS`` (resumed if interrupted); the held-out metric
 is the engine's own greedy and sampled evaluation.
 """
@@ -47,7 +48,9 @@ def main() -> None:
         run(args.task, "sft", args.seed, base, extra)
 
     def replaces_sft(name: str) -> bool:
-        return RECIPES[name].keep == ("sft",)
+        """Methods that are a kind of SFT (or reshape the SFT data, as DMT) train from the untrained model."""
+        stages = [s.name for s in mmpost.build_config(args.task, recipe=name).stages]
+        return RECIPES[name].keep == ("sft",) or "sft" not in stages
 
     def job(name: str) -> None:
         post = [] if replaces_sft(name) else ["--model", str(base / "final"), "--set", "sft.steps=0"]

@@ -67,7 +67,7 @@ class Arithmetic:
         """Middo's rewrites by rule (:func:`mmpost.data.arithmetic.refine_problem`): a simpler problem,
         a repaired worked solution, or a neighbour; None for a question of another shape."""
         new = refine_problem(row["prompt"][0]["content"], axis, rng)
-        return make_row(new["question"], new["solution"], new["answer"]) if new else None
+        return {**row, **make_row(new["question"], new["solution"], new["answer"])} if new else None
 
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column.

@@ -65,9 +65,9 @@ def test_arithmetic_rewrites():
 
 
 def test_middo_round_in_sft_rewrites_and_resumes(mmpost_home, tmp_path):
-    """Two rounds in a 4-step SFT run on arithmetic with some corrupted demonstrations: the corrupt
+    """Two rounds in a 5-step SFT run on arithmetic with some corrupted demonstrations: the corrupt
     rows are flagged by the reward on their own demonstration and repaired; the refined data is in
-    the checkpoint, so a run resumed from step 2 ends with the same weights."""
+    the checkpoint, so a run resumed from step 4 ends with the same weights."""
     import mmpost
     from safetensors.torch import load_file
 
@@ -75,12 +75,13 @@ def test_middo_round_in_sft_rewrites_and_resumes(mmpost_home, tmp_path):
 
     def config(out):
         return mmpost.build_config("arithmetic", recipe="sft", output_dir=str(out), overrides={
-            "data.train_size": 24, "data.eval_size": 4, "threads": 1, "eval.sampled": False, "sft.steps": 4,
+            "data.train_size": 24, "data.eval_size": 4, "threads": 1, "eval.sampled": False, "sft.steps": 5,
             "sft.batch_size": 8, "sft.middo": [2, 1.0], "checkpoint_every": 2, "data.noise": 0.125})
 
     train(config(tmp_path / "full"))
     lines = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert lines[2]["middo/quality"] == 3.0 and "middo/diversity" in lines[2]  # the 3 corrupted rows
+    assert lines[4]["middo/quality"] == 0.0  # repaired in the first round; the second reads rewritten rows
     state = torch.load(sorted((tmp_path / "full" / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)
     refined = state["stage_state"]["refined_rows"]
     assert len(refined) == 24 and sum(isinstance(e, dict) for e in refined) >= 3

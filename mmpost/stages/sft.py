@@ -82,12 +82,13 @@ def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> t
 
 def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     """One optimiser step on the demonstrations of ``indices`` (chosen from a larger pool by UDS when
-    the stage selects)."""
+    the stage selects; after a Middo round, of the refined rows)."""
     selected = {}
     if ctx.stage.middo and ctx.step and ctx.step % ctx.stage.middo[0] == 0:
-        selected = _middo_round(ctx)
+        selected.update(_middo_round(ctx))
     if ctx.stage.select == "uds":
-        indices, selected = _uds(ctx, indices)
+        indices, chosen = _uds(ctx, indices)
+        selected.update(chosen)
     with ctx.accelerator.autocast():
         loss, metrics = demo_loss(ctx, ctx.batch(indices))
     return {"grad_norm": ctx.update(loss), "loss/sft": loss.item(), **metrics, **selected}
