@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mmpost.policy import eval_mode
 from mmpost.rewarding import score_rollout
 
 
@@ -28,15 +29,13 @@ def lowest_reward_rows(policy, rows: list[dict], rewards: dict, weights: dict, c
         from tqdm.auto import tqdm
 
         pool = rows[:candidates]
-        was_training = policy.model.training
-        policy.model.eval()
-        means = []
-        for start in tqdm(range(0, len(pool), batch_size), desc="curating prompts", unit="batch"):
-            chunk = pool[start:start + batch_size]
-            rollout = policy.rollout(chunk, samples)
-            score_rollout(rollout, rewards, weights)
-            means += torch.nan_to_num(rollout.rewards, nan=float("inf")).view(len(chunk), samples).mean(1).tolist()
-        policy.model.train(was_training)
+        with eval_mode(policy.model):
+            means = []
+            for start in tqdm(range(0, len(pool), batch_size), desc="curating prompts", unit="batch"):
+                chunk = pool[start:start + batch_size]
+                rollout = policy.rollout(chunk, samples)
+                score_rollout(rollout, rewards, weights)
+                means += torch.nan_to_num(rollout.rewards, nan=float("inf")).view(len(chunk), samples).mean(1).tolist()
         chosen = sorted(range(len(pool)), key=lambda i: means[i])[:keep]
         tmp = record.with_name(f".{record.name}.tmp")
         tmp.write_text(json.dumps({"rows": chosen, "mean_reward": [means[i] for i in chosen],

@@ -12,6 +12,7 @@ import torch
 
 from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.config import EvalConfig
+from mmpost.policy import eval_mode
 from mmpost.rewarding import score_rollout
 from mmpost.types import MEDIA_AND_TEXT
 
@@ -28,27 +29,25 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
     Returns ``{"greedy": {name: mean}, "sampled": {...}, "per_sample": {...}, "samples": [...]}``;
     ``per_sample`` keeps each row's ``metric`` score so runs can be compared pairwise.
     """
-    was_training = policy.model.training
-    policy.model.eval()
-    modes = {"greedy": True, **({"sampled": False} if cfg.sampled else {})}
-    out: dict = {"per_sample": {}, "samples": []}
-    for mode, greedy in modes.items():
-        components: dict[str, list] = {}
-        for start in range(0, len(rows), cfg.batch_size):
-            chunk = rows[start:start + cfg.batch_size]
-            rollout = policy.rollout(chunk, 1, temperature=1.0, greedy=greedy)
-            score_rollout(rollout, rewards, weights)
-            for key, values in rollout.reward_components.items():
-                components.setdefault(key, []).extend(values)
-            if mode == "greedy" and start == 0 and cfg.samples_to_save > 0:
-                details = getattr(_raw_scores(rewards, metric, rollout, cfg.samples_to_save), "details", [])
-                for i, row in enumerate(chunk[:cfg.samples_to_save]):
-                    out["samples"].append({"row": row, "output": rollout.outputs[i],
-                                           "reward": rollout.reward_components[metric][i],
-                                           **(details[i] if i < len(details) else {})})
-        out[mode] = {key: _mean(values) for key, values in components.items()}
-        out["per_sample"][mode] = components.get(metric, [])
-    policy.model.train(was_training)
+    with eval_mode(policy.model):
+        modes = {"greedy": True, **({"sampled": False} if cfg.sampled else {})}
+        out: dict = {"per_sample": {}, "samples": []}
+        for mode, greedy in modes.items():
+            components: dict[str, list] = {}
+            for start in range(0, len(rows), cfg.batch_size):
+                chunk = rows[start:start + cfg.batch_size]
+                rollout = policy.rollout(chunk, 1, temperature=1.0, greedy=greedy)
+                score_rollout(rollout, rewards, weights)
+                for key, values in rollout.reward_components.items():
+                    components.setdefault(key, []).extend(values)
+                if mode == "greedy" and start == 0 and cfg.samples_to_save > 0:
+                    details = getattr(_raw_scores(rewards, metric, rollout, cfg.samples_to_save), "details", [])
+                    for i, row in enumerate(chunk[:cfg.samples_to_save]):
+                        out["samples"].append({"row": row, "output": rollout.outputs[i],
+                                               "reward": rollout.reward_components[metric][i],
+                                               **(details[i] if i < len(details) else {})})
+            out[mode] = {key: _mean(values) for key, values in components.items()}
+            out["per_sample"][mode] = components.get(metric, [])
     return out
 
 
@@ -64,16 +63,14 @@ def heldout_kl(policy, reference, rows: list[dict], cfg: EvalConfig) -> dict:
     """KL of ``policy`` to ``reference`` (e.g. RL model vs the model RL started from) on held-out
     rows: outputs sampled at T=1, per output the mean over its steps of ``k1 = log p - log p_ref``
     (an unbiased estimate of the per-step KL; Carve3D's measure) and of the non-negative ``k3``."""
-    was_training = policy.model.training
-    policy.model.eval()
-    k1, k3 = [], []
-    for start in range(0, len(rows), cfg.batch_size):
-        rollout = policy.rollout(rows[start:start + cfg.batch_size], 1, temperature=1.0)
-        ref = reference.logprobs(rollout).cpu()
-        mask = rollout.mask.to(ref.dtype)
-        k1 += sequence_kl(rollout.logprobs, ref, mask).tolist()
-        k3 += ((kl_k3(rollout.logprobs, ref) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
-    policy.model.train(was_training)
+    with eval_mode(policy.model):
+        k1, k3 = [], []
+        for start in range(0, len(rows), cfg.batch_size):
+            rollout = policy.rollout(rows[start:start + cfg.batch_size], 1, temperature=1.0)
+            ref = reference.logprobs(rollout).cpu()
+            mask = rollout.mask.to(ref.dtype)
+            k1 += sequence_kl(rollout.logprobs, ref, mask).tolist()
+            k3 += ((kl_k3(rollout.logprobs, ref) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
     return {"k1": _mean(k1), "k3": _mean(k3)}
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from mmpost.policy import eval_mode
+
 
 def topsis(matrix: torch.Tensor, weights: torch.Tensor, benefit: torch.Tensor) -> torch.Tensor:
     """TOPSIS closeness in [0, 1] of each row of ``matrix`` [N, C] (alternatives x criteria): columns
@@ -60,17 +62,15 @@ def donod_rows(policy, rows: list[dict], keep: float, lr: float, batch_size: int
     from tqdm.auto import tqdm
 
     weight = policy.model.get_output_embeddings().weight
-    was_training = policy.model.training
-    policy.model.eval()
     don, nod = [], []
-    for start in tqdm(range(0, len(rows), batch_size), desc="DONOD scoring", unit="batch"):
-        chunk = rows[start:start + batch_size]
-        hidden, logits, ids, mask = policy.demo_hidden_states(chunk)
-        for h, l, y, m in zip(hidden, logits, ids.to(hidden.device), mask.bool()):
-            d, n = output_update_norms(h[m], l[m], y[m], weight, lr)
-            don.append(d)
-            nod.append(n)
-    policy.model.train(was_training)
+    with eval_mode(policy.model):
+        for start in tqdm(range(0, len(rows), batch_size), desc="DONOD scoring", unit="batch"):
+            chunk = rows[start:start + batch_size]
+            hidden, logits, ids, mask = policy.demo_hidden_states(chunk)
+            for h, l, y, m in zip(hidden, logits, ids.to(hidden.device), mask.bool()):
+                d, n = output_update_norms(h[m], l[m], y[m], weight, lr)
+                don.append(d)
+                nod.append(n)
     closeness = topsis(torch.tensor([don, nod]).T, torch.tensor([0.5, 0.5]), torch.tensor([True, False]))
     count = max(1, round(keep * len(rows)))
     chosen = sorted(torch.topk(closeness, count).indices.tolist())

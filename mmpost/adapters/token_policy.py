@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
+from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
@@ -190,13 +191,11 @@ class TokenPolicy:
         """
         rows = [row for row in batch for _ in range(n)]
         prompt = self.encode_prompts(rows)
-        was_training = self.model.training
-        self.model.eval()
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        out = getattr(self.model, "module", self.model).generate(**prompt, **sampling, max_new_tokens=self.max_new_tokens,
-                                  suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id,
-                                  pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            out = getattr(self.model, "module", self.model).generate(**prompt, **sampling, max_new_tokens=self.max_new_tokens,
+                                      suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id,
+                                      pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
         ids = out.sequences[:, prompt["input_ids"].shape[1]:]
         mask = self._completion_mask(ids)
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
@@ -239,12 +238,10 @@ class TokenPolicy:
             types = [t[m.bool()] for t, m in zip(prompt["mm_token_type_ids"], prompt["attention_mask"])]
             inputs["mm_token_type_ids"] = torch.stack([F.pad(t, (width - len(j), len(j) - len(t)))
                                                        for t, j in zip(types, joined)])
-        was_training = self.model.training
-        self.model.eval()
-        out = getattr(self.model, "module", self.model).generate(
-            **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens,
-            suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            out = getattr(self.model, "module", self.model).generate(
+                **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens,
+                suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         generated = out[:, width:]
         completions = [torch.cat([prefixes[i // n].to(self.device), g]) for i, g in enumerate(generated)]
         length = max(len(c) for c in completions)

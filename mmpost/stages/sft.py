@@ -8,6 +8,7 @@ from mmpost.algos.kl import entropy, full_forward_kl
 from mmpost.algos.pg import aggregate
 from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, qtuning_mask, sample_candidates,
                               sstoken_mask, weighted_nll)
+from mmpost.policy import eval_mode
 from mmpost.stages.context import StageContext
 
 
@@ -115,19 +116,17 @@ def _middo_round(ctx: StageContext) -> dict[str, float]:
     policy, m = ctx.policy, ctx.stage.middo[1]
     current = ctx.state.get("refined_rows") or list(range(len(ctx.rows)))
     rows = ctx.batch(list(range(len(current))))
-    was_training = policy.model.training
-    policy.model.eval()
     loss_start, loss_now, embeddings, quality = [], [], [], []
-    for start in range(0, len(rows), ctx.stage.batch_size):
-        chunk = rows[start:start + ctx.stage.batch_size]
-        for model, out in ((ctx.reference, loss_start), (policy, loss_now)):
-            logprobs, mask = model.demo_logprobs(chunk)
-            out.append((-(logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
-        embeddings.append(policy.prompt_embeddings(chunk).cpu())
-        demos = policy.demo_rollout(chunk)
-        score_rollout(demos, ctx.rewards, ctx.weights)
-        quality.append(torch.nan_to_num(demos.rewards.float(), nan=0.0))
-    policy.model.train(was_training)
+    with eval_mode(policy.model):
+        for start in range(0, len(rows), ctx.stage.batch_size):
+            chunk = rows[start:start + ctx.stage.batch_size]
+            for model, out in ((ctx.reference, loss_start), (policy, loss_now)):
+                logprobs, mask = model.demo_logprobs(chunk)
+                out.append((-(logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+            embeddings.append(policy.prompt_embeddings(chunk).cpu())
+            demos = policy.demo_rollout(chunk)
+            score_rollout(demos, ctx.rewards, ctx.weights)
+            quality.append(torch.nan_to_num(demos.rewards.float(), nan=0.0))
     sparse, _ = sparse_flags(torch.cat(embeddings), m)
     flags = {"complexity": complexity_flags(torch.cat(loss_start), torch.cat(loss_now)), "diversity": sparse,
              "quality": low_quality_flags(torch.cat(quality), m)}
