@@ -8,6 +8,7 @@ never leaves a checkpoint that could be loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,6 +21,13 @@ import torch
 from mmpost import faults
 
 _NAME = re.compile(r"^s(\d{2})-(\d{6})$")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """``path`` holds ``data`` as JSON, all or nothing: written beside it, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

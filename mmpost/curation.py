@@ -9,11 +9,11 @@ model has moved since.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from mmpost.checkpoint import write_json_atomic
 from mmpost.policy import eval_mode
 from mmpost.rewarding import score_rollout
 
@@ -37,8 +37,6 @@ def lowest_reward_rows(policy, rows: list[dict], rewards: dict, weights: dict, c
                 score_rollout(rollout, rewards, weights)
                 means += torch.nan_to_num(rollout.rewards, nan=float("inf")).view(len(chunk), samples).mean(1).tolist()
         chosen = sorted(range(len(pool)), key=lambda i: means[i])[:keep]
-        tmp = record.with_name(f".{record.name}.tmp")
-        tmp.write_text(json.dumps({"rows": chosen, "mean_reward": [means[i] for i in chosen],
-                                   "candidates_mean_reward": sum(means) / len(means)}))
-        os.replace(tmp, record)
+        write_json_atomic(record, {"rows": chosen, "mean_reward": [means[i] for i in chosen],
+                                   "candidates_mean_reward": sum(means) / len(means)})
     return [rows[i] for i in chosen]

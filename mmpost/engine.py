@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from mmpost.adapters.lora import AdapterDisabledReference, add_lora, has_adapters, restart_adapters
-from mmpost.checkpoint import check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state,
+                               write_json_atomic)
 from mmpost.config import Stage, TrainConfig
 from mmpost.curation import lowest_reward_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
@@ -128,7 +129,7 @@ def evaluate_saved(cfg: TrainConfig, out: Path | None = None) -> dict:
     samples = results.pop("samples")
     if out:
         save_samples(Path(out) / "samples", samples)
-        (Path(out) / "results.json").write_text(json.dumps(results, indent=1))
+        write_json_atomic(Path(out) / "results.json", results)
     return results
 
 
@@ -149,7 +150,7 @@ def _save_results(run_dir: Path, results: dict, key: str | None = None) -> None:
         return
     if key:
         save_samples(run_dir / "samples" / key, samples)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_json_atomic(run_dir / "results.json", results)
 
 
 def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:

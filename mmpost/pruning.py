@@ -15,11 +15,11 @@ with ``e_t = p_t - y_t``); DON counts as a benefit and NOD as a cost, with equal
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from mmpost.checkpoint import write_json_atomic
 from mmpost.policy import eval_mode
 
 
@@ -74,8 +74,6 @@ def donod_rows(policy, rows: list[dict], keep: float, lr: float, batch_size: int
     closeness = topsis(torch.tensor([don, nod]).T, torch.tensor([0.5, 0.5]), torch.tensor([True, False]))
     count = max(1, round(keep * len(rows)))
     chosen = sorted(torch.topk(closeness, count).indices.tolist())
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps({"rows": chosen, "keep": keep, "don": don, "nod": nod,
-                               "closeness": closeness.tolist()}))
-    os.replace(tmp, record)
+    write_json_atomic(record, {"rows": chosen, "keep": keep, "don": don, "nod": nod,
+                               "closeness": closeness.tolist()})
     return [rows[i] for i in chosen]
