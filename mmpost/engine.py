@@ -125,7 +125,8 @@ def evaluate_saved(cfg: TrainConfig, out: Path | None = None) -> dict:
     if cfg.image_pixels:
         policy.set_image_pixels(cfg.image_pixels)
     with contextlib.closing(policy):
-        results = evaluate(policy, task.rows("heldout"), eval_rewards, weights, cfg.eval, task.metric)
+        results = evaluate(policy, task.rows("heldout"), eval_rewards, weights, cfg.eval, task.metric,
+                           getattr(task, "breakdown", ""))
     samples = results.pop("samples")
     if out:
         save_samples(Path(out) / "samples", samples)
@@ -277,13 +278,14 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     from tqdm.auto import tqdm
 
     eval_rows = rows["heldout"]
+    breakdown = getattr(task, "breakdown", "")  # a row column the held-out metric is also reported by
     policy.model = accelerator.prepare_model(policy.model)
     if checkpoint is not None:
         policy.model.load_state_dict(checkpoint["model"])
 
     results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     if "before" not in results:
-        results["before"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
+        results["before"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric, breakdown)
         _save_results(run_dir, results, "before")
     if hasattr(task, "blind_completions") and "blind" not in results:
         rows.setdefault("train", task.rows("train"))
@@ -391,13 +393,13 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             _save_results(run_dir, results)
         if stage_index < len(cfg.stages) - 1 and f"after_{stage.name}" not in results:
             key = f"after_{stage.name}"  # per-stage evaluation: e.g. SFT vs SFT+RL on the same charts
-            results[key] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
+            results[key] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric, breakdown)
             _save_results(run_dir, results, key)
             policy.model.train()
 
     if previous_handler is not None:
         signal.signal(signal.SIGINT, previous_handler)
-    results["after"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric)
+    results["after"] = evaluate(policy, eval_rows, eval_rewards, weights, cfg.eval, task.metric, breakdown)
     _save_results(run_dir, results, "after")
     if cfg.trackers:
         accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")

@@ -23,11 +23,13 @@ def _mean(values: list) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalConfig, metric: str) -> dict:
+def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalConfig, metric: str,
+             breakdown: str = "") -> dict:
     """Mean of every reward and component on ``rows``, greedy and (optionally) sampled at T=1.
 
     Returns ``{"greedy": {name: mean}, "sampled": {...}, "per_sample": {...}, "samples": [...]}``;
-    ``per_sample`` keeps each row's ``metric`` score so runs can be compared pairwise.
+    ``per_sample`` keeps each row's ``metric`` score so runs can be compared pairwise. With
+    ``breakdown`` (a row column, e.g. a question type), ``"by": {mode: {value: mean metric}}`` too.
     """
     with eval_mode(policy.model):
         modes = {"greedy": True, **({"sampled": False} if cfg.sampled else {})}
@@ -48,6 +50,13 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
                                                **(details[i] if i < len(details) else {})})
             out[mode] = {key: _mean(values) for key, values in components.items()}
             out["per_sample"][mode] = components.get(metric, [])
+            if breakdown:
+                groups: dict[str, list] = {}
+                for row, score in zip(rows, out["per_sample"][mode]):
+                    groups.setdefault(str(row.get(breakdown)), []).append(score)
+                out.setdefault("by", {})[mode] = {value: _mean(scores) for value, scores in sorted(groups.items())}
+    if breakdown:
+        out["by"]["column"] = breakdown
     return out
 
 
@@ -145,6 +154,13 @@ def print_table(results: dict) -> None:
             fmt = lambda v: f"{v:10.3f}" if v is not None else f"{'-':>10}"  # noqa: E731
             delta = a - b if a is not None and b is not None else None
             print(f"{mode + ' ' + key:<34}{fmt(b)}{fmt(a)}{fmt(delta)}")
+    by = after.get("by", {})
+    for mode in ("greedy", "sampled"):
+        if mode in by:
+            shown = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            groups = ", ".join(f"{value} {shown(before.get('by', {}).get(mode, {}).get(value))} -> {shown(score)}"
+                               for value, score in by[mode].items())
+            print(f"{mode} by {by['column']}: {groups}")
     for stage, kl in results.get("kl_to_start", {}).items():
         print(f"KL of the model after stage {stage!r} to its start (held-out, per step): "
               f"k1 {kl['k1']:.3g}, k3 {kl['k3']:.3g}")

@@ -34,6 +34,7 @@ class Arithmetic:
     metric = "answer_match"
     solved_threshold = 1.0  # a sample counts as solved when its answer is right
     abilities = ("three_step", "two_step")  # specialist, general: row splits for data-mixture recipes (DMT)
+    breakdown = "operations"  # held-out accuracy is also reported per number of operations (2, 3)
 
     @staticmethod
     def default_config() -> TrainConfig:
@@ -82,7 +83,8 @@ class Arithmetic:
             rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
-        rows = [make_row(**problem(s)) for s in split_seeds(split, size)]
+        problems = [problem(s) for s in split_seeds(split, size)]
+        rows = [make_row(**p, operations=p["solution"].count("\n")) for p in problems]
         if split == "train" and self.cfg.data.noise:  # noisy demonstrations, for data-quality methods
             rng = random.Random(f"noise:{self.cfg.seed}")
             for i in rng.sample(range(size), round(self.cfg.data.noise * size)):

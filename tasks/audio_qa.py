@@ -39,6 +39,7 @@ class AudioQA:
     name = "audio_qa"
     rewards = ["choice_accuracy", "answer_format"]
     metric = "choice_accuracy"
+    breakdown = "qtype"  # held-out accuracy also per question type
     solved_threshold = 1.0
     # R1-AQA's comparison: the second stage spends the GRPO stage's budget (steps x 64 completions)
     # on 64 demonstrations a step instead, at the SFT stage's final learning-rate scale

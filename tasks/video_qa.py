@@ -55,6 +55,7 @@ class VideoQA:
     name = "video_qa"
     rewards = ["choice_accuracy", "format", "video_semantic"]
     metric = "choice_accuracy"
+    breakdown = "qtype"  # held-out accuracy also per question type
     solved_threshold = 1.0
 
     @staticmethod
