@@ -265,6 +265,33 @@ class PeftConfig:
                              f"alpha={self.alpha}, dropout={self.dropout}")
 
 
+ROLLOUT_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class RolloutConfig:
+    """How token policies sample. ``hf``: transformers' ``generate`` on the training model (any device).
+    ``vllm``: a vLLM engine in this process on the training GPU (extra ``[vllm]``), sent the current
+    weights before every rollout; log-probs are still recomputed by the training model, so the
+    policy-gradient ratio never mixes the two numerics."""
+
+    backend: str = "hf"
+    gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (weights + KV cache); training needs the rest
+    dtype: str = "auto"  # vLLM's dtype: "auto" (the checkpoint's), "bfloat16", "float16", "float32"
+    max_model_len: int = 0  # prompt + completion tokens; 0 = the model's maximum
+    enforce_eager: bool = False  # True skips CUDA-graph capture (faster start, slower decoding)
+
+    def __post_init__(self):
+        if self.backend not in ROLLOUT_BACKENDS:
+            raise ValueError(f"rollout.backend must be one of {ROLLOUT_BACKENDS}, got {self.backend!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"rollout.dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
+        if self.max_model_len < 0:
+            raise ValueError(f"rollout.max_model_len must be >= 0, got {self.max_model_len}")
+
+
 @dataclass
 class EvalConfig:
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
@@ -305,6 +332,7 @@ class TrainConfig:
     frozen: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # token policies' sampler (hf or vllm)
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: EnvConfig = field(default_factory=EnvConfig)  # robot tasks only
     flow: FlowConfig = field(default_factory=FlowConfig)  # flow-matching action policies only

@@ -265,6 +265,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             raise ValueError(f"peft: LoRA adapters are supported on token policies; task {cfg.task!r} trains a "
                              f"{type(policy).__name__}")
         add_lora(policy, cfg.peft)
+    if cfg.rollout.backend == "vllm":
+        if not hasattr(policy, "use_vllm"):
+            raise ValueError(f"rollout.backend=vllm samples token policies; task {cfg.task!r} trains a "
+                             f"{type(policy).__name__}")
+        policy.use_vllm(cfg.rollout, seed=cfg.seed)
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if any(s.advantage == "gae" for s in cfg.stages) and hasattr(policy, "enable_value_head"):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded

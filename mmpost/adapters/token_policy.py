@@ -79,6 +79,7 @@ class TokenPolicy:
         self.multimodal_rope = "mrope_section" in (getattr(text_config, "rope_parameters", None) or {})
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         self.pad_id = self.tokenizer.pad_token_id
+        self.sampler = None  # a VLLMSampler after use_vllm(); None: transformers' generate
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -184,12 +185,29 @@ class TokenPolicy:
 
     @torch.no_grad()
     def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
-        """Sample ``n`` completions per row in one batched ``generate`` (KV cache on).
+        """Sample ``n`` completions per row in one batched ``generate`` (KV cache on), or with the
+        attached vLLM engine (:meth:`use_vllm`).
 
         Log-probs come from the sampling scores, so no second forward pass is needed when a
-        batch is optimised once.
+        batch is optimised once (with vLLM the training model recomputes them).
         """
         rows = [row for row in batch for _ in range(n)]
+        if self.sampler is not None:
+            ids, logprobs, metrics = self._vllm_sample(batch, rows, n, temperature, greedy)
+        else:
+            ids, logprobs, metrics = self._generate(rows, temperature, greedy)
+        mask = self._completion_mask(ids)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
+        truncated = ~(ids == self.eos_id).any(dim=1)  # hit max_new_tokens before EOS (DAPO's overlong filter)
+        logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
+        return Rollout(logprobs=logprobs.cpu(), mask=mask.cpu(), group=torch.arange(len(batch)).repeat_interleave(n),
+                       outputs=texts, prompts=[row["prompt"] for row in rows], columns=columns,
+                       actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=1.0 if greedy else temperature,
+                       truncated=truncated.cpu(), metrics=metrics)
+
+    def _generate(self, rows: list[dict], temperature: float, greedy: bool):
+        """transformers' ``generate``: [N, T] ids (pad after EOS) and their sampling log-probs."""
         prompt = self.encode_prompts(rows)
         sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
         with eval_mode(self.model):
@@ -197,18 +215,37 @@ class TokenPolicy:
                                       suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id,
                                       pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
         ids = out.sequences[:, prompt["input_ids"].shape[1]:]
-        mask = self._completion_mask(ids)
-        ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
+        ids = torch.where(self._completion_mask(ids).bool(), ids, torch.full_like(ids, self.pad_id))
         scores = torch.stack(out.scores, dim=1).float()  # [N, T, V] processed (temperature, suppression)
-        logprobs = torch.gather(F.log_softmax(scores, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1)
-        logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
-        truncated = ~(ids == self.eos_id).any(dim=1)  # hit max_new_tokens before EOS (DAPO's overlong filter)
-        return Rollout(logprobs=logprobs.cpu(), mask=mask.cpu(), group=torch.arange(len(batch)).repeat_interleave(n),
-                       outputs=texts, prompts=[row["prompt"] for row in rows], columns=columns,
-                       actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=1.0 if greedy else temperature,
-                       truncated=truncated.cpu())
+        return ids, torch.gather(F.log_softmax(scores, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1), {}
+
+    def use_vllm(self, config, *, seed: int = 0) -> None:
+        """Sample with a vLLM engine from now on (``config``: :class:`~mmpost.config.RolloutConfig`);
+        it loads the checkpoint this policy was loaded from and is sent the current weights before
+        every rollout."""
+        from mmpost.adapters.vllm_sampler import VLLMSampler
+
+        network = getattr(self.model, "module", self.model)
+        path = getattr(network, "name_or_path", "") or getattr(network.config, "_name_or_path", "")
+        if not path:
+            raise ValueError("rollout.backend=vllm needs a policy loaded with from_pretrained (vLLM loads the same "
+                             "checkpoint)")
+        self.sampler = VLLMSampler(path, config, seed=seed)
+
+    def _vllm_sample(self, batch: list[dict], rows: list[dict], n: int, temperature: float, greedy: bool):
+        """vLLM's samples, padded to [N, T], with log-probs recomputed by the training model."""
+        self.sampler.load_weights(self.model)
+        ids, engine_logprobs = self.sampler.generate(
+            batch, [self._prompt_text(r) for r in batch], n, temperature=temperature, greedy=greedy,
+            max_new_tokens=self.max_new_tokens, eos_id=self.eos_id, suppress_ids=self.suppress_ids)
+        width = max(1, max(len(i) for i in ids))
+        padded = torch.tensor([i + [self.pad_id] * (width - len(i)) for i in ids], device=self.device)
+        with eval_mode(self.model):
+            logprobs = self._sequence_logprobs(rows, padded, 1.0 if greedy else temperature)
+        mask = self._completion_mask(padded).bool()
+        engine = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in engine_logprobs], device=self.device)
+        gap = ((engine - logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
+        return padded, logprobs, {"rollout/vllm_logprob_gap": float(gap)}
 
     @torch.no_grad()
     def prefixed_rollout(self, batch: list[dict], n: int, ratio: float, *, temperature: float = 1.0,
@@ -403,4 +440,6 @@ class TokenPolicy:
         self.processor.save_pretrained(path)
 
     def close(self) -> None:
-        pass
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None

@@ -1,0 +1,140 @@
+"""The optional vLLM rollout backend of :class:`~mmpost.adapters.token_policy.TokenPolicy`
+(``--set rollout.backend=vllm``, extra ``[vllm]``, a CUDA GPU).
+
+vLLM runs in the training process on the training GPU, as TRL's "colocate" mode does
+(``trl/generation/vllm_generation.py``): it loads the checkpoint once, and before every rollout it is
+sent the training model's current weights through vLLM's own ``load_weights`` (LoRA adapters merged
+for the copy, then unmerged), so samples always come from the policy being trained. vLLM only picks
+the tokens: their log-probs are recomputed by the training model, so the policy-gradient ratio never
+mixes two implementations' numerics. The gap between vLLM's and the trainer's log-prob of each sampled
+token is logged (``rollout/vllm_logprob_gap``); it stays near 0 when the weights are in sync.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+INSTALL_HINT = ("rollout.backend=vllm needs vLLM on a CUDA GPU: pip install 'mmpost[vllm]' (or the vLLM release "
+                "built for your torch), or use rollout.backend=hf")
+
+
+def import_vllm():
+    """The ``vllm`` module, or an ImportError telling the user which extra to install."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise ImportError(f"{INSTALL_HINT} ({error})") from error
+    return vllm
+
+
+def vllm_parameter_names(model: torch.nn.Module):
+    """``(name, tensor)`` of the model's weights under the checkpoint's names, as vLLM's ``load_weights``
+    expects: wrapper prefixes and PEFT's names removed, LoRA factors and our value head skipped (call
+    with adapters merged)."""
+    peft = hasattr(model, "merge_adapter")
+    for name, param in model.named_parameters():
+        if peft:
+            if ".lora_" in name or "original_module" in name:
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            name = name.replace("modules_to_save.default.", "")
+        name = name.replace("_checkpoint_wrapped_module.", "")
+        if name.startswith("value_head."):
+            continue
+        yield name, param.data
+
+
+def vllm_media(row: dict) -> dict:
+    """A row's media as vLLM's ``multi_modal_data``."""
+    media = {}
+    if row.get("images"):
+        media["image"] = list(row["images"])
+    if row.get("videos"):
+        media["video"] = list(row["videos"])
+    if row.get("audios"):
+        rate = row.get("audio_sampling_rate", 16000)
+        media["audio"] = [(wave, rate) for wave in row["audios"]]
+    return media
+
+
+class VLLMSampler:
+    """A vLLM engine for one :class:`TokenPolicy`, in this process (single GPU, single process).
+
+    Args:
+        model_path: the checkpoint the policy was loaded from (vLLM loads its config, tokenizer and,
+            once, its weights; the trained weights replace them before every rollout).
+        config: the run's :class:`~mmpost.config.RolloutConfig`.
+        seed: vLLM's engine seed (each rollout also draws a request seed from torch's RNG, so a
+            resumed run samples as the uninterrupted one would).
+    """
+
+    def __init__(self, model_path: str, config, *, seed: int = 0):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{INSTALL_HINT}: no CUDA GPU is visible")
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            raise NotImplementedError("rollout.backend=vllm runs in a single process for now; use rollout.backend=hf "
+                                      "for multi-process training")
+        # vLLM's in-process engine (TRL's colocate mode): its worker is this process, so weights move
+        # by reference, never pickled. external_launcher reads the torch.distributed variables.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+            os.environ.setdefault(key, value)
+        vllm = import_vllm()
+        self.SamplingParams = vllm.SamplingParams
+        options = dict(model=str(model_path), dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
+                       seed=seed, enforce_eager=config.enforce_eager, distributed_executor_backend="external_launcher",
+                       logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+        if config.max_model_len:
+            options["max_model_len"] = config.max_model_len
+        self.llm = vllm.LLM(**options)
+
+    @torch.no_grad()
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Copy ``model``'s current weights into the engine (LoRA adapters merged for the copy)."""
+        network = getattr(model, "module", model)
+        peft = hasattr(network, "merge_adapter")
+        if peft:
+            network.merge_adapter()
+        try:
+            weights = list(vllm_parameter_names(network))
+
+            def load(engine_model):
+                engine_model.load_weights(weights)  # vLLM maps checkpoint names to its own layout
+
+            self.llm.apply_model(load)
+        finally:
+            if peft:
+                network.unmerge_adapter()
+        self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
+
+    def generate(self, rows: list[dict], prompts: list[str], n: int, *, temperature: float, greedy: bool,
+                 max_new_tokens: int, eos_id: int, suppress_ids: list[int]):
+        """``n`` completions per row: ``(token id lists, vLLM's log-prob lists)``, row-major (row 0's
+        ``n`` outputs first), each ending at EOS (included) or at ``max_new_tokens``."""
+        params = self.SamplingParams(
+            n=n, temperature=0.0 if greedy else temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+            stop_token_ids=[eos_id], logprobs=0, seed=int(torch.randint(2**31 - 1, ())),
+            # vLLM clamps biases to [-100, 100]: e^-100 is 0 in practice (the recomputed log-probs mask exactly)
+            logit_bias={i: -100.0 for i in suppress_ids} or None)
+        requests = []
+        for row, text in zip(rows, prompts):
+            request = {"prompt": text}
+            media = vllm_media(row)
+            if media:
+                request["multi_modal_data"] = media
+            requests.append(request)
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        ids, logprobs = [], []
+        for output in outputs:
+            for sample in output.outputs:
+                ids.append(list(sample.token_ids))
+                logprobs.append([step[token].logprob for step, token in zip(sample.logprobs or [], sample.token_ids)])
+        return ids, logprobs
+
+    def close(self) -> None:
+        """Free the engine's GPU memory."""
+        self.llm = None
+        torch.cuda.empty_cache()
