@@ -22,12 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import torch
 
 import mmpost
 from mmpost.config import RolloutConfig
+from mmpost.data.charts import chart_program
 from mmpost.registry import TASKS
+from mmpost.tasks.chart2code import make_row
 
 failures = []
 
@@ -49,21 +52,26 @@ def policy_for(task_name: str, dtype: str):
     return task, policy
 
 
+def chart_image(seed: int):
+    """A bar chart drawn with PIL: coloured bars of seeded heights on white."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (112, 112), "white")
+    draw = ImageDraw.Draw(image)
+    for k in range(4):
+        height = rng.randint(10, 90)
+        draw.rectangle([10 + 24 * k, 100 - height, 28 + 24 * k, 100], fill=rng.choice(["red", "blue", "green"]))
+    return image
+
+
 def gap(rollout) -> float:
     return rollout.metrics["rollout/vllm_logprob_gap"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", default="float32", help="vLLM dtype (float32 makes the agreement tight)")
-    parser.add_argument("--skip-train", action="store_true", help="skip the end-to-end mmpost train check")
-    args = parser.parse_args()
-    tolerance = 1e-2 if args.dtype == "float32" else 0.15  # mean |Δ log p| per token
-    os.environ.setdefault("MMPOST_HOME", tempfile.mkdtemp())
-    print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0), flush=True)
-    torch.manual_seed(0)
-
-    task, policy = policy_for("arithmetic", args.dtype)
+def check_text(task, policy, tolerance: float) -> None:
     rows = task.rows("train")[:8]
     rollout = policy.rollout(rows, 4, temperature=1.0)
     lengths = rollout.mask.sum(1)
@@ -94,35 +102,63 @@ def main() -> None:
     greedy = policy.rollout(rows[:4], 1, greedy=True)
     report("text: greedy rollout", gap(greedy) < tolerance and all(isinstance(t, str) for t in greedy.outputs),
            f"gap {gap(greedy):.2e}; first output {greedy.outputs[0][:60]!r}")
-    policy.close()
-    del policy
-    torch.cuda.empty_cache()
 
-    task, policy = policy_for("chart2code", args.dtype)
-    rows = task.rows("train")[:4]
+def check_images(task, policy, tolerance: float) -> None:
+    # chart images drawn here (the task's own rows render in its sandbox, not needed for this check)
+    rows = [make_row(chart_image(i), chart_program(i)["code"], seed=i) for i in range(4)]
     rollout = policy.rollout(rows, 2, temperature=1.0)
     report("images: vLLM and trainer log-probs agree", gap(rollout) < tolerance,
            f"mean |Δ log p| {gap(rollout):.2e} over {int(rollout.mask.sum())} tokens, "
            f"{len(rows[0]['images'])} image(s) per prompt")
-    policy.close()
-    del policy
+
+def check_train(dtype: str) -> None:
+    run = tempfile.mkdtemp()
+    command = ["mmpost", "train", "--task", "arithmetic", "--recipe", "grpo", "--output-dir", run,
+               "--set", "rollout.backend=vllm", "--set", "rollout.enforce_eager=true",
+               "--set", f"rollout.dtype={dtype}", "--set", "rollout.gpu_memory_utilization=0.25",
+               "--set", "max_steps=4", "--set", "data.eval_size=16", "--set", "eval.sampled=false",
+               "--set", "trackers=[]"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))] if result.returncode == 0 else []
+    rl = [line for line in lines if "rollout/vllm_logprob_gap" in line]
+    ok = bool(rl) and all(math.isfinite(line["loss/total"]) for line in rl)
+    report("mmpost train --recipe grpo with rollout.backend=vllm", ok,
+           f"{len(rl)} RL steps in {time.perf_counter() - started:.0f} s, gaps "
+           f"{[round(line['rollout/vllm_logprob_gap'], 4) for line in rl]}" if ok else result.stderr[-3000:])
+
+
+def guarded(name: str, check, *args, task: str = "", dtype: str = "") -> None:
+    """Run one check (on ``task``'s policy with a vLLM engine, closed afterwards); an exception is a
+    FAIL with its traceback, and the next check still runs."""
+    policy = None
+    try:
+        if task:
+            task, policy = policy_for(task, dtype)
+            args = (task, policy, *args)
+        check(*args)
+    except Exception:
+        report(name, False, traceback.format_exc()[-4000:])
+    finally:
+        if policy is not None:
+            policy.close()
     torch.cuda.empty_cache()
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="float32", help="vLLM dtype (float32 makes the agreement tight)")
+    parser.add_argument("--skip-train", action="store_true", help="skip the end-to-end mmpost train check")
+    args = parser.parse_args()
+    tolerance = 1e-2 if args.dtype == "float32" else 0.15  # mean |Δ log p| per token
+    os.environ.setdefault("MMPOST_HOME", tempfile.mkdtemp())
+    print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0), flush=True)
+    torch.manual_seed(0)
+
+    guarded("text prompts", check_text, tolerance, task="arithmetic", dtype=args.dtype)
+    guarded("image prompts", check_images, tolerance, task="chart2code", dtype=args.dtype)
     if not args.skip_train:
-        run = tempfile.mkdtemp()
-        command = ["mmpost", "train", "--task", "arithmetic", "--recipe", "grpo", "--output-dir", run,
-                   "--set", "rollout.backend=vllm", "--set", "rollout.enforce_eager=true",
-                   "--set", f"rollout.dtype={args.dtype}", "--set", "rollout.gpu_memory_utilization=0.25",
-                   "--set", "max_steps=4", "--set", "data.eval_size=16", "--set", "eval.sampled=false",
-                   "--set", "trackers=[]"]
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))] if result.returncode == 0 else []
-        rl = [line for line in lines if "rollout/vllm_logprob_gap" in line]
-        ok = bool(rl) and all(math.isfinite(line["loss/total"]) for line in rl)
-        report("mmpost train --recipe grpo with rollout.backend=vllm", ok,
-               f"{len(rl)} RL steps in {time.perf_counter() - started:.0f} s, gaps "
-               f"{[round(line['rollout/vllm_logprob_gap'], 4) for line in rl]}" if ok else result.stderr[-3000:])
+        guarded("mmpost train", check_train, args.dtype)
     sys.exit(1 if failures else 0)
 
 

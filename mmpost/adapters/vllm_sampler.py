@@ -12,6 +12,7 @@ token is logged (``rollout/vllm_logprob_gap``); it stays near 0 when the weights
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -135,6 +136,10 @@ class VLLMSampler:
         return ids, logprobs
 
     def close(self) -> None:
-        """Free the engine's GPU memory."""
+        """Shut the engine down and free its GPU memory (and vLLM's one-process group, so another
+        engine can start in this process)."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
         self.llm = None
-        torch.cuda.empty_cache()
+        gc.collect()
+        cleanup_dist_env_and_memory()
