@@ -125,7 +125,7 @@ def check_train(dtype: str) -> None:
     ok = bool(rl) and all(math.isfinite(line["loss/total"]) for line in rl)
     report("mmpost train --recipe grpo with rollout.backend=vllm", ok,
            f"{len(rl)} RL steps in {time.perf_counter() - started:.0f} s, gaps "
-           f"{[round(line['rollout/vllm_logprob_gap'], 4) for line in rl]}" if ok else result.stderr[-3000:])
+           f"{', '.join(format(line['rollout/vllm_logprob_gap'], '.1e') for line in rl)}" if ok else result.stderr[-3000:])
 
 
 def guarded(name: str, check, *args, task: str = "", dtype: str = "") -> None:

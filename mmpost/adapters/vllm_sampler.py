@@ -78,19 +78,27 @@ class VLLMSampler:
             raise NotImplementedError("rollout.backend=vllm runs in a single process for now; use rollout.backend=hf "
                                       "for multi-process training")
         # vLLM's in-process engine (TRL's colocate mode): its worker is this process, so weights move
-        # by reference, never pickled. external_launcher reads the torch.distributed variables.
+        # by reference, never pickled. external_launcher reads the torch.distributed variables while
+        # it starts; they are removed again so that no child process (sandbox workers, a nested
+        # launcher) mistakes itself for a distributed rank.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
-            os.environ.setdefault(key, value)
-        vllm = import_vllm()
-        self.SamplingParams = vllm.SamplingParams
-        options = dict(model=str(model_path), dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
-                       seed=seed, enforce_eager=config.enforce_eager, distributed_executor_backend="external_launcher",
-                       logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
-        if config.max_model_len:
-            options["max_model_len"] = config.max_model_len
-        self.llm = vllm.LLM(**options)
+        launcher = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+        added = [key for key in launcher if key not in os.environ]
+        os.environ.update({key: launcher[key] for key in added})
+        try:
+            vllm = import_vllm()
+            self.SamplingParams = vllm.SamplingParams
+            options = dict(model=str(model_path), dtype=config.dtype,
+                           gpu_memory_utilization=config.gpu_memory_utilization, seed=seed,
+                           enforce_eager=config.enforce_eager, distributed_executor_backend="external_launcher",
+                           logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+            if config.max_model_len:
+                options["max_model_len"] = config.max_model_len
+            self.llm = vllm.LLM(**options)
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
 
     @torch.no_grad()
     def load_weights(self, model: torch.nn.Module) -> None:
