@@ -9,7 +9,7 @@ import platform
 
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "trl", "peft", "diffusers", "timm",
             "open_clip_torch", "qwen-vl-utils", "matplotlib", "mujoco", "tensorboard")
-EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerfstudio", "MRC with nerfacto (GPU)"),
+EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto (GPU)"),
           "mani_skill": ("maniskill", "ManiSkill GPU simulation"), "libero": ("libero", "LIBERO suites"),
           "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking")}
 

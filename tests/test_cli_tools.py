@@ -43,6 +43,16 @@ def test_doctor_reports_versions_extras_sandbox_and_device(mmpost_home):
         assert expected in done.stdout, expected
 
 
+def test_doctor_install_hints_name_real_extras():
+    import tomllib
+    from pathlib import Path
+
+    from mmpost.doctor import EXTRAS
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {extra for extra, _ in EXTRAS.values()} <= set(extras)
+
+
 def test_every_command_has_help_with_examples():
     from mmpost.cli import build_parser
 
