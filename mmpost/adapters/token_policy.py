@@ -244,7 +244,7 @@ class TokenPolicy:
             logprobs = self._sequence_logprobs(rows, padded, 1.0 if greedy else temperature)
         mask = self._completion_mask(padded).bool()
         engine = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in engine_logprobs], device=self.device)
-        gap = ((engine - logprobs).abs() * mask).sum() / mask.sum().clamp(min=1)
+        gap = torch.where(mask, (engine - logprobs).abs(), 0.0).sum() / mask.sum().clamp(min=1)
         return padded, logprobs, {"rollout/vllm_logprob_gap": float(gap)}
 
     @torch.no_grad()
