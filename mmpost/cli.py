@@ -83,6 +83,10 @@ def _list(args) -> None:
             recipes = getattr(TASKS.get(name), "recipes", {})
             if recipes:
                 print(f"  {name} recipes: " + ", ".join(recipes))
+    if args.what in ("all", "models"):
+        print("models (each task's default, built offline and cached in MMPOST_HOME/models; --model to change):")
+        for name in TASKS.names():
+            print(f"  {name:<12} {getattr(TASKS.get(name), 'default_model', '(not described)')}")
     if args.what in ("all", "rewards"):
         print("rewards: " + ", ".join(REWARDS.names()))
     if args.what in ("all", "envs"):
@@ -238,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
     ls = sub.add_parser("list", help="list tasks, recipes, rewards and environments",
                         description="examples: mmpost list; mmpost list recipes; mmpost list recipes --markdown")
-    ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "envs"])
+    ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "models", "envs"])
     ls.add_argument("--markdown", action="store_true", help="recipes as the README's Markdown table")
     ls.set_defaults(func=_list)
     ev = sub.add_parser("eval", help="evaluate a saved model on a task's held-out split",

@@ -30,6 +30,7 @@ class Arithmetic:
     """The arithmetic task: data, model, rewards, metric and default recipe."""
 
     name = "arithmetic"
+    default_model = "tiny Qwen2-VL, text prompts (vocab 400, built offline); --model: any causal LM or VLM directory / hub id"  # `mmpost list models`
     rewards = ["answer_match"]
     metric = "answer_match"
     solved_threshold = 1.0  # a sample counts as solved when its answer is right

@@ -37,6 +37,7 @@ class AudioQA:
     """The audio_qa task: data, model, rewards, metric and default recipe."""
 
     name = "audio_qa"
+    default_model = "tiny Qwen2-Audio (audio encoder + LM, built offline); --model: a Qwen2-Audio-class directory / hub id"  # `mmpost list models`
     rewards = ["choice_accuracy", "answer_format"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type

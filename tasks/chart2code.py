@@ -37,6 +37,7 @@ class Chart2Code:
     """The chart2code task: data, model, rewards, metric and default recipe."""
 
     name = "chart2code"
+    default_model = "tiny Qwen2-VL (112-px images, vocab 1024, built offline); --model: any image-text-to-text directory / hub id"  # `mmpost list models`
     solved_threshold = 0.8  # a chart counts as solved (ReLIFT, rejection sampling) from this reward
     rewards = ["chart_render"]
     metric = "chart_render"

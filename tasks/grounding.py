@@ -47,6 +47,7 @@ class Grounding:
     """The grounding task: data, model, rewards, metric and default recipe."""
 
     name = "grounding"
+    default_model = "composed tiny LLaVA: CLIP ViT + MLP projector + Qwen2 LM (built offline); --model: a VLM directory / hub id, or composed[:TOWER[:LM_DIR]] (TOWER: clip, clip=CLIP_DIR, a timm architecture[=WEIGHTS])"  # `mmpost list models`
     rewards = ["grounding_iou"]
     metric = "grounding_iou"
     eval_rewards = ["grounding_hit"]

@@ -53,6 +53,7 @@ class VideoQA:
     """The video_qa task: data, model, rewards, metric and default recipe."""
 
     name = "video_qa"
+    default_model = "tiny Qwen2-VL, video input through qwen-vl-utils (built offline); --model: a Qwen2-VL-family directory / hub id"  # `mmpost list models`
     rewards = ["choice_accuracy", "format", "video_semantic"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type

@@ -43,6 +43,17 @@ def test_doctor_reports_versions_extras_sandbox_and_device(mmpost_home):
         assert expected in done.stdout, expected
 
 
+def test_list_models_names_every_tasks_default(mmpost_home):
+    from mmpost.registry import TASKS
+
+    done = _cli(["list", "models"], mmpost_home, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    for name in TASKS.names():
+        line = next(line for line in lines if line.split()[:1] == [name])
+        assert TASKS.get(name).default_model in line and "--model" in line
+
+
 def test_doctor_install_hints_name_real_extras():
     import tomllib
     from pathlib import Path
