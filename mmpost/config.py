@@ -258,11 +258,16 @@ class PeftConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # QLoRA: the frozen base loaded quantized through bitsandbytes ("nf4": 4-bit NormalFloat with double
+    # quantization, as QLoRA; "int8": LLM.int8), adapters in full precision; "" = full-precision base.
+    quantize: str = ""
 
     def __post_init__(self):
         if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"peft: r >= 0, alpha > 0 and 0 <= dropout < 1 required, got r={self.r}, "
                              f"alpha={self.alpha}, dropout={self.dropout}")
+        if self.quantize not in ("", "nf4", "int8"):
+            raise ValueError(f"peft.quantize must be '', 'nf4' or 'int8', got {self.quantize!r}")
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")
@@ -362,6 +367,17 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        if self.peft.quantize:
+            if not self.peft.r:
+                raise ValueError(f"peft.quantize={self.peft.quantize} freezes a quantized base: set peft.r > 0 to train "
+                                 "adapters on it (QLoRA)")
+            if sum(1 for s in self.stages if s.steps) > 1:
+                raise ValueError(f"peft.quantize={self.peft.quantize} trains one stage's adapters: merging them into a "
+                                 "quantized base between stages would be lossy. Keep one training stage (e.g. "
+                                 "--set rl.steps=0), start the next run from this one's final/, or leave peft.quantize=''")
+            if self.rollout.backend == "vllm":
+                raise ValueError("peft.quantize with rollout.backend=vllm is not supported (vLLM would need the "
+                                 "quantized weights); use one of them")
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmpost.adapters.lora import AdapterDisabledReference, add_lora, has_adapters, restart_adapters
+from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint_state, has_adapters, restart_adapters,
+                                 restore_state)
 from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state,
                                write_json_atomic)
 from mmpost.config import Stage, TrainConfig
@@ -286,7 +287,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
     breakdown = getattr(task, "breakdown", "")  # a row column the held-out metric is also reported by
     policy.model = accelerator.prepare_model(policy.model)
     if checkpoint is not None:
-        policy.model.load_state_dict(checkpoint["model"])
+        restore_state(policy.model, checkpoint["model"])
 
     results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     if "before" not in results:
@@ -360,7 +361,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
             if not accelerator.is_main_process:
                 return
             save_checkpoint(run_dir, stage_index, step, {
-                "model": policy.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": checkpoint_state(policy.model), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "stage_state": ctx.state,
                 "reference": reference.model.state_dict() if own_copy(reference) else None,
             }, keep=cfg.keep_checkpoints)

@@ -65,7 +65,7 @@ class Chart2Code:
         """The model to train, as a :class:`~mmpost.adapters.token_policy.TokenPolicy`."""
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device,
+        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
     def _corpus(self) -> list[str]:

@@ -81,7 +81,7 @@ class VideoQA:
     def policy(self, device="cpu"):
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device,
+        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
                                            gradient_checkpointing=self.cfg.gradient_checkpointing)
 
     def _corpus(self) -> list[str]:

@@ -109,3 +109,93 @@ def test_lora_run_killed_in_rl_resumes_exactly(mmpost_home, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = load_file(full / "final" / "model.safetensors"), load_file(crashed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ QLoRA (quantized base, bitsandbytes)
+
+def test_qlora_base_is_4bit_and_only_adapters_train(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    policy = TokenPolicy.from_pretrained(tiny_model_dir, quantize="nf4")
+    add_lora(policy, PeftConfig(r=4, target_modules=["q_proj", "v_proj"], quantize="nf4"))
+    quantized = [m for m in policy.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) > 10  # every linear layer of the tower and the LM but the output head
+    assert all("lora_" in n for n, p in policy.model.named_parameters() if p.requires_grad)
+    policy.rollout(ROWS, 2)  # an eval-mode pass first: the training forward must still work after it
+    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss, _ = policy.sft_loss(ROWS)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_qlora_config_errors():
+    import mmpost
+
+    with pytest.raises(ValueError, match="peft.quantize must be"):
+        PeftConfig(r=4, quantize="nf3")
+    with pytest.raises(ValueError, match="set peft.r > 0"):
+        mmpost.build_config("arithmetic", overrides={"peft.quantize": "nf4", "rl.steps": 0})
+    with pytest.raises(ValueError, match="trains one stage"):  # SFT then RL
+        mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "nf4"})
+    with pytest.raises(ValueError, match="rollout.backend=vllm"):
+        mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "nf4", "rl.steps": 0,
+                                                      "rollout.backend": "vllm"})
+    mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "int8", "rl.steps": 0})
+
+
+def test_qlora_run_killed_resumes_exactly_and_saves_a_full_precision_model(mmpost_home, tmp_path):
+    """A single-stage QLoRA run (CHORD's mixed stage: GRPO + SFT on demonstrations, so an untrained
+    model's all-zero rewards still leave a gradient; KL to the adapters-off 4-bit base), killed
+    mid-stage and resumed, ends bitwise equal to the uninterrupted run; final/ is the full-precision
+    base with the adapter merged (W + B A alpha / r, by hand), final/adapter the adapter."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    args = ["train", "--task", "arithmetic", "--recipe", "chord", "--set", "peft.r=4", "--set", "peft.quantize=nf4", "--set",
+            "peft.target_modules=q_proj,v_proj", "--set", "data.train_size=16", "--set", "data.eval_size=2",
+            "--set", "sft.steps=0", "--set", "mixed.steps=3", "--set", "mixed.batch_size=2", "--set",
+            "mixed.group_size=2", "--set", "mixed.max_new_tokens=8", "--set", "mixed.kl_coef=0.1", "--set",
+            "mixed.lr=1e-2", "--set", "threads=1", "--set", "eval.sampled=false", "--set", "checkpoint_every=1",
+            "--set", "trackers="]
+
+    def cli(extra, env=None):
+        return subprocess.run([sys.executable, "-m", "mmpost.cli", *extra], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "MMPOST_HOME": mmpost_home, **(env or {})})
+
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    done = cli([*args, "--output-dir", str(full)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = cli([*args, "--output-dir", str(crashed)], env={"MMPOST_KILL_AT": "rl_sampling:2"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = cli(["train", "--resume", str(crashed)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(full / "final" / name), load_file(crashed / "final" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    config = json.loads((full / "final" / "config.json").read_text())
+    assert "quantization_config" not in config  # a plain full-precision checkpoint
+    adapter_dir = full / "final" / "adapter"
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base = load_file(f"{adapter_config['base_model_name_or_path']}/model.safetensors")
+    merged, adapter = load_file(full / "final" / "model.safetensors"), load_file(adapter_dir / "adapter_model.safetensors")
+    scale = adapter_config["lora_alpha"] / adapter_config["r"]
+    # adapter keys name the module inside the PEFT wrapper ("...language_model.layers.0.self_attn.q_proj");
+    # the checkpoint names it as saved ("model.layers.0.self_attn.q_proj"): match on "layers.N.<module>"
+    deltas = {k[k.index("layers."):].replace(".lora_A.weight", ".weight"):
+              adapter[k.replace("lora_A", "lora_B")] @ adapter[k] * scale for k in adapter if "lora_A" in k}
+    assert len(deltas) == 4  # q_proj and v_proj of both layers
+    for key in base:
+        module = key[key.index("layers."):] if "layers." in key else None
+        if module in deltas:
+            torch.testing.assert_close(merged[key], base[key] + deltas.pop(module))
+        else:
+            assert torch.equal(merged[key], base[key]), key
+    assert not deltas

@@ -9,6 +9,7 @@ trainer merges the adapters into the base and starts fresh ones (:func:`restart_
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 
@@ -22,8 +23,10 @@ def _unwrap(model):
 def add_lora(policy, cfg: PeftConfig) -> int:
     """Wrap ``policy.model`` with LoRA adapters on ``cfg.target_modules``; only they train.
     Returns the number of trainable parameters."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if quantized_weights(policy.model):  # QLoRA: norms in full precision, inputs keep a gradient path
+        policy.model = prepare_model_for_kbit_training(policy.model, use_gradient_checkpointing=False)
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                         target_modules=list(cfg.target_modules))
     try:
@@ -40,6 +43,36 @@ def restart_adapters(policy, cfg: PeftConfig) -> None:
     so the model is unchanged and "adapters off" is the current model)."""
     policy.model = _unwrap(policy.model).merge_and_unload()
     add_lora(policy, cfg)
+
+
+def quantized_weights(model) -> list[str]:
+    """State-dict keys of the model's bitsandbytes-quantized linear weights (with their quantization
+    state entries), i.e. QLoRA's frozen base; [] for a full-precision model."""
+    bnb = sys.modules.get("bitsandbytes")  # imported by transformers when it loaded a quantized model
+    if bnb is None or model is None:
+        return []
+    quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    prefixes = tuple(f"{name}.weight" for name, module in model.named_modules() if isinstance(module, quantized))
+    return [k for k in model.state_dict() if prefixes and (k in prefixes or k.startswith(tuple(p + "." for p in prefixes)))]
+
+
+def checkpoint_state(model) -> dict:
+    """The model's state for a checkpoint. A quantized base is left out: it is frozen for the whole
+    (single) QLoRA stage and rebuilt bit for bit from the original checkpoint on resume."""
+    skip = set(quantized_weights(model))
+    return {k: v for k, v in model.state_dict().items() if k not in skip}
+
+
+def restore_state(model, state: dict) -> None:
+    """Load :func:`checkpoint_state` output; only the quantized base may be absent from it."""
+    skip = set(quantized_weights(model))
+    if not skip:
+        model.load_state_dict(state)
+        return
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if k not in skip] + list(unexpected)
+    if wrong:
+        raise RuntimeError(f"the checkpoint does not match the model: {wrong[:5]}")
 
 
 def has_adapters(policy) -> bool:
@@ -77,9 +110,12 @@ def save_merged(model, processor, path, with_adapter: bool = True) -> None:
 
     path = Path(path)
     peft_model = _unwrap(model)
-    if with_adapter:
+    if with_adapter or quantized_weights(peft_model):
         peft_model.save_pretrained(path / "adapter")
         processor.save_pretrained(path / "adapter")
+    if quantized_weights(peft_model):  # QLoRA: merge into the full-precision base, not the quantized copy
+        export_adapter(path / "adapter", path)
+        return
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(path)
     processor.save_pretrained(path)

@@ -24,14 +24,32 @@ from mmpost.types import MEDIA_AND_TEXT, Rollout
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
 
 
-def load_model(path, dtype: torch.dtype = torch.float32):
-    """Any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM."""
+def load_model(path, dtype: torch.dtype = torch.float32, quantize: str = "", device: str | torch.device = "cpu"):
+    """Any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM;
+    with ``quantize`` ("nf4" or "int8") its linear layers loaded quantized by bitsandbytes (QLoRA's base)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
     multimodal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
     loader = AutoModelForMultimodalLM if multimodal else AutoModelForCausalLM
-    return loader.from_pretrained(path, dtype=dtype)
+    if not quantize:
+        return loader.from_pretrained(path, dtype=dtype)
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"peft.quantize={quantize} needs bitsandbytes: pip install 'mmpost[qlora]' ({error})") from error
+    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=dtype) if quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    model = loader.from_pretrained(path, dtype=dtype, quantization_config=config, device_map={"": str(device)})
+    # bitsandbytes (0.50) repacks a 4-bit weight for its CPU inference kernel on the first eval-mode
+    # forward and keeps it packed, after which a training forward fails ("a view of a leaf Variable
+    # ... in-place"): generation and training alternate here, so keep the training layout.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 @dataclass
@@ -83,13 +101,16 @@ class TokenPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        gradient_checkpointing: bool = False, **kwargs) -> "TokenPolicy":
+                        gradient_checkpointing: bool = False, quantize: str = "", **kwargs) -> "TokenPolicy":
         """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id):
-        any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM."""
+        any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM
+        (``quantize``: "nf4" / "int8" loads it quantized, the frozen base of QLoRA adapters)."""
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
-        model = load_model(path, dtype).to(device)
+        model = load_model(path, dtype, quantize, device)
+        if not quantize:  # (a quantized model is placed by device_map and cannot be moved)
+            model = model.to(device)
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
