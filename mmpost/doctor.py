@@ -11,7 +11,8 @@ PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "trl", "peft",
             "open_clip_torch", "qwen-vl-utils", "matplotlib", "mujoco", "tensorboard")
 EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto (GPU)"),
           "mani_skill": ("maniskill", "ManiSkill GPU simulation"), "libero": ("libero", "LIBERO suites"),
-          "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking")}
+          "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking"),
+          "bitsandbytes": ("qlora", "peft.quantize: QLoRA's quantized base")}
 
 
 def _version(name: str) -> str:
