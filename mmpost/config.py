@@ -258,16 +258,16 @@ class PeftConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    # QLoRA: the frozen base loaded quantized through bitsandbytes ("nf4": 4-bit NormalFloat with double
-    # quantization, as QLoRA; "int8": LLM.int8), adapters in full precision; "" = full-precision base.
+    # QLoRA: "nf4" loads the frozen base quantized through bitsandbytes (4-bit NormalFloat with double
+    # quantization, as QLoRA), adapters in full precision; "" = full-precision base.
     quantize: str = ""
 
     def __post_init__(self):
         if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
             raise ValueError(f"peft: r >= 0, alpha > 0 and 0 <= dropout < 1 required, got r={self.r}, "
                              f"alpha={self.alpha}, dropout={self.dropout}")
-        if self.quantize not in ("", "nf4", "int8"):
-            raise ValueError(f"peft.quantize must be '', 'nf4' or 'int8', got {self.quantize!r}")
+        if self.quantize not in ("", "nf4"):
+            raise ValueError(f"peft.quantize must be '' or 'nf4', got {self.quantize!r}")
 
 
 ROLLOUT_BACKENDS = ("hf", "vllm")

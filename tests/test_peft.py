@@ -145,7 +145,7 @@ def test_qlora_config_errors():
     with pytest.raises(ValueError, match="rollout.backend=vllm"):
         mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "nf4", "rl.steps": 0,
                                                       "rollout.backend": "vllm"})
-    mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "int8", "rl.steps": 0})
+    mmpost.build_config("arithmetic", overrides={"peft.r": 4, "peft.quantize": "nf4", "rl.steps": 0})
 
 
 def test_qlora_run_killed_resumes_exactly_and_saves_a_full_precision_model(mmpost_home, tmp_path):

@@ -46,14 +46,18 @@ def restart_adapters(policy, cfg: PeftConfig) -> None:
 
 
 def quantized_weights(model) -> list[str]:
-    """State-dict keys of the model's bitsandbytes-quantized linear weights (with their quantization
+    """State-dict keys of the model's bitsandbytes 4-bit linear weights (with their quantization
     state entries), i.e. QLoRA's frozen base; [] for a full-precision model."""
     bnb = sys.modules.get("bitsandbytes")  # imported by transformers when it loaded a quantized model
     if bnb is None or model is None:
         return []
-    quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    prefixes = tuple(f"{name}.weight" for name, module in model.named_modules() if isinstance(module, quantized))
-    return [k for k in model.state_dict() if prefixes and (k in prefixes or k.startswith(tuple(p + "." for p in prefixes)))]
+    names = [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+    if not names:
+        return []
+    # a quantized layer's own entries but its (full-precision) bias: "weight", "weight.absmax",
+    # "weight.quant_map", "weight.quant_state.*"
+    prefixes = tuple(f"{name}." for name in names)
+    return [k for k in model.state_dict() if k.startswith(prefixes) and not k.endswith(".bias")]
 
 
 def checkpoint_state(model) -> dict:
@@ -110,10 +114,11 @@ def save_merged(model, processor, path, with_adapter: bool = True) -> None:
 
     path = Path(path)
     peft_model = _unwrap(model)
-    if with_adapter or quantized_weights(peft_model):
+    quantized = bool(quantized_weights(peft_model))
+    if with_adapter or quantized:
         peft_model.save_pretrained(path / "adapter")
         processor.save_pretrained(path / "adapter")
-    if quantized_weights(peft_model):  # QLoRA: merge into the full-precision base, not the quantized copy
+    if quantized:  # QLoRA: merge into the full-precision base, not the quantized copy
         export_adapter(path / "adapter", path)
         return
     merged = peft_model.merge_and_unload()

@@ -26,7 +26,7 @@ VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision
 
 def load_model(path, dtype: torch.dtype = torch.float32, quantize: str = "", device: str | torch.device = "cpu"):
     """Any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM;
-    with ``quantize`` ("nf4" or "int8") its linear layers loaded quantized by bitsandbytes (QLoRA's base)."""
+    with ``quantize="nf4"`` its linear layers loaded 4-bit by bitsandbytes (QLoRA's frozen base)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
@@ -40,8 +40,8 @@ def load_model(path, dtype: torch.dtype = torch.float32, quantize: str = "", dev
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise ImportError(f"peft.quantize={quantize} needs bitsandbytes: pip install 'mmpost[qlora]' ({error})") from error
-    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=dtype) if quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
     model = loader.from_pretrained(path, dtype=dtype, quantization_config=config, device_map={"": str(device)})
     # bitsandbytes (0.50) repacks a 4-bit weight for its CPU inference kernel on the first eval-mode
     # forward and keeps it packed, after which a training forward fails ("a view of a leaf Variable
@@ -104,7 +104,7 @@ class TokenPolicy:
                         gradient_checkpointing: bool = False, quantize: str = "", **kwargs) -> "TokenPolicy":
         """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id):
         any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM
-        (``quantize``: "nf4" / "int8" loads it quantized, the frozen base of QLoRA adapters)."""
+        (``quantize="nf4"`` loads it 4-bit, the frozen base of QLoRA adapters)."""
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
