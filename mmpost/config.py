@@ -369,12 +369,13 @@ class TrainConfig:
             raise ValueError(f"stage names must be unique, got {names}")
         if self.peft.quantize:
             if not self.peft.r:
-                raise ValueError(f"peft.quantize={self.peft.quantize} freezes a quantized base: set peft.r > 0 to train "
-                                 "adapters on it (QLoRA)")
+                raise ValueError(f"peft.quantize={self.peft.quantize} freezes a quantized base: set peft.r > 0 "
+                                 "to train adapters on it (QLoRA)")
             if sum(1 for s in self.stages if s.steps) > 1:
-                raise ValueError(f"peft.quantize={self.peft.quantize} trains one stage's adapters: merging them into a "
-                                 "quantized base between stages would be lossy. Keep one training stage (e.g. "
-                                 "--set rl.steps=0), start the next run from this one's final/, or leave peft.quantize=''")
+                raise ValueError(f"peft.quantize={self.peft.quantize} trains one stage's adapters: merging them "
+                                 "into a quantized base between stages would be lossy. Keep one training stage "
+                                 "(e.g. --set rl.steps=0), start the next run from this one's final/, or leave "
+                                 "peft.quantize=''")
             if self.rollout.backend == "vllm":
                 raise ValueError("peft.quantize with rollout.backend=vllm is not supported (vLLM would need the "
                                  "quantized weights); use one of them")

@@ -30,7 +30,9 @@ class Arithmetic:
     """The arithmetic task: data, model, rewards, metric and default recipe."""
 
     name = "arithmetic"
-    default_model = "tiny Qwen2-VL, text prompts (vocab 400, built offline); --model: any causal LM or VLM directory / hub id"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "tiny Qwen2-VL, text prompts (vocab 400, built offline); --model: any causal LM or VLM directory "
+        "/ hub id")
     rewards = ["answer_match"]
     metric = "answer_match"
     solved_threshold = 1.0  # a sample counts as solved when its answer is right
@@ -61,8 +63,7 @@ class Arithmetic:
     def policy(self, device="cpu"):
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
-                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+        return TokenPolicy.for_run(self.model_path(), self.cfg, device)
 
     @staticmethod
     def refine(row: dict, axis: str, rng) -> dict | None:

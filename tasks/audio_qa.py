@@ -37,7 +37,9 @@ class AudioQA:
     """The audio_qa task: data, model, rewards, metric and default recipe."""
 
     name = "audio_qa"
-    default_model = "tiny Qwen2-Audio (audio encoder + LM, built offline); --model: a Qwen2-Audio-class directory / hub id"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "tiny Qwen2-Audio (audio encoder + LM, built offline); --model: a Qwen2-Audio-class directory / "
+        "hub id")
     rewards = ["choice_accuracy", "answer_format"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type
@@ -67,8 +69,7 @@ class AudioQA:
     def policy(self, device="cpu"):
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
-                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+        return TokenPolicy.for_run(self.model_path(), self.cfg, device)
 
     def _corpus(self) -> list[str]:
         records = [clip(s) for s in split_seeds("train", 500)]

@@ -37,7 +37,9 @@ class Chart2Code:
     """The chart2code task: data, model, rewards, metric and default recipe."""
 
     name = "chart2code"
-    default_model = "tiny Qwen2-VL (112-px images, vocab 1024, built offline); --model: any image-text-to-text directory / hub id"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "tiny Qwen2-VL (112-px images, vocab 1024, built offline); --model: any image-text-to-text "
+        "directory / hub id")
     solved_threshold = 0.8  # a chart counts as solved (ReLIFT, rejection sampling) from this reward
     rewards = ["chart_render"]
     metric = "chart_render"
@@ -65,8 +67,7 @@ class Chart2Code:
         """The model to train, as a :class:`~mmpost.adapters.token_policy.TokenPolicy`."""
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
-                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+        return TokenPolicy.for_run(self.model_path(), self.cfg, device)
 
     def _corpus(self) -> list[str]:
         codes = [completion_for(chart_program(s)["code"]) for s in split_seeds("train", TRAIN_SIZE)]

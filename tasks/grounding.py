@@ -47,7 +47,10 @@ class Grounding:
     """The grounding task: data, model, rewards, metric and default recipe."""
 
     name = "grounding"
-    default_model = "composed tiny LLaVA: CLIP ViT + MLP projector + Qwen2 LM (built offline); --model: a VLM directory / hub id, or composed[:TOWER[:LM_DIR]] (TOWER: clip, clip=CLIP_DIR, a timm architecture[=WEIGHTS])"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "composed tiny LLaVA: CLIP ViT + MLP projector + Qwen2 LM (built offline); --model: a VLM "
+        "directory / hub id, or composed[:TOWER[:LM_DIR]] (TOWER: clip, clip=CLIP_DIR, a timm "
+        "architecture[=WEIGHTS])")
     rewards = ["grounding_iou"]
     metric = "grounding_iou"
     eval_rewards = ["grounding_hit"]
@@ -87,8 +90,7 @@ class Grounding:
     def policy(self, device="cpu"):
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
-                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+        return TokenPolicy.for_run(self.model_path(), self.cfg, device)
 
     def _corpus(self) -> list[str]:
         records = [scene(s) for s in split_seeds("train", 2000)]

@@ -37,7 +37,9 @@ class Multiview3D:
     """The multiview3d task: data, policy, rewards, metric and recipes."""
 
     name = "multiview3d"
-    default_model = "tiny tile-diffusion UNet (text-conditioned, random init); --model: a saved TileDiffusionModel directory"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "tiny tile-diffusion UNet (text-conditioned, random init); --model: a saved TileDiffusionModel "
+        "directory")
     policy_kind = "diffusion"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["mrc"]
     metric = "mrc"

@@ -34,7 +34,9 @@ class Reach:
     """The reach task: data, simulator, policy, reward, metric and recipes."""
 
     name = "reach"
-    default_model = "flow-matching action policy (flow.backbone: mlp, timm:NAME on camera images, or vlm = tiny Qwen2-VL prefix); --model: a saved policy directory"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "flow-matching action policy (flow.backbone: mlp, timm:NAME on camera images, or vlm = tiny "
+        "Qwen2-VL prefix); --model: a saved policy directory")
     policy_kind = "flow"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["success"]
     metric = "success"

@@ -53,7 +53,9 @@ class VideoQA:
     """The video_qa task: data, model, rewards, metric and default recipe."""
 
     name = "video_qa"
-    default_model = "tiny Qwen2-VL, video input through qwen-vl-utils (built offline); --model: a Qwen2-VL-family directory / hub id"  # `mmpost list models`
+    default_model = (  # `mmpost list models`
+        "tiny Qwen2-VL, video input through qwen-vl-utils (built offline); --model: a Qwen2-VL-family "
+        "directory / hub id")
     rewards = ["choice_accuracy", "format", "video_semantic"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type
@@ -81,8 +83,7 @@ class VideoQA:
     def policy(self, device="cpu"):
         from mmpost.adapters.token_policy import TokenPolicy
 
-        return TokenPolicy.from_pretrained(self.model_path(), device=device, quantize=self.cfg.peft.quantize,
-                                           gradient_checkpointing=self.cfg.gradient_checkpointing)
+        return TokenPolicy.for_run(self.model_path(), self.cfg, device)
 
     def _corpus(self) -> list[str]:
         records = [video(s) for s in split_seeds("train", 1000)]

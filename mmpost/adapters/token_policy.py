@@ -39,7 +39,8 @@ def load_model(path, dtype: torch.dtype = torch.float32, quantize: str = "", dev
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
-        raise ImportError(f"peft.quantize={quantize} needs bitsandbytes: pip install 'mmpost[qlora]' ({error})") from error
+        raise ImportError(f"peft.quantize={quantize} needs bitsandbytes: pip install 'mmpost[qlora]' "
+                          f"({error})") from error
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
     model = loader.from_pretrained(path, dtype=dtype, quantization_config=config, device_map={"": str(device)})
@@ -115,6 +116,13 @@ class TokenPolicy:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         return cls(model, processor, device=device, **kwargs)
+
+    @classmethod
+    def for_run(cls, path: str | Path, cfg, device: str = "cpu") -> "TokenPolicy":
+        """:meth:`from_pretrained` with a run's loading options (``cfg``: :class:`~mmpost.config.TrainConfig`):
+        gradient checkpointing and QLoRA's quantized base. Every token task builds its policy here."""
+        return cls.from_pretrained(path, device=device, quantize=cfg.peft.quantize,
+                                   gradient_checkpointing=cfg.gradient_checkpointing)
 
     def set_image_pixels(self, pixels: int) -> None:
         """Resize every image to about ``pixels`` pixels (min = max of the processor's range), e.g. to
