@@ -4,7 +4,9 @@ Data: seeded clips of moving shapes (:mod:`mmpost.data.motion`: direction, order
 blink count, speed; held-out clips use unseen seeds and, for half, unseen background colours), or
 a user's JSONL of ``{"video": path, "question", "choices": [...], "answer"}`` (decoded with PyAV).
 Frames go through qwen-vl-utils' ``fetch_video`` (sampling at ``FPS`` up to ``FRAMES`` frames,
-resizing) into the Qwen2-VL family's video input. Demonstrations reason then answer:
+resizing) into the Qwen2-VL family's video input; a model without video input (``--model composed``,
+or a saved image-only VLM) gets each clip as one 2 x 2 grid image of frames 0, 2, 4 and 6 (IG-VLM's
+image grid). Demonstrations reason then answer:
 ``<think>I watch the clip. {what happens}</think><answer>{option}</answer>``.
 
 Rewards as VideoRFT: ``choice_accuracy`` + ``format`` + ``video_semantic`` (similarity of the
@@ -41,11 +43,32 @@ def completion_for(caption: str, answer: str) -> str:
     return f"<think>I watch the clip. {caption}</think><answer>{answer}</answer>"
 
 
-def make_row(frames, question: str, choices: list[str], answer: str, caption: str = "", **columns) -> dict:
+GRID_FRAMES = (0, 2, 4, 6)  # every blink and both appearances of the synthetic clips fall on these
+GRID_CELL = 56  # 2 x 2 cells: a 112-pixel image, 7 x 7 tokens for the composed model's ViT
+
+
+def frame_grid(frames, cell: int = GRID_CELL):
+    """Four frames tiled 2 x 2 in time order (IG-VLM's image grid), for models without video input."""
+    from PIL import Image
+
+    picked = [frames[round(t * (len(frames) - 1) / (FRAMES - 1))] for t in GRID_FRAMES]  # other lengths: same times
+    grid = Image.new("RGB", (2 * cell, 2 * cell))
+    for k, frame in enumerate(picked):
+        if not isinstance(frame, Image.Image):
+            frame = Image.fromarray(frame.permute(1, 2, 0).clamp(0, 255).byte().numpy())
+        grid.paste(frame.convert("RGB").resize((cell, cell), Image.BILINEAR), ((k % 2) * cell, (k // 2) * cell))
+    return grid
+
+
+def make_row(frames, question: str, choices: list[str], answer: str, caption: str = "", as_grid: bool = False,
+             **columns) -> dict:
+    """A row: the clip as Qwen2-VL video input (``videos``), or as one grid image (``as_grid``)."""
     options = " ".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
     clip = frames_for_model(frames)
-    return {"prompt": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": f"{question} {options}"}]}],
-            "videos": [clip], "completion": completion_for(caption, answer), "answer": answer,
+    media = {"images": [frame_grid(clip)]} if as_grid else {"videos": [clip]}
+    kind = "image" if as_grid else "video"
+    return {"prompt": [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": f"{question} {options}"}]}],
+            **media, "completion": completion_for(caption, answer), "answer": answer,
             "choices": list(choices), "video_frames": clip, **columns}
 
 
@@ -55,7 +78,7 @@ class VideoQA:
     name = "video_qa"
     default_model = (  # `mmpost list models`
         "tiny Qwen2-VL, video input through qwen-vl-utils (built offline); --model: a Qwen2-VL-family "
-        "directory / hub id")
+        "directory / hub id, an image-only VLM (clips as frame grids), or composed[:TOWER[:LM_DIR]]")
     rewards = ["choice_accuracy", "format", "video_semantic"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type
@@ -75,6 +98,11 @@ class VideoQA:
 
     def model_path(self) -> str:
         """The user's ``--model`` or the cached tiny Qwen2-VL (built on first use)."""
+        if self.cfg.model.startswith("composed"):  # an image-only VLM: clips as frame grids
+            from mmpost.models.composed_vlm import cached_composed_vlm
+
+            return str(cached_composed_vlm("video-vlm", self._corpus, self.cfg.model, image_side=2 * GRID_CELL,
+                                           vocab_size=400))
         if self.cfg.model:
             return self.cfg.model
         return str(cached_tiny_qwen2vl("tiny-qwen2vl-video", self._corpus, preset="tiny", vocab_size=400,
@@ -93,15 +121,28 @@ class VideoQA:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: question, the clip (``videos``), ``answer``, ``choices`` and ``caption``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
+            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns,
+                                  as_grid=not self.takes_video())
             return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
+        as_grid = not self.takes_video()
         rows = []
         for seed in split_seeds(split, size):
             record = video(seed, split)
             rows.append(make_row(render(record), record["question"], record["choices"], record["answer"],
-                                 record["caption"], qtype=record["qtype"], novel=record["novel"], seed=seed))
+                                 record["caption"], as_grid=as_grid, qtype=record["qtype"], novel=record["novel"],
+                                 seed=seed))
         return rows
+
+    def takes_video(self) -> bool:
+        """Whether the model has a video input (the Qwen2-VL family); image-only VLMs get a frame grid."""
+        if not self.cfg.model:
+            return True
+        if self.cfg.model.startswith("composed"):
+            return False
+        from transformers import AutoProcessor
+
+        return getattr(AutoProcessor.from_pretrained(self.model_path()), "video_processor", None) is not None
 
     def blind_completions(self, train_rows: list[dict], rows: list[dict]) -> list[str]:
         """The input-blind answer for each of ``rows``: the majority training answer of its question type
@@ -131,8 +172,10 @@ def read_video(path, fps: float = FPS, max_frames: int = FRAMES) -> list:
     return frames[:max_frames]
 
 
-def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None) -> list[dict]:
-    """Rows from a JSONL of ``{"video", "question", "choices", "answer"}`` (paths relative to the file)."""
+def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None,
+                   as_grid: bool = False) -> list[dict]:
+    """Rows from a JSONL of ``{"video", "question", "choices", "answer"}`` (paths relative to the file);
+    ``as_grid``: each clip as one frame-grid image (for image-only models)."""
     from pathlib import Path
 
     def convert(r: dict) -> dict:
@@ -143,7 +186,8 @@ def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | 
             frames = read_video(video_path)
         except Exception as error:  # PyAV raises its own error types
             raise DataError(f"{r['source']}: video {video_path} failed to decode ({error})") from None
-        return make_row(frames, r["question"], r["choices"], r["answer"], r.get("caption", ""), source=r["source"])
+        return make_row(frames, r["question"], r["choices"], r["answer"], r.get("caption", ""), as_grid=as_grid,
+                        source=r["source"])
 
     return list(read_jsonl(path, required={"video": str, "question": str, "choices": list, "answer": str}, skip_bad_rows=skip_bad_rows, convert=convert,
                            columns=columns))

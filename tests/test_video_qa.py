@@ -9,7 +9,7 @@ from mmpost.data.jsonl import DataError
 from mmpost.data.motion import FRAMES, SIDE, render, split_seeds, video
 from mmpost.rewards.choice import choice_accuracy
 from mmpost.rewards.video_semantic import VideoSemantic, reasoning_after_first_sentence
-from mmpost.tasks.video_qa import VideoQA, frames_for_model
+from mmpost.tasks.video_qa import GRID_CELL, GRID_FRAMES, VideoQA, frame_grid, frames_for_model
 
 
 def test_clips_are_seeded_and_answers_match_the_tracks():
@@ -95,6 +95,27 @@ def test_task_rows_and_blind_baseline():
     scores = choice_accuracy(["q"] * len(heldout), blind, answer=[r["answer"] for r in heldout],
                              choices=[r["choices"] for r in heldout])
     assert 0.15 < sum(scores) / len(scores) < 0.7
+
+
+def test_grid_rows_tile_four_frames_in_time_order():
+    """Image-only models (``--model composed``) get the clip as a 2 x 2 grid of frames 0, 2, 4, 6."""
+    import numpy as np
+
+    task = VideoQA(TrainConfig(task="video_qa", model="composed", data=DataConfig(train_size=4, eval_size=2)))
+    row = task.rows("heldout")[0]
+    assert row["prompt"][0]["content"][0] == {"type": "image"} and "videos" not in row
+    grid = np.asarray(row["images"][0]).astype(float)
+    assert grid.shape == (2 * GRID_CELL, 2 * GRID_CELL, 3)
+    frames = row["video_frames"]
+    for k, t in enumerate(GRID_FRAMES):
+        cell = grid[(k // 2) * GRID_CELL:(k // 2 + 1) * GRID_CELL, (k % 2) * GRID_CELL:(k % 2 + 1) * GRID_CELL]
+        small = frame_grid([frames[t]] * FRAMES)  # that frame alone, resized the same way
+        expected = np.asarray(small).astype(float)[:GRID_CELL, :GRID_CELL]
+        assert np.abs(cell - expected).max() == 0
+    # a saved image-only model directory is recognised as such; the default Qwen2-VL takes video
+    assert not VideoQA(TrainConfig(task="video_qa", model=task.model_path())).takes_video()
+    default = VideoQA(TrainConfig(task="video_qa"))
+    assert default.takes_video() and VideoQA(TrainConfig(task="video_qa", model=default.model_path())).takes_video()
 
 
 def test_user_jsonl_with_video_files(tmp_path):
