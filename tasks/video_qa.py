@@ -20,6 +20,7 @@ Input-blind baseline (``results.json`` -> ``blind``): the majority training answ
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
@@ -119,13 +120,14 @@ class VideoQA:
                 for r in records]
 
     def rows(self, split: str) -> list[dict]:
-        """Rows of ``split``: question, the clip (``videos``), ``answer``, ``choices`` and ``caption``."""
+        """Rows of ``split``: question, the clip (``videos``, or a frame grid in ``images``), ``answer``,
+        ``choices`` and ``caption``."""
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns,
-                                  as_grid=not self.takes_video())
+                                  as_grid=not self.takes_video)
             return split_user_rows(rows, split)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
-        as_grid = not self.takes_video()
+        as_grid = not self.takes_video
         rows = []
         for seed in split_seeds(split, size):
             record = video(seed, split)
@@ -134,6 +136,7 @@ class VideoQA:
                                  seed=seed))
         return rows
 
+    @functools.cached_property
     def takes_video(self) -> bool:
         """Whether the model has a video input (the Qwen2-VL family); image-only VLMs get a frame grid."""
         if not self.cfg.model:

@@ -113,9 +113,9 @@ def test_grid_rows_tile_four_frames_in_time_order():
         expected = np.asarray(small).astype(float)[:GRID_CELL, :GRID_CELL]
         assert np.abs(cell - expected).max() == 0
     # a saved image-only model directory is recognised as such; the default Qwen2-VL takes video
-    assert not VideoQA(TrainConfig(task="video_qa", model=task.model_path())).takes_video()
+    assert not VideoQA(TrainConfig(task="video_qa", model=task.model_path())).takes_video
     default = VideoQA(TrainConfig(task="video_qa"))
-    assert default.takes_video() and VideoQA(TrainConfig(task="video_qa", model=default.model_path())).takes_video()
+    assert default.takes_video and VideoQA(TrainConfig(task="video_qa", model=default.model_path())).takes_video
 
 
 def test_user_jsonl_with_video_files(tmp_path):
