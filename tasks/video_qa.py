@@ -45,7 +45,7 @@ def completion_for(caption: str, answer: str) -> str:
 
 
 GRID_FRAMES = (0, 2, 4, 6)  # every blink and both appearances of the synthetic clips fall on these
-GRID_CELL = 56  # 2 x 2 cells: a 112-pixel image, 7 x 7 tokens for the composed model's ViT
+GRID_CELL = 64  # 2 x 2 cells: a 128-pixel image, 8 x 8 tokens of the composed model's ViT (4 x 4 per frame)
 
 
 def frame_grid(frames, cell: int = GRID_CELL):
