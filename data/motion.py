@@ -125,3 +125,13 @@ def render(record: dict) -> list:
                 draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=color)
         frames.append(image)
     return frames
+
+
+def as_image(frame):
+    """A frame as an RGB ``PIL.Image``: PIL images pass through, ``[3, H, W]`` tensors in 0..255 (what
+    qwen-vl-utils' ``fetch_video`` returns) are converted."""
+    from PIL import Image
+
+    if isinstance(frame, Image.Image):
+        return frame.convert("RGB")
+    return Image.fromarray(frame.permute(1, 2, 0).clamp(0, 255).byte().numpy())

@@ -57,13 +57,13 @@ class VideoSemantic:
     def frame_embeddings(self, frames):
         """Normalised embeddings of a clip's frames ([T, 3, H, W] in 0..255, or PIL images)."""
         import torch
-        from PIL import Image
+
+        from mmpost.data.motion import as_image
 
         key = id(frames)
         if key not in self._frame_cache:
             model, preprocess, _ = self._model()
-            images = [f if isinstance(f, Image.Image)
-                      else Image.fromarray(f.permute(1, 2, 0).clamp(0, 255).byte().numpy()) for f in frames]
+            images = [as_image(f) for f in frames]
             with torch.no_grad():
                 embedded = model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True)
             if len(self._frame_cache) > 4096:

@@ -25,7 +25,7 @@ from collections import Counter
 
 from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
 from mmpost.data.jsonl import DataError, read_jsonl
-from mmpost.data.motion import FRAMES, SIDE, render, split_seeds, video
+from mmpost.data.motion import FRAMES, SIDE, as_image, render, split_seeds, video
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
@@ -55,9 +55,7 @@ def frame_grid(frames, cell: int = GRID_CELL):
     picked = [frames[round(t * (len(frames) - 1) / (FRAMES - 1))] for t in GRID_FRAMES]  # other lengths: same times
     grid = Image.new("RGB", (2 * cell, 2 * cell))
     for k, frame in enumerate(picked):
-        if not isinstance(frame, Image.Image):
-            frame = Image.fromarray(frame.permute(1, 2, 0).clamp(0, 255).byte().numpy())
-        grid.paste(frame.convert("RGB").resize((cell, cell), Image.BILINEAR), ((k % 2) * cell, (k // 2) * cell))
+        grid.paste(as_image(frame).resize((cell, cell), Image.BILINEAR), ((k % 2) * cell, (k // 2) * cell))
     return grid
 
 
