@@ -1,7 +1,7 @@
 """Seeded short clips of moving shapes with multiple-choice questions (video_qa; VideoRFT's task shape).
 
-A clip is ``FRAMES`` frames of ``SIDE`` x ``SIDE`` pixels: a background colour, one to three
-coloured shapes and, per question type, one event to reason about over time:
+A clip is ``FRAMES`` frames of ``SIDE`` x ``SIDE`` pixels: a plain light background, one or two
+large coloured shapes and, per question type, one event to reason about over time:
 
 - ``direction``: one shape slides left, right, up or down ("Which way does the red circle move?");
 - ``order``: two shapes appear one after the other ("Which shape appears first?");
@@ -10,8 +10,11 @@ coloured shapes and, per question type, one event to reason about over time:
 
 Each clip also has a ``caption`` (what happens, in the words a reasoning trace would use), the
 text the semantic-consistency reward compares with the frames. Held-out clips use seeds the
-training split never draws, and every held-out clip with an even seed uses a background colour
-never used in training.
+training split never draws (new shapes, colours, positions, paths and timings in combination).
+
+The scenes are deliberately plain: with four similar backgrounds, a still distractor and 12-18 px
+shapes, the tiny models trained from scratch here stayed at the input-blind accuracy (README,
+"video_qa"); on this plain version the default model learns all four question types.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ SIDE = 84
 FRAMES = 8
 SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40)}
-TRAIN_BACKGROUNDS = ((235, 235, 235), (200, 215, 235), (225, 210, 190), (60, 60, 60))
-NOVEL_BACKGROUNDS = ((190, 230, 200), (120, 100, 140))
+BACKGROUND = (235, 235, 235)
+SIZES = (20, 28)  # shape sizes in pixels
 QUESTION_TYPES = ("direction", "order", "count", "speed")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
@@ -35,7 +38,7 @@ def _object(rng: random.Random, used: set) -> dict:
         color, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
         if (color, shape) not in used:
             used.add((color, shape))
-            return {"color": color, "shape": shape, "size": rng.randint(12, 18)}
+            return {"color": color, "shape": shape, "size": rng.randint(*SIZES)}
 
 
 def video(seed: int, split: str = "train") -> dict:
@@ -45,18 +48,16 @@ def video(seed: int, split: str = "train") -> dict:
     hidden; :func:`render` draws them.
     """
     rng = random.Random(seed)
-    novel = split == "heldout" and seed % 2 == 0
-    background = rng.choice(NOVEL_BACKGROUNDS if novel else TRAIN_BACKGROUNDS)
     qtype = QUESTION_TYPES[rng.randrange(len(QUESTION_TYPES))]
     used: set = set()
     target = _object(rng, used)
     name = f"the {target['color']} {target['shape']}"
     size = target["size"]
-    still = lambda: [(rng.randint(0, SIDE - 18), rng.randint(0, SIDE - 18))] * FRAMES  # noqa: E731
+    still = lambda: [(rng.randint(0, SIDE - SIZES[1]), rng.randint(0, SIDE - SIZES[1]))] * FRAMES  # noqa: E731
     if qtype in ("direction", "speed"):
         direction = rng.choice(sorted(DIRECTIONS)) if qtype == "direction" else rng.choice(["left", "right"])
         fast = rng.random() < 0.5 if qtype == "speed" else True
-        step = rng.uniform(6.5, 8) if fast else rng.uniform(1, 2)
+        step = rng.uniform(6, 7.2) if fast else rng.uniform(1, 2)  # fast: across most of the frame
         dx, dy = DIRECTIONS[direction]
         travel = step * (FRAMES - 1)
         x0 = SIDE - size - 2 - travel if dx > 0 else 2 + travel if dx < 0 else rng.uniform(2, SIDE - size - 2)
@@ -96,11 +97,9 @@ def video(seed: int, split: str = "train") -> dict:
         word = {1: "once", 2: "twice", 3: "three times"}[count]
         question, choices, answer = f"How many times does {name} appear?", ["1", "2", "3"], str(count)
         caption = f"{name} appears {word}."
-    for _ in range(rng.randint(0, 1)):  # a still distractor
-        tracks.append(dict(_object(rng, used), track=still()))
     rng.shuffle(choices)
     return {"seed": seed, "qtype": qtype, "question": question, "choices": choices, "answer": answer,
-            "caption": caption, "tracks": tracks, "background": background, "novel": novel}
+            "caption": caption, "tracks": tracks, "background": BACKGROUND}
 
 
 def render(record: dict) -> list:
