@@ -135,9 +135,11 @@ def test_user_jsonl_with_video_files(tmp_path):
             container.mux(packet)
     rows = [{"video": "a.mp4", "question": "Which way?", "choices": ["left", "right"], "answer": "right"}] * 10
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    task = VideoQA(TrainConfig(task="video_qa", data=DataConfig(path=str(tmp_path / "d.jsonl"))))
-    train = task.rows("train")
+    data = DataConfig(path=str(tmp_path / "d.jsonl"))
+    train = VideoQA(TrainConfig(task="video_qa", model="tiny-qwen2vl", data=data)).rows("train")
     assert len(train) == 9 and tuple(train[0]["videos"][0].shape) == (FRAMES, 3, SIDE, SIDE)
+    grids = VideoQA(TrainConfig(task="video_qa", data=data)).rows("train")  # the default, image-only model
+    assert "videos" not in grids[0] and grids[0]["images"][0].size == (2 * GRID_CELL, 2 * GRID_CELL)
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     (tmp_path / "b.jsonl").write_text(json.dumps({**rows[0], "video": "bad.mp4"}) + "\n")
     with pytest.raises(DataError, match="b.jsonl:1.*failed to decode"):
