@@ -1,5 +1,7 @@
 """TokenPolicy on the real tiny Qwen2-VL: sampled vs recomputed log-probs, SFT, save/load."""
 
+import json
+
 import pytest
 import torch
 
@@ -104,3 +106,45 @@ def test_multi_image_and_video_groups_truncated_at_max_length_rescore_exactly(fa
     (-(recomputed * rollout.mask).sum()).backward()
     vision = [p for n, p in policy.model.named_parameters() if "visual" in n or "vision_tower" in n]
     assert vision and any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision)
+
+
+@pytest.fixture(scope="module")
+def text_lm_dirs(tiny_model_dir, tmp_path_factory):
+    """Text-only causal LMs on the tiny model's tokenizer: rotary (Qwen2) and absolute positions (GPT-2)."""
+    from transformers import AutoProcessor, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    tokenizer = processor.tokenizer
+    tokenizer.chat_template = tokenizer.chat_template or processor.chat_template
+    torch.manual_seed(0)
+    models = {"qwen2": Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)),
+              "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2))}
+    dirs = {}
+    for name, model in models.items():
+        dirs[name] = tmp_path_factory.mktemp(name)
+        model.save_pretrained(dirs[name])
+        tokenizer.save_pretrained(dirs[name])
+        config_file = dirs[name] / "tokenizer_config.json"  # a text LM: AutoProcessor gives its tokenizer
+        config = json.loads(config_file.read_text())
+        config.pop("processor_class", None)
+        config_file.write_text(json.dumps(config))
+    return dirs
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2", "gpt2"])
+def test_text_prompts_of_different_lengths_rescore_exactly(family, tiny_model_dir, text_lm_dirs):
+    """Left-padded text prompts (the multimodal-RoPE model without images, a rotary LM, an LM with
+    absolute position embeddings): the decode loop's positions match a teacher-forced forward."""
+    torch.manual_seed(0)
+    path = tiny_model_dir if family == "qwen2_vl" else text_lm_dirs[family]
+    policy = TokenPolicy.from_pretrained(path, max_new_tokens=6)
+    policy.suppress_ids.append(policy.eos_id)
+    rows = [{"prompt": [{"role": "user", "content": text}], "seed": i}
+            for i, text in enumerate(["1+1=", "a much longer question about 12 + 30 and what it makes"])]
+    rollout = policy.rollout(rows, n=3, temperature=1.0)
+    assert rollout.mask.shape == (6, 6)
+    assert torch.allclose(policy.logprobs(rollout).detach(), rollout.logprobs, atol=1e-5)
+    greedy = policy.rollout(rows, n=2, greedy=True)
+    ids = greedy.actions.completion_ids
+    assert torch.equal(ids[0], ids[1]) and torch.equal(ids[2], ids[3])  # greedy copies of a prompt agree

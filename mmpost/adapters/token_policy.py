@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
+from mmpost.adapters.decoding import decode
 from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
 
@@ -214,17 +215,18 @@ class TokenPolicy:
 
     @torch.no_grad()
     def rollout(self, batch: list[dict], n: int, *, temperature: float = 1.0, greedy: bool = False) -> Rollout:
-        """Sample ``n`` completions per row in one batched ``generate`` (KV cache on), or with the
-        attached vLLM engine (:meth:`use_vllm`).
+        """Sample ``n`` completions per row in one batched decode loop (KV cache on, each prompt
+        encoded once: :mod:`mmpost.adapters.decoding`), or with the attached vLLM engine
+        (:meth:`use_vllm`).
 
-        Log-probs come from the sampling scores, so no second forward pass is needed when a
+        Log-probs are kept as tokens are sampled, so no second forward pass is needed when a
         batch is optimised once (with vLLM the training model recomputes them).
         """
         rows = [row for row in batch for _ in range(n)]
         if self.sampler is not None:
             ids, logprobs, metrics = self._vllm_sample(batch, rows, n, temperature, greedy)
         else:
-            ids, logprobs, metrics = self._generate(rows, temperature, greedy)
+            ids, logprobs, metrics = self._generate(batch, n, temperature, greedy)
         mask = self._completion_mask(ids)
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
@@ -235,18 +237,14 @@ class TokenPolicy:
                        actions=TokenActions(rows, ids.cpu(), self.pad_id), temperature=1.0 if greedy else temperature,
                        truncated=truncated.cpu(), metrics=metrics)
 
-    def _generate(self, rows: list[dict], temperature: float, greedy: bool):
-        """transformers' ``generate``: [N, T] ids (pad after EOS) and their sampling log-probs."""
-        prompt = self.encode_prompts(rows)
-        sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    def _generate(self, batch: list[dict], n: int, temperature: float, greedy: bool):
+        """[len(batch) * n, T] ids (pad after EOS) and their sampling log-probs, from mmpost's decode loop."""
         with eval_mode(self.model):
-            out = getattr(self.model, "module", self.model).generate(**prompt, **sampling, max_new_tokens=self.max_new_tokens,
-                                      suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id,
-                                      pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True)
-        ids = out.sequences[:, prompt["input_ids"].shape[1]:]
-        ids = torch.where(self._completion_mask(ids).bool(), ids, torch.full_like(ids, self.pad_id))
-        scores = torch.stack(out.scores, dim=1).float()  # [N, T, V] processed (temperature, suppression)
-        return ids, torch.gather(F.log_softmax(scores, dim=-1), 2, ids.unsqueeze(-1)).squeeze(-1), {}
+            ids, logprobs = decode(getattr(self.model, "module", self.model), self.encode_prompts(batch), n,
+                                   max_new_tokens=self.max_new_tokens, temperature=temperature, greedy=greedy,
+                                   suppress_ids=self.suppress_ids, eos_id=self.eos_id, pad_id=self.pad_id,
+                                   multimodal_rope=self.multimodal_rope, keeps_logits=self.keeps_logits)
+        return ids, logprobs, {}
 
     def use_vllm(self, config, *, seed: int = 0) -> None:
         """Sample with a vLLM engine from now on (``config``: :class:`~mmpost.config.RolloutConfig`);
