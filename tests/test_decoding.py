@@ -2,7 +2,7 @@
 
 import torch
 
-from mmpost.adapters.decoding import sample_next
+from mmpost.adapters.decoding import sample_next, takes_boolean_mask
 
 
 def test_inverse_cdf_sampling_matches_the_distribution_and_never_draws_a_suppressed_token():
@@ -15,3 +15,14 @@ def test_inverse_cdf_sampling_matches_the_distribution_and_never_draws_a_suppres
         # binomial standard error at 20000 draws is <= 0.0036: 4 of them
         assert torch.allclose(frequency, probs[row], atol=0.015), (row, frequency)
         assert frequency[probs[row] == 0].sum() == 0
+
+
+def test_only_sdpa_with_full_attention_everywhere_gets_the_boolean_mask():
+    from transformers import MistralConfig, Qwen2Config
+
+    assert takes_boolean_mask(Qwen2Config(num_hidden_layers=2, attn_implementation="sdpa"))
+    assert not takes_boolean_mask(Qwen2Config(num_hidden_layers=2, attn_implementation="eager"))
+    assert not takes_boolean_mask(Qwen2Config(num_hidden_layers=2, attn_implementation="sdpa", use_sliding_window=True,
+                                              sliding_window=16, max_window_layers=0))
+    assert not takes_boolean_mask(MistralConfig(num_hidden_layers=2, attn_implementation="sdpa", sliding_window=16))
+    assert takes_boolean_mask(MistralConfig(num_hidden_layers=2, attn_implementation="sdpa", sliding_window=None))

@@ -132,13 +132,19 @@ def text_lm_dirs(tiny_model_dir, tmp_path_factory):
     return dirs
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2", "gpt2", "qwen2_eager"])
 def test_text_prompts_of_different_lengths_rescore_exactly(family, tiny_model_dir, text_lm_dirs):
     """Left-padded text prompts (the multimodal-RoPE model without images, a rotary LM, an LM with
-    absolute position embeddings): the decode loop's positions match a teacher-forced forward."""
+    absolute position embeddings; SDPA, given the boolean padding mask, and eager attention, given
+    the 2-D one): the decode loop's positions and masks match a teacher-forced forward."""
+    from mmpost.adapters.decoding import takes_boolean_mask
+
     torch.manual_seed(0)
-    path = tiny_model_dir if family == "qwen2_vl" else text_lm_dirs[family]
+    path = tiny_model_dir if family == "qwen2_vl" else text_lm_dirs[family.removesuffix("_eager")]
     policy = TokenPolicy.from_pretrained(path, max_new_tokens=6)
+    if family.endswith("eager"):
+        policy.model.set_attn_implementation("eager")
+    assert takes_boolean_mask(policy.model.config) == (not family.endswith("eager"))
     policy.suppress_ids.append(policy.eos_id)
     rows = [{"prompt": [{"role": "user", "content": text}], "seed": i}
             for i, text in enumerate(["1+1=", "a much longer question about 12 + 30 and what it makes"])]

@@ -46,7 +46,21 @@ def _rope_deltas(model) -> torch.Tensor | None:
     raise ValueError(f"{type(model).__name__} uses multimodal RoPE but stored no rope_deltas after the prefill")
 
 
-@torch.no_grad()
+def takes_boolean_mask(config) -> bool:
+    """Whether the model's decoder can be given the [N, 1, 1, L] boolean padding mask directly: SDPA
+    attention with full (not sliding-window) attention in every layer, for which that mask is
+    exactly what transformers would build from the 2-D one at every step (which costs more than the
+    attention itself on a small model). Eager attention wants an additive float mask, FlashAttention
+    the 2-D one, sliding-window layers a banded one: they get the 2-D mask."""
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
+
+
+@torch.inference_mode()
 def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: int, temperature: float,
            greedy: bool, suppress_ids: list[int], eos_id: int, pad_id: int, multimodal_rope: bool,
            keeps_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +68,10 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     distinct prompt), completions of a prompt adjacent: ``[P * n, T]`` token ids (``pad_id`` after
     EOS) and the log-prob of each under the sampling distribution (temperature-scaled logits with
     ``suppress_ids`` removed; greedy: the argmax of the same). ``T <= max_new_tokens``: the loop
-    stops when every row has ended."""
-    mask = prompt["attention_mask"]
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    stops when every row has ended. (Inference mode: the results are cloned by the caller before
+    they meet autograd.)"""
+    prompt_mask = prompt["attention_mask"]
+    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
     # A multimodal-RoPE model (Qwen2-VL family) derives 3-D positions for vision tokens itself and
     # stores the offset its text positions then continue from; without vision input all three
     # axes are the text position.
@@ -72,15 +87,19 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     cache, logits = getattr(out, cache_arg), out.logits[:, -1]
     if n > 1:
         cache.batch_repeat_interleave(n)
-        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        logits = logits.repeat_interleave(n, 0)
+    rows, prompt_length = logits.shape[0], prompt_mask.shape[1]
     next_position = positions[:, -1:].repeat_interleave(n, 0)
     if vision:
         deltas = _rope_deltas(model).to(next_position.device)
-        next_position = next_position + deltas.repeat_interleave(mask.shape[0] // deltas.shape[0], 0)
-    rows = mask.shape[0]
-    ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=mask.device)
-    logprobs = torch.zeros(rows, max_new_tokens, device=mask.device)
-    ended = torch.zeros(rows, dtype=torch.bool, device=mask.device)
+        next_position = next_position + deltas.repeat_interleave(rows // deltas.shape[0], 0)
+    # the whole sequence's padding mask, filled in once; each step attends to a growing slice of it
+    attend = F.pad(prompt_mask.repeat_interleave(n, 0), (0, max_new_tokens), value=1)
+    boolean = takes_boolean_mask(getattr(model.config, "text_config", model.config))
+    attend = attend.bool()[:, None, None, :] if boolean else attend
+    ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
+    logprobs = torch.zeros(rows, max_new_tokens, device=logits.device)
+    ended = torch.zeros(rows, dtype=torch.bool, device=logits.device)
     steps = 0
     for t in range(max_new_tokens):
         scores = logits.float() if greedy else logits.float() / temperature
@@ -95,9 +114,8 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
         steps = t + 1
         if steps == max_new_tokens or bool(ended.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
         next_position = next_position + 1
         position_ids = next_position.unsqueeze(0).expand(3, -1, -1) if multimodal_rope else next_position
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=position_ids,
-                       use_cache=True, **{cache_arg: cache}).logits[:, -1]
+        logits = model(input_ids=token[:, None], attention_mask=attend[..., :prompt_length + steps],
+                       position_ids=position_ids, use_cache=True, **{cache_arg: cache}).logits[:, -1]
     return ids[:, :steps], logprobs[:, :steps]

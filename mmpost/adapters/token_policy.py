@@ -244,7 +244,7 @@ class TokenPolicy:
                                    max_new_tokens=self.max_new_tokens, temperature=temperature, greedy=greedy,
                                    suppress_ids=self.suppress_ids, eos_id=self.eos_id, pad_id=self.pad_id,
                                    multimodal_rope=self.multimodal_rope, keeps_logits=self.keeps_logits)
-        return ids, logprobs, {}
+        return ids.clone(), logprobs.clone(), {}  # out of inference mode: usable in a loss
 
     def use_vllm(self, config, *, seed: int = 0) -> None:
         """Sample with a vLLM engine from now on (``config``: :class:`~mmpost.config.RolloutConfig`);
