@@ -82,8 +82,10 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     if keeps_logits:
         extra["logits_to_keep"] = 1
     out = model(**prompt, use_cache=True, **extra)
-    # transformers 5.x renamed past_key_values to cache (the old name warns, then goes in 5.40)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # transformers 5.x renamed past_key_values to cache (the old name warns, then goes in 5.40); a
+    # PEFT wrapper passes either through to the model it wraps
+    network = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(network.forward).parameters else "past_key_values"
     cache, logits = getattr(out, cache_arg), out.logits[:, -1]
     if n > 1:
         cache.batch_repeat_interleave(n)
@@ -100,11 +102,13 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
     logprobs = torch.zeros(rows, max_new_tokens, device=logits.device)
     ended = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    suppressed = torch.tensor(suppress_ids, dtype=torch.long, device=logits.device)
+    scale = not greedy and temperature != 1.0
     steps = 0
     for t in range(max_new_tokens):
-        scores = logits.float() if greedy else logits.float() / temperature
+        scores = logits.float() / temperature if scale else logits.float()  # (may be the logits: they are not reused)
         if suppress_ids:
-            scores[:, suppress_ids] = float("-inf")
+            scores.index_fill_(1, suppressed, float("-inf"))
         step_logprobs = F.log_softmax(scores, dim=-1)
         token = step_logprobs.argmax(-1) if greedy else sample_next(step_logprobs)
         token = torch.where(ended, pad_id, token)
