@@ -80,7 +80,7 @@ def test_media_become_multi_modal_data():
 class GenerateSampler:
     """Stands in for the vLLM engine (which needs a CUDA GPU): the same output lists vLLM returns
     (each completion ending at EOS or the length cap, the sampled tokens' log-probs), produced by the
-    policy's own transformers ``generate``."""
+    policy's own decode loop."""
 
     def __init__(self, policy):
         self.policy, self.loads = policy, 0
@@ -89,7 +89,7 @@ class GenerateSampler:
         self.loads += 1
 
     def generate(self, rows, prompts, n, *, temperature, greedy, max_new_tokens, eos_id, suppress_ids):
-        ids, logprobs, _ = self.policy._generate([r for r in rows for _ in range(n)], temperature, greedy)
+        ids, logprobs, _ = self.policy._generate(rows, n, temperature, greedy)
         mask = self.policy._completion_mask(ids).bool()
         return ([row[m].tolist() for row, m in zip(ids, mask)], [row[m].tolist() for row, m in zip(logprobs, mask)])
 
