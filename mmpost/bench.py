@@ -16,6 +16,11 @@ and noisy). Cases:
   double.
 - the sandboxed reward: warm fork-server vs a fresh interpreter per job (:mod:`mmpost.bench_sandbox`).
 
+What differs is the implementation, not the work: TRL samples with transformers' ``generate``,
+mmpost with its own decode loop (:mod:`mmpost.adapters.decoding`: each prompt encoded once per
+group, inverse-CDF sampling, the boolean padding mask handed to SDPA), scores the rewards beside
+the first forward pass, and steps a fused AdamW.
+
 Per step the first one is dropped (warm-up). Reported: completions/s (GRPO: sampled completions
 per second of step time, reward included), tokens/s (generated or trained tokens), seconds per step
 split into generate / reward / update (forward, backward and optimizer), peak RSS.
