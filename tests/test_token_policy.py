@@ -154,3 +154,34 @@ def test_text_prompts_of_different_lengths_rescore_exactly(family, tiny_model_di
     greedy = policy.rollout(rows, n=2, greedy=True)
     ids = greedy.actions.completion_ids
     assert torch.equal(ids[0], ids[1]) and torch.equal(ids[2], ids[3])  # greedy copies of a prompt agree
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext", "qwen2_vl_video"])
+def test_group_media_encoded_once_give_the_same_logprobs_and_gradients(family, request):
+    """Scoring a shuffled GRPO batch with each distinct prompt's images/videos through the vision
+    tower once equals scoring every row separately: log-probs and every parameter's gradient."""
+    from mmpost.adapters.shared_media import can_share, distinct_rows
+
+    torch.manual_seed(0)
+    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir",
+               "timm_convnext": "timm_composed_model_dir", "qwen2_vl_video": "tiny_model_dir"}
+    policy = TokenPolicy.from_pretrained(request.getfixturevalue(fixture[family]), max_new_tokens=4)
+    rows = _video_rows() if family.endswith("video") else _two_image_rows()
+    rollout = policy.rollout(rows, n=3, temperature=1.0).subset(torch.randperm(6))
+    distinct, index = distinct_rows(rollout.actions.prompt_rows)
+    assert len(distinct) == 2 and sorted(index) == [0, 0, 0, 1, 1, 1]
+    assert can_share(policy.model, policy.encode_prompts(distinct))
+    results = []
+    for shared in (True, False):
+        policy.shares_media = shared
+        logprobs = policy.logprobs(rollout)
+        (-(logprobs * rollout.mask).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.grad is not None}
+        policy.model.zero_grad(set_to_none=True)
+        results.append((logprobs.detach(), grads))
+    (shared_lp, shared_grads), (row_lp, row_grads) = results
+    torch.testing.assert_close(shared_lp, row_lp, atol=1e-5, rtol=0)
+    assert shared_grads.keys() == row_grads.keys()
+    assert any("visual" in n or "vision_tower" in n for n in shared_grads)
+    for name in shared_grads:
+        torch.testing.assert_close(shared_grads[name], row_grads[name], atol=1e-5, rtol=1e-4, msg=name)

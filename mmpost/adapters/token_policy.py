@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
 from mmpost.adapters.decoding import decode
+from mmpost.adapters.shared_media import can_share, distinct_rows, shared_media_inputs
 from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
 
@@ -99,7 +100,8 @@ class TokenPolicy:
         self.multimodal_rope = "mrope_section" in (getattr(text_config, "rope_parameters", None) or {})
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         self.pad_id = self.tokenizer.pad_token_id
-        self.sampler = None  # a VLLMSampler after use_vllm(); None: transformers' generate
+        self.sampler = None  # a VLLMSampler after use_vllm(); None: mmpost's decode loop
+        self.shares_media = True  # a group's shared prompt encoded once, until a batch shows it cannot be
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -158,11 +160,22 @@ class TokenPolicy:
             raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
         return {k: v.to(self.device) for k, v in enc.items()}
 
+    def _encode_rows(self, rows: list[dict]) -> dict:
+        """Model inputs for ``rows`` with each distinct prompt (a group's shared one) processed once and
+        its images through the vision tower once (:mod:`mmpost.adapters.shared_media`)."""
+        distinct, index = distinct_rows(rows)
+        if len(distinct) < len(rows) and self.shares_media:
+            encoded = self.encode_prompts(distinct)
+            if can_share(self.model, encoded):
+                return shared_media_inputs(self.model, encoded, distinct, index)
+            self.shares_media = False  # (an audio model, a wrapped one: not asked again)
+        return self.encode_prompts(rows)
+
     def _forward(self, rows: list[dict], completion_ids: torch.Tensor, mix: tuple | None = None, **kwargs):
         """The model on each row's prompt followed by ``completion_ids`` (teacher forcing). ``mix`` =
         ``(lam, other_ids)`` feeds ``(1 - lam) E(y_t) + lam E(other_t)`` at the completion's real
         positions instead of ``E(y_t)`` (IFT's temporal residual input)."""
-        prompt = self.encode_prompts(rows)
+        prompt = self._encode_rows(rows)
         completion_ids = completion_ids.to(self.device)
         # Attend up to and including the first EOS; a pad token the model sampled mid-completion
         # is a real token (generate attended to it), only the padding after EOS is not.
