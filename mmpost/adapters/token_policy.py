@@ -376,8 +376,8 @@ class TokenPolicy:
 
     def demo_ids(self, batch: list[dict], field: str = "completion") -> torch.Tensor:
         """Right-padded token ids of each row's ``field`` text followed by EOS."""
-        encoded = [self.tokenizer(r[field] + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-                   for r in batch]
+        encoded = self.tokenizer([r[field] + self.tokenizer.eos_token for r in batch],
+                                 add_special_tokens=False)["input_ids"]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         for i, e in enumerate(encoded):
