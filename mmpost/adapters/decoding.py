@@ -36,7 +36,7 @@ def sample_next(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cumulative, draw, right=True).clamp(max=cumulative.shape[1] - 1).squeeze(1)
 
 
-def _rope_deltas(model) -> torch.Tensor | None:
+def _rope_deltas(model) -> torch.Tensor:
     """The per-row offset a multimodal-RoPE model stored during its prefill (text positions after
     the vision tokens continue from the largest vision position, not from the token count)."""
     for owner in (model, getattr(model, "model", None)):

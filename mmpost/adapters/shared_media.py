@@ -8,7 +8,7 @@ vision features are computed once (with grad), and both are indexed out to the r
 are identical and the vision tower's gradient is the same sum over the group's samples.
 
 It goes through transformers' own entry point for pre-computed features, the ``mm_encoder_outputs``
-forward argument (transformers >= 5.2x, most VLMs: Qwen2/2.5/3-VL, LLaVA, FastVLM, Gemma 3, ...),
+forward argument (recent transformers 5.x, e.g. 5.24: most VLMs, Qwen2/2.5/3-VL, LLaVA, FastVLM, Gemma 3),
 and only where every processor output is one it knows how to index; anything else (audio models,
 processors with extra per-image tensors, parameters sharded by FSDP) is encoded per row as before.
 """
