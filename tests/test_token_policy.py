@@ -117,8 +117,9 @@ def text_lm_dirs(tiny_model_dir, tmp_path_factory):
     tokenizer = processor.tokenizer
     tokenizer.chat_template = tokenizer.chat_template or processor.chat_template
     torch.manual_seed(0)
-    models = {"qwen2": Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)),
+    qwen2 = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1)
+    models = {"qwen2": Qwen2ForCausalLM(qwen2),
               "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=2))}
     dirs = {}
     for name, model in models.items():

@@ -120,6 +120,6 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
             break
         next_position = next_position + 1
         position_ids = next_position.unsqueeze(0).expand(3, -1, -1) if multimodal_rope else next_position
-        logits = model(input_ids=token[:, None], attention_mask=attend[..., :prompt_length + steps],
+        logits = model(input_ids=token[:, None], attention_mask=attend[..., :prompt_length + steps].contiguous(),
                        position_ids=position_ids, use_cache=True, **{cache_arg: cache}).logits[:, -1]
     return ids[:, :steps], logprobs[:, :steps]
