@@ -27,6 +27,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from mmpost.adapters.lora import transformers_model
+
 
 def sample_next(logprobs: torch.Tensor) -> torch.Tensor:
     """One token per row from ``exp(logprobs)`` ([N, V], rows summing to 1), by inverse CDF: the first
@@ -84,8 +86,8 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     out = model(**prompt, use_cache=True, **extra)
     # transformers 5.x renamed past_key_values to cache (the old name warns, then goes in 5.40); a
     # PEFT wrapper passes either through to the model it wraps
-    network = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache_arg = "cache" if "cache" in inspect.signature(network.forward).parameters else "past_key_values"
+    takes = inspect.signature(transformers_model(model).forward).parameters
+    cache_arg = "cache" if "cache" in takes else "past_key_values"
     cache, logits = getattr(out, cache_arg), out.logits[:, -1]
     if n > 1:
         cache.batch_repeat_interleave(n)

@@ -20,6 +20,12 @@ def _unwrap(model):
     return getattr(model, "module", model)  # DDP / FSDP wrappers
 
 
+def transformers_model(model):
+    """The transformers model inside a PEFT wrapper (with the adapters' layers in it); any other
+    model as it is."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def add_lora(policy, cfg: PeftConfig) -> int:
     """Wrap ``policy.model`` with LoRA adapters on ``cfg.target_modules``; only they train.
     Returns the number of trainable parameters."""

@@ -19,6 +19,8 @@ import inspect
 
 import torch
 
+from mmpost.adapters.lora import transformers_model
+
 ROW_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"}  # one row per prompt
 # per image / per video, in the order the rows list them; pixels are replaced by the features
 MEDIA_KEYS = {"pixel_values": "image", "image_grid_thw": "image",
@@ -46,7 +48,7 @@ def can_share(model, encoded: dict) -> bool:
         return False
     if not set(encoded) & PIXEL_KEYS:
         return True  # text only: the tokenizer's rows are indexed
-    network = model.get_base_model() if hasattr(model, "get_base_model") else model
+    network = transformers_model(model)
     if "mm_encoder_outputs" not in inspect.signature(network.forward).parameters:
         return False
     # parameters sharded across processes (FSDP2) are gathered by the root module's forward only
@@ -64,7 +66,7 @@ def shared_media_inputs(model, encoded: dict, distinct: list[dict], index: list[
     """Model inputs for the rows ``index`` points at (``encoded``: the processor's output for
     ``distinct``), with ``mm_encoder_outputs`` holding each distinct image's and video's features,
     computed once and repeated per row, in place of the pixels."""
-    network = model.get_base_model() if hasattr(model, "get_base_model") else model
+    network = transformers_model(model)
     rows = torch.tensor(index, device=encoded["input_ids"].device)
     inputs = {key: value[rows] for key, value in encoded.items() if key in ROW_KEYS}
     features = {}
@@ -75,14 +77,13 @@ def shared_media_inputs(model, encoded: dict, distinct: list[dict], index: list[
         encoder = getattr(network.base_model, f"get_{kind}_features")
         arguments = {key: encoded[key] for key in inspect.signature(encoder).parameters if key in encoded}
         output = encoder(**arguments, return_dict=True)
-        media = _media_index(distinct, index, kind)
+        media = torch.tensor(_media_index(distinct, index, kind), device=rows.device)
         pooled = output.pooler_output  # one [tokens, hidden] tensor per image (a tuple, or stacked)
-        output.pooler_output = pooled[torch.tensor(media, device=rows.device)] if torch.is_tensor(pooled) \
-            else [pooled[i] for i in media]
+        output.pooler_output = pooled[media] if torch.is_tensor(pooled) else [pooled[i] for i in media.tolist()]
         features[kind] = output
         for key in keys:
             if key not in PIXEL_KEYS:  # grid sizes: the model places the features' positions with them
-                inputs[key] = encoded[key][torch.tensor(media, device=rows.device)]
+                inputs[key] = encoded[key][media]
     if features:
         inputs["mm_encoder_outputs"] = features
     return inputs

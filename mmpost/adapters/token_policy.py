@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
 from mmpost.adapters.decoding import decode
+from mmpost.adapters.lora import transformers_model
 from mmpost.adapters.shared_media import can_share, distinct_rows, shared_media_inputs
 from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
@@ -418,7 +419,7 @@ class TokenPolicy:
         (ssToken's semantic score). Attention weights need the eager kernel, switched on for this
         forward only."""
         ids = self.demo_ids(batch)
-        network = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        network = transformers_model(self.model)
         network = getattr(network, "module", network)
         previous = network.config._attn_implementation
         network.set_attn_implementation("eager")
