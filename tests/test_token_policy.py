@@ -86,15 +86,18 @@ def _video_rows():
     return rows
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext", "qwen2_vl_video"])
+# model family -> the fixture that builds it (the video family is Qwen2-VL given videos)
+FAMILY_MODELS = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir",
+                 "timm_convnext": "timm_composed_model_dir", "qwen2_vl_video": "tiny_model_dir"}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
 def test_multi_image_and_video_groups_truncated_at_max_length_rescore_exactly(family, request):
     """GRPO groups of multi-image prompts whose completions all hit max_new_tokens: the recomputed
     log-probs match the sampled ones (no image-token/feature mismatch), and a policy-gradient loss
     backpropagates into the vision tower."""
     torch.manual_seed(0)
-    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir",
-               "timm_convnext": "timm_composed_model_dir", "qwen2_vl_video": "tiny_model_dir"}
-    path = request.getfixturevalue(fixture[family])
+    path = request.getfixturevalue(FAMILY_MODELS[family])
     policy = TokenPolicy.from_pretrained(path, max_new_tokens=3)
     policy.suppress_ids.append(policy.eos_id)  # force every completion to be truncated, not ended
     rows = _video_rows() if family.endswith("video") else _two_image_rows()
@@ -157,16 +160,14 @@ def test_text_prompts_of_different_lengths_rescore_exactly(family, tiny_model_di
     assert torch.equal(ids[0], ids[1]) and torch.equal(ids[2], ids[3])  # greedy copies of a prompt agree
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_clip", "timm_convnext", "qwen2_vl_video"])
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
 def test_group_media_encoded_once_give_the_same_logprobs_and_gradients(family, request):
     """Scoring a shuffled GRPO batch with each distinct prompt's images/videos through the vision
     tower once equals scoring every row separately: log-probs and every parameter's gradient."""
     from mmpost.adapters.shared_media import can_share, distinct_rows
 
     torch.manual_seed(0)
-    fixture = {"qwen2_vl": "tiny_model_dir", "llava_clip": "composed_model_dir",
-               "timm_convnext": "timm_composed_model_dir", "qwen2_vl_video": "tiny_model_dir"}
-    policy = TokenPolicy.from_pretrained(request.getfixturevalue(fixture[family]), max_new_tokens=4)
+    policy = TokenPolicy.from_pretrained(request.getfixturevalue(FAMILY_MODELS[family]), max_new_tokens=4)
     rows = _video_rows() if family.endswith("video") else _two_image_rows()
     rollout = policy.rollout(rows, n=3, temperature=1.0).subset(torch.randperm(6))
     distinct, index = distinct_rows(rollout.actions.prompt_rows)

@@ -30,6 +30,11 @@ import torch.nn.functional as F
 from mmpost.adapters.lora import transformers_model
 
 
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position counted over the attention mask, left padding skipped (as ``generate``)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def sample_next(logprobs: torch.Tensor) -> torch.Tensor:
     """One token per row from ``exp(logprobs)`` ([N, V], rows summing to 1), by inverse CDF: the first
     index whose cumulative probability exceeds a uniform draw (zero-probability tokens never win)."""
@@ -73,7 +78,7 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
     stops when every row has ended. (Inference mode: the results are cloned by the caller before
     they meet autograd.)"""
     prompt_mask = prompt["attention_mask"]
-    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(prompt_mask)
     # A multimodal-RoPE model (Qwen2-VL family) derives 3-D positions for vision tokens itself and
     # stores the offset its text positions then continue from; without vision input all three
     # axes are the text position.

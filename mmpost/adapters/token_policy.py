@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
-from mmpost.adapters.decoding import decode
+from mmpost.adapters.decoding import decode, positions_from_mask
 from mmpost.adapters.lora import transformers_model
 from mmpost.adapters.shared_media import can_share, distinct_rows, shared_media_inputs
 from mmpost.policy import eval_mode
@@ -189,7 +189,7 @@ class TokenPolicy:
             # does. Rotary models give the same scores either way (a constant shift per row); a
             # model with absolute position embeddings would otherwise be scored at shifted
             # positions. Qwen2-VL-style models derive their 3-D positions from the mask themselves.
-            kwargs.setdefault("position_ids", (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0))
+            kwargs.setdefault("position_ids", positions_from_mask(inputs["attention_mask"]))
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
         if mix is not None:
