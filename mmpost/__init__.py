@@ -54,24 +54,25 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
             setattr(cfg, key, value)
     apply_overrides(cfg, overrides or {})
     cfg.__post_init__()
-    _check_policy_kind(cfg, task_cls)
+    from mmpost.policy import policy_class
+
+    check_capabilities(cfg, policy_class(getattr(task_cls, "policy_kind", "token")))  # before any model is built
     for name in cfg.rewards:
         REWARDS.get(name)  # unknown reward names fail before any work starts
     return cfg
 
 
-def _check_policy_kind(cfg, task_cls) -> None:
-    """Reject terms the task's policy cannot compute before any model is built."""
-    kind = getattr(task_cls, "policy_kind", "token")
-    if kind == "token":
-        return
-    from mmpost.stages import token_only_reason
+def check_capabilities(cfg, policy) -> None:
+    """Fail, naming every knob, when ``cfg`` switches on terms that ``policy`` (a policy or its class)
+    cannot compute: the one check of what a run needs from its policy (:meth:`TrainConfig.requirements`
+    against the Protocols of :mod:`mmpost.policy`)."""
+    from mmpost.policy import missing_capabilities
 
-    for stage in cfg.stages:
-        reason = token_only_reason(stage)
-        if reason:
-            raise ValueError(f"stage {stage.name!r}: {reason} needs a token policy; task {cfg.task!r} trains a "
-                             f"{kind} policy. Methods for it: `mmpost list recipes`")
+    missing = missing_capabilities(cfg.requirements(), policy)
+    if missing:
+        name = (policy if isinstance(policy, type) else type(policy)).__name__
+        raise ValueError(f"{'; '.join(missing)}: not supported by task {cfg.task!r}'s {name} "
+                         f"(methods for it: `mmpost list recipes`)")
 
 
 def train(task: str = "chart2code", rewards: list[str] | None = None, weights: list[float] | None = None,
@@ -84,7 +85,7 @@ def train(task: str = "chart2code", rewards: list[str] | None = None, weights: l
         weights: one weight per reward (default 1.0 each).
         resume: a run directory to continue from its last checkpoint.
         **overrides: ``model``, ``seed``, ``max_steps``, ``output_dir``, ``recipe`` and any dotted
-            config key, e.g. ``**{"rl.group_size": 4, "data.train_size": 500}``.
+            config key, e.g. ``**{"rl.sampling.group_size": 4, "data.train_size": 500}``.
     """
     from mmpost.config import load_run_config
     from mmpost.engine import train as run

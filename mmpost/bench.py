@@ -78,12 +78,12 @@ def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
                  "trackers": []}  # TRL runs with report_to=[]
     if case["kind"] == "grpo":
         overrides.update({"sft.steps": 0, "rl.steps": steps, "rl.batch_size": case["prompts"],
-                          "rl.group_size": case["group"], "rl.max_new_tokens": case["max_new_tokens"],
-                          "rl.temperature": case["temperature"], "rl.lr": case["lr"], "rl.kl_coef": 0.0,
-                          "rl.epochs": 1, "rl.minibatches": 1, "rl.aggregation": "token_mean"})
+                          "rl.sampling.group_size": case["group"], "rl.sampling.max_new_tokens": case["max_new_tokens"],
+                          "rl.sampling.temperature": case["temperature"], "rl.optim.lr": case["lr"], "rl.kl.coef": 0.0,
+                          "rl.pg.epochs": 1, "rl.pg.minibatches": 1, "rl.pg.aggregation": "token_mean"})
     else:
-        overrides.update({"sft.steps": steps, "sft.batch_size": case["batch"], "sft.lr": case["lr"],
-                          "sft.schedule": "constant", "sft.warmup": 0.0, "rl.steps": 0})
+        overrides.update({"sft.steps": steps, "sft.batch_size": case["batch"], "sft.optim.lr": case["lr"],
+                          "sft.optim.schedule": "constant", "sft.optim.warmup": 0.0, "rl.steps": 0})
     if image_side:
         overrides["image_pixels"] = image_side * image_side
     mmpost.train(case["task"], **overrides)

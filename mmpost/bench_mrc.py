@@ -37,13 +37,13 @@ def run(objects: int = 8, iterations: int = 4, quick: bool = False) -> dict:
         seconds = mrc_seconds(2 if quick else objects, grid, steps)
         results["mrc"].append({"grid": grid, "steps": steps, "seconds_per_object": seconds})
         print(f"{grid:>6}{steps:>7}{seconds:>10.2f}")
-    r = rl_iterations(2 if quick else iterations, {"rl.batch_size": 2, "rl.group_size": 2} if quick else {})
+    r = rl_iterations(2 if quick else iterations, {"rl.batch_size": 2, "rl.sampling.group_size": 2} if quick else {})
     results["rl"] = r
     from mmpost import build_config
 
     cfg = build_config("multiview3d")
     rl = cfg.stage("rl")
-    print(f"\nRL iteration (multiview3d default: {rl.batch_size} prompts x {rl.group_size} samples, "
+    print(f"\nRL iteration (multiview3d default: {rl.batch_size} prompts x {rl.sampling.group_size} samples, "
           f"{cfg.diffusion.steps} {cfg.diffusion.sampler} steps): median seconds")
     print(f"{'total':>8}{'sample':>8}{'reward':>8}{'update':>8}")
     print(f"{r['seconds']:>8.2f}{r['time/generate']:>8.2f}{r['time/reward']:>8.2f}{r['time/update']:>8.2f}")

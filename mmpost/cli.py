@@ -3,7 +3,7 @@
 Examples::
 
     mmpost train --task chart2code
-    mmpost train --task chart2code --max-steps 20 --set rl.group_size=4 --set data.train_size=200
+    mmpost train --task chart2code --max-steps 20 --set rl.sampling.group_size=4 --set data.train_size=200
     mmpost train --task chart2code --reward my_rewards.py:count_words --rewards chart_render,count_words
     mmpost train --resume runs/chart2code-20261127-101500
     mmpost train --task reach                                  # MuJoCo arm, few-shot SFT then PPO
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a task (SFT then RL by default)",
                        description="examples: mmpost train --task chart2code; mmpost train --task arithmetic --recipe dpo; "
-                                   "mmpost train --task grounding --set peft.r=16 --set rl.kl_coef=0.05; "
+                                   "mmpost train --task grounding --set peft.r=16 --set rl.kl.coef=0.05; "
                                    "mmpost train --resume runs/chart2code-X")
     t.add_argument("--task", default="chart2code", help="task name (see `mmpost list`)")
     t.add_argument("--model", help="local path or hub id of a checkpoint (default: tiny offline model)")

@@ -1,8 +1,9 @@
 """Typed configuration: a run is a :class:`TrainConfig`; a recipe is its list of :class:`Stage`.
 
-Overrides are dotted paths (``--set rl.lr=1e-5``, ``--set data.train_size=500``). A stage is
-addressed by its name (``sft.steps``, ``rl.group_size``) or as ``stages.NAME.FIELD``. Unknown
-keys raise with the closest valid key.
+Overrides are dotted paths (``--set rl.optim.lr=1e-5``, ``--set data.train_size=500``). A stage is
+addressed by its name (``sft.steps``, ``rl.sampling.group_size``) or as ``stages.NAME.FIELD``; its
+fields are grouped in sections (:mod:`mmpost.stages.spec`). Unknown keys raise with the closest valid
+key; a key of the earlier flat stage (``rl.kl_coef``) raises with its new name (``rl.kl.coef``).
 """
 
 from __future__ import annotations
@@ -15,163 +16,7 @@ from typing import Any
 import yaml
 
 from mmpost.registry import closest
-
-# Valid names, kept here so a typo fails when the config is built, before any model loads.
-STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft")
-AGGREGATIONS = ("token_mean", "sequence_mean", "max_length")
-RATIO_LEVELS = ("token", "sequence", "sequence_sum")
-ADVANTAGES = ("group", "gae", "rloo", "reinforce_pp", "reinforce_pp_baseline")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft", "fait", "ift", "otr", "qtuning")
-PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
-
-
-@dataclass
-class Stage:
-    """One stage of a recipe: an objective, its data and its optimisation settings."""
-
-    name: str = "sft"
-    kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft
-    data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
-    mix: dict = field(default_factory=dict)  # {split: k}: add a share k of each split's rows to this stage's (DMT)
-    steps: int = 100  # optimiser steps in this stage
-    batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
-    lr: float = 1e-3
-    schedule: str = "cosine"  # "cosine" | "linear" | "constant", after warm-up
-    warmup: float = 0.0  # fraction of steps of linear warm-up
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    # --- sampling (rl, mixed, dpo, spin, rft)
-    group_size: int = 8  # completions per prompt (GRPO group; candidates for pairs / rejection sampling)
-    # rl: prompts per generate call (0 = all of this process's prompts). Each call's sampling is seeded
-    # by its position, so N processes with batch B/N sample what one process with generation_batch B/N does.
-    generation_batch: int = 0
-    temperature: float = 1.0  # sampling temperature
-    max_new_tokens: int = 72  # generation cap
-    # --- policy-gradient term (rl, mixed)
-    clip_low: float = 0.2  # PPO clip range below 1
-    clip_high: float = 0.2  # above 1 (> clip_low is DAPO's clip-higher)
-    ratio_level: str = "token"  # "token" (PPO/GRPO) | "sequence" (GSPO) | "sequence_sum" (TRL's RLOO)
-    dual_clip: float = 0.0  # dual-clip constant c for negative advantages (pi_RL: 3; 0 = off)
-    epochs: int = 1  # optimisation passes over each sampled batch (>1 reuses stored log-probs)
-    minibatches: int = 1  # optimiser steps per pass (outputs split evenly)
-    # "token_mean" (DAPO, TRL bnpo/dapo) | "sequence_mean" (GRPO paper, TRL grpo) | "max_length" (Dr.GRPO)
-    aggregation: str = "token_mean"
-    # --- advantages (rl, mixed)
-    # "group" (GRPO) | "gae" (PPO with a value head) | "rloo" | "reinforce_pp" | "reinforce_pp_baseline"
-    advantage: str = "group"
-    scale_rewards: bool = True  # group: divide by the group std (False: Dr.GRPO)
-    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
-    overlong: list = field(default_factory=list)  # [max_length, cache]: DAPO's soft overlong penalty on the reward
-    mask_truncated: bool = False  # outputs cut at max_new_tokens get no loss (DAPO's overlong filtering)
-    group_filter: list = field(default_factory=list)  # [low, high] keep groups whose mean reward is inside
-    curate: list = field(default_factory=list)  # [candidates, keep] train on the keep rows of the first
-    #   candidates with the lowest mean reward under the start-of-stage model (Carve3D); [] = all rows
-    gamma: float = 0.99  # gae: discount per transition
-    lam: float = 0.95  # gae: lambda
-    normalize_advantages: bool = True  # gae: whiten advantages over the batch
-    value_coef: float = 1.0  # gae: weight of the critic loss
-    value_lr: float = 0.0  # gae: learning rate of the value head (0 = lr)
-    value_clip: float = 0.2  # gae: PPO value clipping (0 = off)
-    bootstrap_truncated: bool = False  # gae: bootstrap from the critic at the time limit (False: the limit is terminal)
-    # --- KL to the frozen start-of-stage model, entropy
-    kl_coef: float = 0.0  # weight of the KL term; 0 = no reference forward
-    # "loss" (TRL's GRPO, Flow-GRPO) | "advantage" (Carve3D: per-sample KL, group-normalised, subtracted)
-    # | "reward" (ReFT / PPO-RLHF: -kl_coef * (log p_old - log p_ref) added to every step's reward; gae only)
-    kl_in: str = "loss"
-    kl_estimator: str = "k3"  # "k1" | "k2" | "k3" on sampled steps | "closed_form" (Gaussian policies: Flow-GRPO)
-    entropy_coef: float = 0.0  # entropy bonus: loss - coef * token-mean entropy (token policies)
-    target_entropy: float = 0.0  # > 0: adjust the sampling temperature toward this token entropy (AceReason)
-    temperature_rate: float = 0.05  # step size of that controller (log T per nat of entropy error)
-    # --- demonstrations (sft, mixed, rft, and inside rl)
-    sft_weight: str = "uniform"  # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr" | "qtuning"
-    sft_kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
-    sstoken_ratio: float = 0.6  # sstoken: fraction of each demonstration's tokens trained on
-    sstoken_gamma: float = 0.5  # sstoken: weight of the excess loss vs the attention-on-prompt score (1 = loss only)
-    qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
-    qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
-    otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
-    ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
-    ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight
-    fait_alpha: float = 1.0  # fait: extra weight on gold tokens where the model's wrong answer differs
-    mu: list = field(default_factory=lambda: [0.1, 0.1, 0, 0])  # mixed: CHORD's [peak, valley, warmup, decay]
-    demo_data: str = ""  # mixed: split the SFT term samples from ("" = this stage's rows; "demos" for a robot)
-    demo_in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf)
-    prefix_samples: int = 0  # rl: members of each group that continue a demonstration prefix (Prefix-RFT)
-    prefix_ratio: list = field(default_factory=lambda: [0.95, 0.05])  # prefix share, cosine from first to last
-    prefix_entropy_top: float = 0.2  # share of prefix tokens (highest entropy) that keep a loss
-    sasr: bool = False  # rl: each step is SFT with probability min(1, |g_SFT| / |g_SFT at step 1|), else GRPO (SASR)
-    relift_size: int = 0  # rl: SFT on prompts no sample solved once this many are buffered (ReLIFT); 0 = off
-    solved_threshold: float = 1.0  # reward at which a sample counts as solved (ReLIFT, rft)
-    rft_top_k: int = 0  # rft: keep at most the k best solved samples per prompt (0 = all solved)
-    rft_demo_fallback: bool = False  # rft: prompts with no solved sample train on the demonstration (S3FT)
-    middo: list = field(default_factory=list)  # sft: [every, m] diagnose and rewrite the rows every N steps (Middo)
-    donod: float = 0.0  # keep this share of the stage's rows, ranked by DONOD (TOPSIS over DON, NOD); 0 = all
-    select: str = ""  # sft: "uds" picks each batch from select_pool x batch_size rows (utility x diversity)
-    select_pool: int = 4  # candidates per trained row when select is on
-    # --- preference (dpo, spin)
-    preference_loss: str = "dpo"  # dpo | robust | ipo | rdpo | dpo_norm | simpo | orpo | kto | asft
-    beta: float = 0.1  # the preference losses' beta (SimPO: 2.5)
-    label_smoothing: float = 0.0  # dpo: cDPO; robust: the flip rate
-    rdpo_alpha: float = 0.05  # rdpo: weight of the length difference
-    simpo_gamma: float = 1.375  # simpo: target margin
-    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term beside the NLL
-    iteration_steps: int = 0  # spin: steps per self-play iteration (reference refreshed); 0 = one iteration
-
-    def __post_init__(self):
-        choices = {"kind": (self.kind, STAGE_KINDS), "aggregation": (self.aggregation, AGGREGATIONS),
-                   "ratio_level": (self.ratio_level, RATIO_LEVELS), "advantage": (self.advantage, ADVANTAGES),
-                   "kl_estimator": (self.kl_estimator, (*KL_ESTIMATORS, "closed_form")),
-                   "sft_weight": (self.sft_weight, SFT_WEIGHTS), "preference_loss": (self.preference_loss, PREFERENCE_LOSSES)}
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                raise ValueError(f"stage {self.name!r}: {key} must be one of {', '.join(valid)}, got {value!r}."
-                                 f"{closest(str(value), valid)}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"stage {self.name!r}: unknown schedule {self.schedule!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.group_size < 1:
-            raise ValueError(f"stage {self.name!r}: steps >= 0, batch_size >= 1, group_size >= 1 required")
-        if self.kind in ("rl", "mixed") and (self.group_size * self.batch_size) % self.minibatches:
-            raise ValueError(f"stage {self.name!r}: minibatches must divide batch_size * group_size")
-        if self.kl_in not in ("loss", "advantage", "reward"):
-            raise ValueError(f"stage {self.name!r}: kl_in must be 'loss', 'advantage' or 'reward', got {self.kl_in!r}")
-        if self.kl_in == "reward" and self.advantage != "gae":
-            raise ValueError(f"stage {self.name!r}: kl_in 'reward' needs advantage 'gae' (per-step rewards)")
-        if self.kl_in == "advantage" and self.advantage != "group":
-            raise ValueError(f"stage {self.name!r}: kl_in 'advantage' needs advantage 'group' (one KL per sample)")
-        if any(not isinstance(k, str) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for k, v in self.mix.items()):
-            raise ValueError(f"stage {self.name!r}: mix maps split names to shares in [0, 1], e.g. "
-                             f"{{three_step: 0.0625}}; got {self.mix}")
-        if self.middo and (len(self.middo) != 2 or int(self.middo[0]) < 1):
-            raise ValueError(f"stage {self.name!r}: middo is [every, m] (a round every N >= 1 steps, thresholds "
-                             f"mean - m std), got {self.middo}")
-        self.middo = [int(self.middo[0]), float(self.middo[1])] if self.middo else []
-        if not 0 <= self.donod <= 1:
-            raise ValueError(f"stage {self.name!r}: donod is the share of rows kept, in (0, 1]; got {self.donod}")
-        if self.group_filter and len(self.group_filter) != 2:
-            raise ValueError(f"stage {self.name!r}: group_filter is [low, high], got {self.group_filter}")
-        self.group_filter = [float(v) for v in self.group_filter]
-        if self.curate and (len(self.curate) != 2 or not 0 < int(self.curate[1]) <= int(self.curate[0])):
-            raise ValueError(f"stage {self.name!r}: curate is [candidates, keep] with 0 < keep <= candidates, "
-                             f"got {self.curate}")
-        self.curate = [int(v) for v in self.curate]
-        if self.overlong and (len(self.overlong) != 2 or not 0 < int(self.overlong[1]) <= int(self.overlong[0])):
-            raise ValueError(f"stage {self.name!r}: overlong is [max_length, cache] with 0 < cache <= max_length, "
-                             f"got {self.overlong}")
-        self.overlong = [int(v) for v in self.overlong]
-        if len(self.mu) != 4:
-            raise ValueError(f"stage {self.name!r}: mu is [peak, valley, warmup_steps, decay_steps], got {self.mu}")
-        self.mu = [float(self.mu[0]), float(self.mu[1]), int(self.mu[2]), int(self.mu[3])]
-        if self.prefix_samples and not 0 < self.prefix_samples < self.group_size:
-            raise ValueError(f"stage {self.name!r}: prefix_samples must be between 1 and group_size - 1")
-        self.prefix_ratio = [float(v) for v in self.prefix_ratio]
-        if self.select not in ("", "uds") or (self.select and self.kind != "sft"):
-            raise ValueError(f"stage {self.name!r}: select is '' or 'uds' (sft stages), got {self.select!r}")
-        if self.kind == "dpo" and self.group_size < 2:
-            raise ValueError(f"stage {self.name!r}: dpo builds pairs from group_size >= 2 samples per prompt")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"stage {self.name!r}: label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-
+from mmpost.stages.spec import RENAMED, STAGE_KINDS, Stage  # noqa: F401  (STAGE_KINDS: re-exported)
 
 @dataclass
 class DataConfig:
@@ -364,6 +209,8 @@ class TrainConfig:
             raise ValueError(f"flow.backbone={self.flow.backbone!r} reads camera images: set env.obs=image")
         if self.flow.backbone == "mlp" and self.env.obs == "image":
             raise ValueError("flow.backbone=mlp cannot see camera images: use timm:NAME or vlm with env.obs=image")
+        for stage in self.stages:  # cross-section rules, after overrides
+            stage.__post_init__()
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -379,6 +226,17 @@ class TrainConfig:
             if self.rollout.backend == "vllm":
                 raise ValueError("peft.quantize with rollout.backend=vllm is not supported (vLLM would need the "
                                  "quantized weights); use one of them")
+
+    def requirements(self) -> list[tuple[type, str]]:
+        """``(capability Protocol, what needs it)`` for every stage term and run setting: the one list
+        :func:`mmpost.policy.missing_capabilities` checks against the task's policy."""
+        from mmpost.policy import Critic, ImageResizing, TokenDemos, VLLMSampling
+
+        run = [(TokenDemos, "peft (LoRA adapters)") if self.peft.r else None,
+               (VLLMSampling, "rollout.backend=vllm") if self.rollout.backend == "vllm" else None,
+               (ImageResizing, "image_pixels") if self.image_pixels else None]
+        stages = [(c, f"stage {s.name!r}: {reason}") for s in self.stages for c, reason in s.requirements()]
+        return [need for need in run if need] + stages
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -417,18 +275,26 @@ def _coerce(value: Any, current: Any, key: str):
 
 
 def _set_field(obj, parts: list[str], value, full_key: str) -> None:
+    """Set ``parts`` of ``obj``, then re-validate every dataclass on the path (leaf first)."""
     name = parts[0]
     valid = [f.name for f in dataclasses.fields(obj)]
+    if isinstance(obj, Stage) and name in RENAMED and (name not in valid or len(parts) == 1):  # a flat key of old
+        new = full_key[:len(full_key) - len(".".join(parts))] + RENAMED[name]
+        raise KeyError(f"config key {full_key!r} is now {new!r} (stage fields are grouped in sections)")
     if name not in valid:
         raise KeyError(f"unknown config key {full_key!r}.{closest(name, valid)} Valid here: {', '.join(valid)}")
-    if len(parts) == 1:
-        setattr(obj, name, _coerce(value, getattr(obj, name), full_key))
-        obj.__post_init__() if hasattr(obj, "__post_init__") else None
-        return
     child = getattr(obj, name)
-    if not dataclasses.is_dataclass(child):
+    if len(parts) == 1:
+        if dataclasses.is_dataclass(child):
+            fields = ", ".join(f"{full_key}.{f.name}" for f in dataclasses.fields(child))
+            raise KeyError(f"config key {full_key!r} is a section; set one of its fields: {fields}")
+        setattr(obj, name, _coerce(value, child, full_key))
+    elif not dataclasses.is_dataclass(child):
         raise KeyError(f"config key {full_key!r}: {name!r} has no fields")
-    _set_field(child, parts[1:], value, full_key)
+    else:
+        _set_field(child, parts[1:], value, full_key)
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -460,23 +326,17 @@ def stages_from_yaml(path: str | Path) -> list[Stage]:
     data = yaml.safe_load(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ValueError(f"{path}: a recipe needs a non-empty 'stages' list")
-    valid = [f.name for f in dataclasses.fields(Stage)]
-    stages = []
-    for i, entry in enumerate(data["stages"]):
-        unknown = [k for k in entry if k not in valid]
-        if unknown:
-            raise KeyError(f"{path}: stage {i} has unknown key {unknown[0]!r}.{closest(unknown[0], valid)}")
-        stages.append(Stage(**entry))
-    return stages
+    return [Stage.from_dict(entry, where=f"{path}: stage {i}: ") for i, entry in enumerate(data["stages"])]
 
 
 def from_dict(data: dict) -> TrainConfig:
-    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (e.g. for ``--resume``)."""
+    """Rebuild a :class:`TrainConfig` from :meth:`TrainConfig.to_dict` output (e.g. for ``--resume``);
+    a stage saved with the earlier flat keys is moved into its sections (:data:`RENAMED`)."""
     data = dict(data)
     for f in dataclasses.fields(TrainConfig):  # nested sections (data, eval, peft, ...) back into their classes
         if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(section := f.default_factory()):
             data[f.name] = type(section)(**data.get(f.name, {}))
-    data["stages"] = [Stage(**s) for s in data.get("stages", [])]
+    data["stages"] = [Stage.from_dict(s, upgrade=True) for s in data.get("stages", [])]
     return TrainConfig(**data)
 
 

@@ -39,10 +39,6 @@ class Policy(Protocol):
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
         """[N, T] log-probs of the rollout's action steps under the current parameters (with grad)."""
 
-    def demo_logprobs(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, T] log-probs, [B, T] mask) of the rows' demonstrations, teacher-forced (with grad).
-        Token policies only: flow and diffusion policies have no closed-form demo likelihood."""
-
     def sft_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
         """The supervised loss on the rows' demonstrations (token NLL; flow-matching or denoising
         regression) and metrics (``tokens`` or ``samples`` seen)."""
@@ -54,5 +50,109 @@ class Policy(Protocol):
         """Release what the policy holds besides the model (simulators, worker processes)."""
 
 
-# Optional, for critic-based advantages (``advantage: gae``):
-#     values(rollout) -> Tensor[N, C]: the value head's estimate of each transition's start state.
+# Capabilities beyond :class:`Policy`. A term that needs one declares it (``requires`` of a stage's
+# config section, :mod:`mmpost.stages.spec`); :func:`missing_capabilities` checks them all in one place,
+# against the task's policy class before any model is built.
+
+
+@runtime_checkable
+class TokenDemos(Protocol):
+    """Demonstrations as token sequences: token-weighted SFT terms, preference pairs, rejection
+    sampling, the demonstration inside an RL group and the data hooks that score rows (token LMs/VLMs)."""
+
+    def demo_ids(self, batch: list[dict], field: str = "completion") -> torch.Tensor:
+        """[B, T] right-padded token ids of each row's ``field`` text followed by EOS."""
+
+    def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
+        """``([B, T] log-probs, [B, T] mask)`` of the rows' demonstrations, teacher-forced (with grad),
+        plus the [B, T, V] logits with ``return_logits``."""
+
+    def demo_rollout(self, batch: list[dict], field: str = "completion", temperature: float = 1.0) -> Rollout:
+        """The rows' ``field`` texts as a one-output-per-row :class:`Rollout` scored by the current model."""
+
+    def ift_demo_logprobs(self, batch: list[dict], lam: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+        """IFT's log-probs of the demonstrations with inputs blended with the model's own predictions."""
+
+    def demo_prompt_attention(self, batch: list[dict]) -> torch.Tensor:
+        """[B, T] last-layer attention of each demonstrated token's position on the prompt (ssToken)."""
+
+    def prompt_embeddings(self, batch: list[dict]) -> torch.Tensor:
+        """[B, D] mean last-layer hidden state of each prompt (Middo)."""
+
+    def demo_hidden_states(self, batch: list[dict]):
+        """``(hidden, logits, ids, mask)`` at each demonstrated token (DONOD)."""
+
+
+@runtime_checkable
+class Critic(Protocol):
+    """A value head, for critic-based advantages (``advantage.estimator: gae``)."""
+
+    def enable_value_head(self) -> None:
+        """Attach the value head if the model has none (before wrapping and before weights load)."""
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        """[N, C] the value head's estimate of each transition's start state (with grad)."""
+
+
+@runtime_checkable
+class GaussianKL(Protocol):
+    """Gaussian transitions: the exact KL to a reference (``kl.estimator: closed_form``)."""
+
+    def logprobs_and_kl(self, rollout: Rollout, reference) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, T] log-probs (with grad) and [N, T] exact per-step KL to ``reference``."""
+
+
+@runtime_checkable
+class PrefixSampler(Protocol):
+    """Samples that continue a demonstration prefix (Prefix-RFT's hybrid group members)."""
+
+    def prefixed_rollout(self, batch: list[dict], n: int, ratio: float, *, temperature: float = 1.0,
+                         entropy_top: float = 0.2) -> Rollout:
+        """``n`` outputs per row, each continuing the first ``ratio`` of its demonstration."""
+
+
+@runtime_checkable
+class VLLMSampling(Protocol):
+    """Sampling through a colocated vLLM engine (``rollout.backend: vllm``)."""
+
+    def use_vllm(self, config, *, seed: int = 0) -> None:
+        """Sample with a vLLM engine from now on, sent the current weights before every rollout."""
+
+
+@runtime_checkable
+class GenerationLength(Protocol):
+    """Completions of a variable length, capped per stage (token policies)."""
+
+    def set_generation_length(self, max_new_tokens: int) -> None:
+        """Cap each sampled completion at ``max_new_tokens``."""
+
+
+@runtime_checkable
+class ImageResizing(Protocol):
+    """Images resized to a pixel budget before the processor (``image_pixels``)."""
+
+    def set_image_pixels(self, pixels: int) -> None:
+        """Resize every image to about ``pixels`` pixels."""
+
+
+# The policy class behind each task ``policy_kind``, so capabilities are checked before any model is built.
+POLICY_CLASSES = {"token": "mmpost.adapters.token_policy:TokenPolicy",
+                  "flow": "mmpost.adapters.flow_policy:FlowActionPolicy",
+                  "diffusion": "mmpost.adapters.diffusion_policy:DiffusionPolicy"}
+
+
+def policy_class(kind: str) -> type:
+    """The class that implements policies of ``kind`` (imported on first use)."""
+    import importlib
+
+    if kind not in POLICY_CLASSES:
+        raise ValueError(f"unknown policy kind {kind!r}; expected one of {', '.join(POLICY_CLASSES)}")
+    module, name = POLICY_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def missing_capabilities(requirements: list[tuple[type, str]], policy: type | object) -> list[str]:
+    """The reasons in ``requirements`` (``(capability Protocol, what needs it)``) that ``policy``, a
+    policy or its class, does not provide."""
+    check = issubclass if isinstance(policy, type) else isinstance
+    return [reason for capability, reason in requirements if not check(policy, capability)]

@@ -20,6 +20,12 @@ def closest(name: str, choices) -> str:
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
+def check_choice(key: str, value, valid) -> None:
+    """Raise ``ValueError`` naming ``key``, the choices and the closest one when ``value`` is not in ``valid``."""
+    if value not in valid:
+        raise ValueError(f"{key} must be one of {', '.join(valid)}, got {value!r}.{closest(str(value), valid)}")
+
+
 class Registry:
     """A named collection of objects; entries are objects or lazy ``"module:attribute"`` strings."""
 

@@ -160,7 +160,7 @@ def write_model_card(run_dir: Path, cfg, results: dict) -> Path:
     """``final/README.md``: what the model is, how it was trained and how it scores (Hugging Face
     model-card layout, YAML metadata first)."""
     run_dir = Path(run_dir)
-    stages = "\n".join(f"| {s.name} | {s.kind} | {s.steps} | {s.batch_size} | {s.lr:g} |" for s in cfg.stages)
+    stages = "\n".join(f"| {s.name} | {s.kind} | {s.steps} | {s.batch_size} | {s.optim.lr:g} |" for s in cfg.stages)
     rows = []
     for mode in ("greedy", "sampled"):
         for key, after in sorted(results.get("after", {}).get(mode, {}).items()):

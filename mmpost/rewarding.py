@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from mmpost.types import Rollout
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class RunConfigured(Protocol):
+    """A reward with settings of its own in the run's config (the sandbox pool's size, a CLIP
+    checkpoint): the trainer hands it the config once, and the reward reads what it owns."""
+
+    def configure(self, cfg) -> None:
+        """Take this reward's settings from ``cfg`` (:class:`~mmpost.config.TrainConfig`)."""
 
 
 class RewardError(RuntimeError):

@@ -4,6 +4,7 @@ Weights & Biases or Trackio when chosen and installed. ``metrics.jsonl`` is writ
 from __future__ import annotations
 
 import importlib.util
+import json
 import numbers
 from pathlib import Path
 
@@ -47,3 +48,30 @@ def flat_config(config: dict, prefix: str = "") -> dict:
 
 def scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Number) and not isinstance(v, bool)}
+
+
+class RunLog:
+    """``metrics.jsonl``: one line per step, flushed, truncated back to the checkpoint on resume
+    (written by the main process only; ``enabled=False`` elsewhere)."""
+
+    def __init__(self, path: Path, keep_until: tuple[int, int], enabled: bool = True):
+        self.path, self.file = path, None
+        if not enabled:
+            return
+        if path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                if (record["stage_index"], record["step"]) <= keep_until:
+                    kept.append(line)
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a")
+
+    def log(self, record: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()

@@ -243,6 +243,10 @@ class ChartRender:
         self._gold_cache: dict[str, tuple[dict, np.ndarray, str] | None] = {}
         self._render_cache: dict[str, tuple[dict, np.ndarray, str] | str] = {}
 
+    def configure(self, cfg) -> None:
+        """The run's sandbox pool size (``sandbox_workers``)."""
+        self.workers = cfg.sandbox_workers
+
     @property
     def sandbox(self):
         if self._sandbox is None:

@@ -45,6 +45,10 @@ class VideoSemantic:
         self._loaded = None
         self._frame_cache: dict = {}
 
+    def configure(self, cfg) -> None:
+        """The run's CLIP model (``clip_model``: ``ARCH:CHECKPOINT`` of local weights; "" = the tiny default)."""
+        self.clip_model = cfg.clip_model
+
     def _model(self):
         if self._loaded is None or self._loaded[0] != self.clip_model:
             from mmpost.models.tiny_clip import load_clip

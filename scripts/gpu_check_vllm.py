@@ -44,7 +44,7 @@ def report(name: str, ok: bool, detail: str) -> None:
 def policy_for(task_name: str, dtype: str):
     task = TASKS.get(task_name)(mmpost.build_config(task_name))
     policy = task.policy(device="cuda")
-    policy.max_new_tokens = 48
+    policy.set_generation_length(48)
     started = time.perf_counter()
     policy.use_vllm(RolloutConfig(backend="vllm", gpu_memory_utilization=0.25, dtype=dtype, enforce_eager=True,
                                   max_model_len=2048), seed=0)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 
-from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, EvalConfig, TrainConfig
+from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.arithmetic import HELDOUT_OFFSET, problem, refine_problem, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
@@ -44,9 +45,12 @@ class Arithmetic:
         return TrainConfig(task="arithmetic", stages=[
             # 1200 SFT steps leave the tiny model at ~25% held-out accuracy (2000 reach ~95%), so the
             # post-SFT methods have room to show what they add (README, "arithmetic")
-            Stage(name="sft", kind="sft", steps=1200, batch_size=32, lr=2e-3, schedule="cosine", warmup=0.05),
-            Stage(name="rl", kind="rl", steps=150, batch_size=8, group_size=8, lr=2e-5, schedule="constant",
-                  max_new_tokens=40),  # the longest worked solution is 34 tokens + EOS
+            Stage(name="sft", kind="sft", steps=1200, batch_size=32,
+                  optim=Optim(lr=2e-3, schedule="cosine", warmup=0.05)),
+            # the longest worked solution is 34 tokens + EOS
+            Stage(name="rl", kind="rl", steps=150, batch_size=8,
+                  sampling=Sampling(group_size=8, max_new_tokens=40),
+                  optim=Optim(lr=2e-5, schedule="constant")),
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
             checkpoint_every=100)
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, EvalConfig, TrainConfig
+from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.sounds import SAMPLE_RATE, clip, prompt_text, split_seeds, synthesize
 from mmpost.data.splits import split_user_rows
@@ -46,14 +47,16 @@ class AudioQA:
     solved_threshold = 1.0
     # R1-AQA's comparison: the second stage spends the GRPO stage's budget (steps x 64 completions)
     # on 64 demonstrations a step instead, at the SFT stage's final learning-rate scale
-    recipes = {"sft_only": {"rl.kind": "sft", "rl.batch_size": 64, "rl.lr": 1e-4}}
+    recipes = {"sft_only": {"rl.kind": "sft", "rl.batch_size": 64, "rl.optim.lr": 1e-4}}
 
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="audio_qa", stages=[
-            Stage(name="sft", kind="sft", steps=600, batch_size=32, lr=1e-3, schedule="cosine", warmup=0.05),
-            Stage(name="rl", kind="rl", steps=100, batch_size=8, group_size=8, lr=2e-5, schedule="constant",
-                  max_new_tokens=12),
+            Stage(name="sft", kind="sft", steps=600, batch_size=32,
+                  optim=Optim(lr=1e-3, schedule="cosine", warmup=0.05)),
+            Stage(name="rl", kind="rl", steps=100, batch_size=8,
+                  sampling=Sampling(group_size=8, max_new_tokens=12),
+                  optim=Optim(lr=2e-5, schedule="constant")),
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
             checkpoint_every=100)
 

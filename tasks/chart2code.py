@@ -12,7 +12,8 @@ import base64
 import io
 import json
 
-from mmpost.config import DataConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, TrainConfig
+from mmpost.stages.spec import KL, Optim, Sampling, Stage
 from mmpost.data.charts import chart_program, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
@@ -47,9 +48,12 @@ class Chart2Code:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="chart2code", stages=[
-            Stage(name="sft", kind="sft", steps=3200, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.03),
-            Stage(name="rl", kind="rl", steps=200, batch_size=4, group_size=8, lr=3e-5, schedule="constant",
-                  temperature=1.0, max_new_tokens=72, kl_coef=0.0),
+            Stage(name="sft", kind="sft", steps=3200, batch_size=16,
+                  optim=Optim(lr=1e-3, schedule="cosine", warmup=0.03)),
+            Stage(name="rl", kind="rl", steps=200, batch_size=4,
+                  sampling=Sampling(group_size=8, temperature=1.0, max_new_tokens=72),
+                  optim=Optim(lr=3e-5, schedule="constant"),
+                  kl=KL(coef=0.0)),
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=100))
 
     def __init__(self, cfg: TrainConfig, reward=None):

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, EvalConfig, TrainConfig
+from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.scenes import SIDE, render, scene, split_seeds
 from mmpost.data.splits import split_user_rows
@@ -61,9 +62,12 @@ class Grounding:
         return TrainConfig(task="grounding", stages=[
             # the tiny model's loss sits at the input-blind level for ~1500 steps before it starts
             # to use the image (README, "grounding"), hence the long SFT
-            Stage(name="sft", kind="sft", steps=4000, batch_size=32, lr=1e-3, schedule="cosine", warmup=0.05),
-            Stage(name="rl", kind="rl", steps=100, batch_size=8, group_size=8, lr=2e-5, schedule="constant",
-                  max_new_tokens=24),  # "<answer>[a, b, c, d]</answer>" is at most 21 tokens with EOS
+            Stage(name="sft", kind="sft", steps=4000, batch_size=32,
+                  optim=Optim(lr=1e-3, schedule="cosine", warmup=0.05)),
+            # "<answer>[a, b, c, d]</answer>" is at most 21 tokens with EOS
+            Stage(name="rl", kind="rl", steps=100, batch_size=8,
+                  sampling=Sampling(group_size=8, max_new_tokens=24),
+                  optim=Optim(lr=2e-5, schedule="constant")),
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=100),
             checkpoint_every=100)
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import torch
 
-from mmpost.config import DataConfig, DiffusionConfig, EvalConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, DiffusionConfig, EvalConfig, TrainConfig
+from mmpost.stages.spec import KL, Optim, PolicyGradient, Sampling, Stage
 from mmpost.data.objects3d import fixed_cameras, object_spec, render, tile
 
 DATA_VERSION = "v1"
@@ -46,10 +47,10 @@ class Multiview3D:
     eval_rewards = ["object_match"]  # held-out check that tiles still show the described object
     recipes = {
         "flow_grpo": {},
-        "carve3d": {"rl.kl_in": "advantage", "rl.kl_estimator": "k3", "rl.kl_coef": 0.2,
+        "carve3d": {"rl.kl.where": "advantage", "rl.kl.estimator": "k3", "rl.kl.coef": 0.2,
                     "diffusion.noise_level": 0.7},
-        "ddpo": {"diffusion.sampler": "ddim", "rl.kl_in": "advantage", "rl.kl_estimator": "k3", "rl.kl_coef": 0.2},
-        "flow_grpo_curated": {"rl.curate": [64, 16]},
+        "ddpo": {"diffusion.sampler": "ddim", "rl.kl.where": "advantage", "rl.kl.estimator": "k3", "rl.kl.coef": 0.2},
+        "flow_grpo_curated": {"rl.rows.curate": [64, 16]},
     }
 
     @staticmethod
@@ -57,10 +58,14 @@ class Multiview3D:
         return TrainConfig(
             task="multiview3d",
             stages=[
-                Stage(name="sft", kind="sft", steps=1000, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.02),
+                Stage(name="sft", kind="sft", steps=1000, batch_size=16,
+                      optim=Optim(lr=1e-3, schedule="cosine", warmup=0.02)),
                 # on-policy (one update per batch) with DDPO's clip 1e-4; Flow-GRPO's closed-form KL in the loss
-                Stage(name="rl", kind="rl", steps=32, batch_size=4, group_size=4, lr=1e-4, schedule="constant",
-                      clip_low=1e-4, clip_high=1e-4, kl_coef=0.05, kl_in="loss", kl_estimator="closed_form"),
+                Stage(name="rl", kind="rl", steps=32, batch_size=4,
+                      sampling=Sampling(group_size=4),
+                      optim=Optim(lr=1e-4, schedule="constant"),
+                      pg=PolicyGradient(clip_low=1e-4, clip_high=1e-4),
+                      kl=KL(coef=0.05, where="loss", estimator="closed_form")),
             ],
             diffusion=DiffusionConfig(sampler="flow_sde", steps=10, noise_level=0.3, timestep_fraction=0.5),
             data=DataConfig(train_size=1000, eval_size=32),

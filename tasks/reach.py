@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, TrainConfig
+from mmpost.stages.spec import Advantage, Optim, PolicyGradient, Sampling, Stage
 from mmpost.envs.base import make_env, split_seeds
 
 DEMO_NOISE = 0.3  # std of the noise on the expert's executed actions: imperfect demonstrations
 DEMO_SEED_OFFSET = 5_000_000  # demonstrations come from their own initial states
 
 # pi_RL's GRPO: groups of episodes from one initial state, groups that all succeed or all fail dropped
-_GRPO = {"rl.advantage": "group", "rl.batch_size": 16, "rl.group_size": 8, "rl.group_filter": [0.1, 0.9]}
+_GRPO = {"rl.advantage.estimator": "group", "rl.batch_size": 16, "rl.sampling.group_size": 8, "rl.filter.reward_range": [0.1, 0.9]}
 
 
 # pi_RL's std range [0.08, 0.16] suits a pretrained pi0 whose flow is nearly deterministic; the
 # few-shot policy here spreads its noise far more, and with that range RL barely moved in 800
 # iterations (held-out 0.29 -> 0.31), while [0.3, 0.6] reached 0.85 (README, "Measured").
-_FLOW_NOISE = {"flow.noise_method": "flow_noise", "flow.noise_std_range": [0.3, 0.6], "rl.lr": 5e-5}
+_FLOW_NOISE = {"flow.noise_method": "flow_noise", "flow.noise_std_range": [0.3, 0.6], "rl.optim.lr": 5e-5}
 
 
 class Reach:
@@ -52,11 +53,14 @@ class Reach:
         return TrainConfig(
             task="reach",
             stages=[
-                Stage(name="sft", kind="sft", data="demos", steps=2000, batch_size=64, lr=1e-3, schedule="cosine"),
+                Stage(name="sft", kind="sft", data="demos", steps=2000, batch_size=64,
+                      optim=Optim(lr=1e-3, schedule="cosine")),
                 # PPO as pi_RL: GAE 0.99/0.95, clip 0.2, dual-clip 3, critic with its own learning rate
-                Stage(name="rl", kind="rl", steps=800, batch_size=128, group_size=1, lr=1e-4, schedule="constant",
-                      advantage="gae", epochs=2, minibatches=2, value_lr=1e-3, dual_clip=3.0, clip_low=0.2,
-                      clip_high=0.2, gamma=0.99, lam=0.95),
+                Stage(name="rl", kind="rl", steps=800, batch_size=128,
+                      sampling=Sampling(group_size=1),
+                      optim=Optim(lr=1e-4, schedule="constant", value_lr=1e-3),
+                      advantage=Advantage(estimator="gae", gamma=0.99, lam=0.95),
+                      pg=PolicyGradient(epochs=2, minibatches=2, dual_clip=3.0, clip_low=0.2, clip_high=0.2)),
             ],
             data=DataConfig(train_size=100_000, eval_size=256, demos=200),
             eval=EvalConfig(sampled=True, samples_to_save=4, batch_size=128),

@@ -23,7 +23,8 @@ from __future__ import annotations
 import functools
 from collections import Counter
 
-from mmpost.config import DataConfig, EvalConfig, Stage, TrainConfig
+from mmpost.config import DataConfig, EvalConfig, TrainConfig
+from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.motion import FRAMES, SIDE, as_image, render, split_seeds, video
 from mmpost.data.splits import split_user_rows
@@ -87,9 +88,11 @@ class VideoQA:
     @staticmethod
     def default_config() -> TrainConfig:
         return TrainConfig(task="video_qa", stages=[
-            Stage(name="sft", kind="sft", steps=2500, batch_size=16, lr=1e-3, schedule="cosine", warmup=0.05),
-            Stage(name="rl", kind="rl", steps=60, batch_size=8, group_size=8, lr=2e-5, schedule="constant",
-                  max_new_tokens=40),
+            Stage(name="sft", kind="sft", steps=2500, batch_size=16,
+                  optim=Optim(lr=1e-3, schedule="cosine", warmup=0.05)),
+            Stage(name="rl", kind="rl", steps=60, batch_size=8,
+                  sampling=Sampling(group_size=8, max_new_tokens=40),
+                  optim=Optim(lr=2e-5, schedule="constant")),
         ], data=DataConfig(train_size=TRAIN_SIZE, eval_size=200), eval=EvalConfig(batch_size=50),
             checkpoint_every=100)
 

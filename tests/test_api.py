@@ -16,8 +16,8 @@ def test_train_with_registered_reward(mmpost_home, tmp_path):
 
     results = mmpost.train(task="chart2code", rewards=["chart_render", "api_test_has_title"], weights=[1.0, 0.5],
                            output_dir=str(tmp_path / "run"), max_steps=2,
-                           **{"data.train_size": 32, "data.eval_size": 4, "rl.batch_size": 2, "rl.group_size": 2,
-                              "rl.max_new_tokens": 16, "threads": 1, "sandbox_workers": 1, "eval.sampled": False})
+                           **{"data.train_size": 32, "data.eval_size": 4, "rl.batch_size": 2, "rl.sampling.group_size": 2,
+                              "rl.sampling.max_new_tokens": 16, "threads": 1, "sandbox_workers": 1, "eval.sampled": False})
     assert calls and calls[0] == 4  # 2 prompts x group of 2
     assert set(results) >= {"before", "after_sft", "after"}
     assert "api_test_has_title" in results["after"]["greedy"] and "chart_render" in results["after"]["greedy"]

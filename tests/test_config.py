@@ -6,8 +6,8 @@ from mmpost.tasks.chart2code import Chart2Code
 
 def test_overrides_by_stage_name_and_section():
     cfg = Chart2Code.default_config()
-    apply_overrides(cfg, parse_set(["rl.group_size=4", "stages.sft.lr=5e-4", "data.train_size=10", "seed=3"]))
-    assert cfg.stage("rl").group_size == 4 and cfg.stage("sft").lr == 5e-4
+    apply_overrides(cfg, parse_set(["rl.sampling.group_size=4", "stages.sft.optim.lr=5e-4", "data.train_size=10", "seed=3"]))
+    assert cfg.stage("rl").sampling.group_size == 4 and cfg.stage("sft").optim.lr == 5e-4
     assert cfg.data.train_size == 10 and cfg.seed == 3
 
 
@@ -22,9 +22,9 @@ def test_unknown_key_suggests_closest():
 def test_bad_values_rejected():
     cfg = Chart2Code.default_config()
     with pytest.raises(ValueError, match="expected int"):
-        apply_overrides(cfg, {"rl.group_size": "many"})
+        apply_overrides(cfg, {"rl.sampling.group_size": "many"})
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_set(["rl.group_size"])
+        parse_set(["rl.sampling.group_size"])
     with pytest.raises(ValueError, match="Did you mean .dpo."):
         apply_overrides(cfg, {"sft.kind": "dpoo"})
 

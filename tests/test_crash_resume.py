@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from mmpost.checkpoint import InsufficientSpaceError, check_free_space, list_checkpoints
 
 ARGS = ["train", "--set", "data.train_size=32", "--set", "data.eval_size=4", "--set", "sft.steps=4",
-        "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.group_size=2", "--set", "rl.max_new_tokens=16",
+        "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.sampling.group_size=2", "--set", "rl.sampling.max_new_tokens=16",
         "--set", "threads=1", "--set", "sandbox_workers=1", "--set", "eval.sampled=false",
         "--set", "checkpoint_every=1"]
 CHECKPOINTS = 4 + 3  # one per step

@@ -4,7 +4,7 @@ kept, and the choice is saved so a resumed run trains on the same rows."""
 import torch
 
 from mmpost.adapters.diffusion_policy import DiffusionPolicy, TileDiffusionModel
-from mmpost.curation import lowest_reward_rows
+from mmpost.data_hooks.curation import lowest_reward_rows
 
 
 def test_keeps_the_lowest_mean_reward_rows_and_reuses_the_record(tmp_path):

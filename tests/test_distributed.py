@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 REWARD = "def longer(prompts, completions, **kw):\n    return [len(c) / 10 for c in completions]\n"
 ARGS = ["train", "--task", "arithmetic", "--set", "data.train_size=32", "--set", "data.eval_size=4",
         "--set", "sft.steps=3", "--set", "sft.batch_size=4", "--set", "rl.steps=2", "--set", "rl.batch_size=4",
-        "--set", "rl.group_size=4", "--set", "rl.max_new_tokens=12", "--set", "rl.lr=1e-3",
-        "--set", "rl.generation_batch=2", "--set", "threads=1", "--set", "eval.sampled=false"]
+        "--set", "rl.sampling.group_size=4", "--set", "rl.sampling.max_new_tokens=12", "--set", "rl.optim.lr=1e-3",
+        "--set", "rl.sampling.generation_batch=2", "--set", "threads=1", "--set", "eval.sampled=false"]
 
 
 def _run(launcher, out, home, reward_file):

@@ -46,8 +46,8 @@ def _train(out, **overrides):
     import mmpost
 
     mmpost.train("arithmetic", output_dir=str(out), **{
-        "peft.r": 4, "data.train_size": 16, "data.eval_size": 2, "sft.steps": 3, "sft.batch_size": 4, "sft.lr": 1e-2,
-        "rl.steps": 2, "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 8, "rl.kl_coef": 0.1,
+        "peft.r": 4, "data.train_size": 16, "data.eval_size": 2, "sft.steps": 3, "sft.batch_size": 4, "sft.optim.lr": 1e-2,
+        "rl.steps": 2, "rl.batch_size": 2, "rl.sampling.group_size": 2, "rl.sampling.max_new_tokens": 8, "rl.kl.coef": 0.1,
         "threads": 1, "eval.sampled": False, "checkpoint_every": 1, **overrides})
 
 
@@ -92,9 +92,9 @@ def test_lora_run_killed_in_rl_resumes_exactly(mmpost_home, tmp_path):
     import sys
 
     args = ["train", "--task", "arithmetic", "--set", "peft.r=4", "--set", "data.train_size=16", "--set",
-            "data.eval_size=2", "--set", "sft.steps=3", "--set", "sft.batch_size=4", "--set", "sft.lr=1e-2",
-            "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.group_size=2", "--set",
-            "rl.max_new_tokens=8", "--set", "rl.kl_coef=0.1", "--set", "threads=1", "--set", "eval.sampled=false",
+            "data.eval_size=2", "--set", "sft.steps=3", "--set", "sft.batch_size=4", "--set", "sft.optim.lr=1e-2",
+            "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.sampling.group_size=2", "--set",
+            "rl.sampling.max_new_tokens=8", "--set", "rl.kl.coef=0.1", "--set", "threads=1", "--set", "eval.sampled=false",
             "--set", "checkpoint_every=1", "--set", "trackers="]
 
     def cli(extra, env=None):
@@ -161,8 +161,8 @@ def test_qlora_run_killed_resumes_exactly_and_saves_a_full_precision_model(mmpos
     args = ["train", "--task", "arithmetic", "--recipe", "chord", "--set", "peft.r=4", "--set", "peft.quantize=nf4", "--set",
             "peft.target_modules=q_proj,v_proj", "--set", "data.train_size=16", "--set", "data.eval_size=2",
             "--set", "sft.steps=0", "--set", "mixed.steps=3", "--set", "mixed.batch_size=2", "--set",
-            "mixed.group_size=2", "--set", "mixed.max_new_tokens=8", "--set", "mixed.kl_coef=0.1", "--set",
-            "mixed.lr=1e-2", "--set", "threads=1", "--set", "eval.sampled=false", "--set", "checkpoint_every=1",
+            "mixed.sampling.group_size=2", "--set", "mixed.sampling.max_new_tokens=8", "--set", "mixed.kl.coef=0.1", "--set",
+            "mixed.optim.lr=1e-2", "--set", "threads=1", "--set", "eval.sampled=false", "--set", "checkpoint_every=1",
             "--set", "trackers="]
 
     def cli(extra, env=None):

@@ -64,12 +64,16 @@ def test_kl_in_the_advantage_is_carve3d_normalised_difference():
     logprobs = torch.tensor([[-1.0, -1.0], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -1.0]])
     ref = torch.tensor([[-1.2, -1.0], [-1.0, -1.0], [-2.0, -3.0], [-1.0, -1.0]])
     rollout = SimpleNamespace(rewards=rewards, group=group, logprobs=logprobs, ref_logprobs=ref, mask=torch.ones(4, 2))
-    compute_advantages(rollout, Stage(kind="rl", kl_coef=0.2, kl_in="advantage", batch_size=2, group_size=2))
+    compute_advantages(rollout, Stage(kind="rl", batch_size=2,
+                                      kl=KL(coef=0.2, where="advantage"),
+                                      sampling=Sampling(group_size=2)))
     kl = torch.tensor([0.1, 0.0, 0.5, 0.0])  # mean over steps of logp - ref
     z = lambda v: group_advantages(v, group)  # noqa: E731
     assert torch.allclose(rollout.advantages, z(rewards) - 0.2 * z(kl))
     # in the loss instead (the default), advantages are the rewards' alone
-    compute_advantages(rollout, Stage(kind="rl", kl_coef=0.2, batch_size=2, group_size=2))
+    compute_advantages(rollout, Stage(kind="rl", batch_size=2,
+                                      kl=KL(coef=0.2),
+                                      sampling=Sampling(group_size=2)))
     assert torch.allclose(rollout.advantages, z(rewards))
 
 

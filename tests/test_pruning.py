@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmpost.pruning import output_update_norms, topsis
+from mmpost.data_hooks.pruning import output_update_norms, topsis
 
 
 def test_topsis_by_hand():
@@ -33,7 +33,7 @@ def test_update_norms_match_an_explicit_sgd_step():
 
 
 def test_donod_keeps_the_share_and_records_it(mmpost_home, tmp_path):
-    from mmpost.pruning import donod_rows
+    from mmpost.data_hooks.pruning import donod_rows
     from mmpost.tasks.arithmetic import Arithmetic
 
     task = Arithmetic(Arithmetic.default_config())

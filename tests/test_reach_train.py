@@ -67,7 +67,7 @@ def test_python_api_named_recipe(tmp_path, mmpost_home):
 
     overrides = {arg.split("=")[0]: arg.split("=")[1] for arg in QUICK[1::2]}
     results = api.train(task="reach", recipe="flow_noise_grpo", output_dir=str(tmp_path / "api"),
-                        **{**overrides, "rl.batch_size": 2, "rl.group_size": 4, "rl.minibatches": 2})
+                        **{**overrides, "rl.batch_size": 2, "rl.sampling.group_size": 4, "rl.pg.minibatches": 2})
     config = (tmp_path / "api" / "config.yaml").read_text()
     assert "noise_method: flow_noise" in config and "advantage: group" in config
     assert "after" in results
@@ -148,7 +148,7 @@ def test_mixed_stage_on_a_flow_policy(tmp_path, mmpost_home):
     on expert chunks drawn from the demos split while PPO trains on initial states."""
     run = tmp_path / "run"
     mmpost("train", "--task", "reach", "--output-dir", str(run), *QUICK, "--set", "rl.kind=mixed",
-           "--set", "rl.demo_data=demos", "--set", "rl.mu=[0.5,0.1,0,4]")
+           "--set", "rl.demos.data=demos", "--set", "rl.demos.mu=[0.5,0.1,0,4]")
     rl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rl if r["stage"] == "rl"]
     assert len(rl) == 4 and all("loss/sft" in r and "loss/value" in r for r in rl)

@@ -33,12 +33,12 @@ def _quick(cfg, steps=3):
     for stage in cfg.stages:
         stage.steps = 2 if stage.kind == "sft" else steps
         stage.batch_size = 4 if stage.kind == "sft" else 2
-        stage.max_new_tokens = 40
-        stage.lr = min(stage.lr, 1e-4)  # a few steps on tiny batches must not wreck the warm model
-        stage.minibatches = min(stage.minibatches, 2)
+        stage.sampling.max_new_tokens = 40
+        stage.optim.lr = min(stage.optim.lr, 1e-4)  # a few steps on tiny batches must not wreck the warm model
+        stage.pg.minibatches = min(stage.pg.minibatches, 2)
         if stage.kind in ("rl", "mixed", "rft", "dpo"):
-            stage.group_size = 4
-        stage.relift_size = min(stage.relift_size, 2)
+            stage.sampling.group_size = 4
+        stage.demos.relift_size = min(stage.demos.relift_size, 2)
         stage.solved_threshold = min(stage.solved_threshold, 0.1)  # partial credit counts: something is kept
     return cfg
 
@@ -89,7 +89,7 @@ def test_spin_refreshes_its_reference(warm_model, tmp_path):
     from mmpost.engine import train
 
     cfg = _quick(mmpost.build_config("arithmetic", recipe="spin", model=warm_model, output_dir=str(tmp_path),
-                                     overrides={**QUICK, "spin.iteration_steps": 2}), steps=4)
+                                     overrides={**QUICK, "spin.preference.iteration_steps": 2}), steps=4)
     cfg.stages = [s for s in cfg.stages if s.kind == "spin"]
     train(cfg)
     kl = json.loads((tmp_path / "results.json").read_text())
@@ -116,7 +116,7 @@ def test_reft_values(warm_model, tmp_path):
     cfg = _quick(mmpost.build_config("arithmetic", recipe="reft", model=warm_model, rewards=["answer_partial"],
                                      output_dir=str(tmp_path), overrides=QUICK), steps=4)
     cfg.stages = [s for s in cfg.stages if s.name == "ppo"]
-    cfg.stages[0].batch_size, cfg.stages[0].lr = 4, 1e-3
+    cfg.stages[0].batch_size, cfg.stages[0].optim.lr = 4, 1e-3
     train(cfg)
     lines = _lines(tmp_path)
     assert all("loss/value" in line and "value/mean" in line for line in lines)
@@ -160,7 +160,7 @@ def test_resume_is_exact_with_stage_state(name, warm_model, tmp_path):
                                          rewards=["answer_partial", "length"], weights=[1.0, 0.1],
                                          output_dir=str(out), overrides={**QUICK, "checkpoint_every": 2}), steps=4)
         cfg.stages = cfg.stages[1:]  # the post-SFT stage only
-        cfg.stages[0].target_entropy = 0.3 if name == "relift" else 0.0
+        cfg.stages[0].sampling.target_entropy = 0.3 if name == "relift" else 0.0
         return cfg
 
     train(config(tmp_path / "full"))

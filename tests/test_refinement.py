@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from mmpost.refinement import complexity_flags, low_quality_flags, refined_dataset, sparse_flags
+from mmpost.data_hooks.refinement import complexity_flags, low_quality_flags, refined_dataset, sparse_flags
 
 
 def test_complexity_needs_high_loss_before_and_after():
@@ -76,7 +76,7 @@ def test_middo_round_in_sft_rewrites_and_resumes(mmpost_home, tmp_path):
     def config(out):
         return mmpost.build_config("arithmetic", recipe="sft", output_dir=str(out), overrides={
             "data.train_size": 24, "data.eval_size": 4, "threads": 1, "eval.sampled": False, "sft.steps": 5,
-            "sft.batch_size": 8, "sft.middo": [2, 1.0], "checkpoint_every": 2, "data.noise": 0.125})
+            "sft.batch_size": 8, "sft.rows.middo": [2, 1.0], "checkpoint_every": 2, "data.noise": 0.125})
 
     train(config(tmp_path / "full"))
     lines = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,7 @@
 
 import torch
 
-from mmpost.selection import sketch, uds_scores, uds_select
+from mmpost.data_hooks.selection import sketch, uds_scores, uds_select
 
 
 def test_utility_is_the_nuclear_norm_of_the_real_positions():
@@ -30,7 +30,7 @@ def test_diversity_prefers_rows_far_from_the_queue():
 
 def test_mixed_rows_by_hand():
     """DMT's mixture: the stage's rows plus round(k * |split|) rows of each mixed split, seeded."""
-    from mmpost.mixing import mixed_rows
+    from mmpost.data_hooks.mixing import mixed_rows
 
     general = [{"id": f"g{i}"} for i in range(10)]
     specialist = [{"id": f"s{i}"} for i in range(64)]
@@ -50,4 +50,4 @@ def test_mix_config_is_checked():
     from mmpost.config import Stage
 
     with pytest.raises(ValueError, match="mix maps split names"):
-        Stage(mix={"three_step": 2.0})
+        Stage(rows=Rows(mix={"three_step": 2.0}))

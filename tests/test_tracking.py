@@ -9,7 +9,7 @@ import pytest
 import mmpost
 
 QUICK = {"data.train_size": 8, "data.eval_size": 2, "sft.steps": 3, "sft.batch_size": 2, "rl.steps": 2,
-         "rl.batch_size": 2, "rl.group_size": 2, "rl.max_new_tokens": 8, "threads": 1, "eval.sampled": False}
+         "rl.batch_size": 2, "rl.sampling.group_size": 2, "rl.sampling.max_new_tokens": 8, "threads": 1, "eval.sampled": False}
 
 
 def test_tensorboard_gets_the_logged_metrics(mmpost_home, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 QUICK = ["--set", "data.train_size=32", "--set", "data.eval_size=4", "--set", "sft.steps=4",
-         "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.group_size=2",
-         "--set", "rl.max_new_tokens=16", "--set", "threads=1", "--set", "sandbox_workers=1",
+         "--set", "rl.steps=3", "--set", "rl.batch_size=2", "--set", "rl.sampling.group_size=2",
+         "--set", "rl.sampling.max_new_tokens=16", "--set", "threads=1", "--set", "sandbox_workers=1",
          "--set", "eval.sampled=false"]
 
 
@@ -62,8 +62,8 @@ def test_user_reward_file_changes_output_length(mmpost_home, tmp_path):
     lengths = {}
     for name in ("longer", "shorter"):
         out = tmp_path / name
-        result = run_cli(["train", *QUICK, "--set", "sft.steps=0", "--set", "rl.steps=25", "--set", "rl.lr=3e-3",
-                          "--set", "rl.group_size=4", "--set", "rl.max_new_tokens=24",
+        result = run_cli(["train", *QUICK, "--set", "sft.steps=0", "--set", "rl.steps=25", "--set", "rl.optim.lr=3e-3",
+                          "--set", "rl.sampling.group_size=4", "--set", "rl.sampling.max_new_tokens=24",
                           "--reward", f"{reward_file}:{name}", "--rewards", name, "--output-dir", str(out)],
                          mmpost_home, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -102,7 +102,7 @@ def test_modality_tasks_run_end_to_end(task, metric, mmpost_home, tmp_path):
     """A few steps of each modality task's default recipe: both stages train, the held-out metric
     and the input-blind baseline are reported, and the final model reloads with from_pretrained."""
     out = tmp_path / task
-    quick = [a if a != "rl.max_new_tokens=16" else "rl.max_new_tokens=8" for a in QUICK]
+    quick = [a if a != "rl.sampling.max_new_tokens=16" else "rl.sampling.max_new_tokens=8" for a in QUICK]
     result = run_cli(["train", "--task", task, *quick, "--output-dir", str(out)], mmpost_home, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "input-blind baseline" in result.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmpost.adapters.token_policy import TokenPolicy
-from mmpost.engine import select_trainable
+from mmpost.optim import select_trainable
 
 
 def test_vision_tower_only_and_frozen_tower(composed_model_dir):

@@ -27,7 +27,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from mmpost.adapters.lora import transformers_model
+from mmpost.adapters.hf import transformers_model
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -260,9 +260,6 @@ class DiffusionPolicy:
             loss = ((self.model(self.scheduler.add_noise(x0, noise, t), t, texts) - target) ** 2).mean()
         return loss, {"samples": float(len(batch))}
 
-    def demo_logprobs(self, batch: list[dict]):
-        raise NotImplementedError("a diffusion policy has no closed-form likelihood of an image; its SFT term is "
-                                  "sft_loss (denoising regression)")
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(path)

@@ -275,6 +275,9 @@ class FlowActionPolicy:
         out[actions.alive.to(self.device)] = self._reduce(logp)
         return out.flatten(1)
 
+    def enable_value_head(self) -> None:
+        """Nothing to attach: the flow model always carries its critic (``FlowActionModel.value``)."""
+
     def values(self, rollout: Rollout) -> torch.Tensor:
         """[N, C] critic values of each transition's start state (with grad)."""
         actions: FlowActions = rollout.actions
@@ -295,9 +298,6 @@ class FlowActionPolicy:
         loss = flow_matching_loss(lambda x, t: self.model.velocity_and_hidden(x, t, context)[0], actions)
         return loss, {"samples": float(len(batch))}
 
-    def demo_logprobs(self, batch: list[dict]):
-        raise NotImplementedError("a flow policy has no closed-form likelihood of a demonstration; "
-                                  "its SFT term is sft_loss (flow matching)")
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(path)

@@ -13,17 +13,8 @@ import sys
 
 import torch
 
+from mmpost.adapters.hf import load_model, unwrap
 from mmpost.config import PeftConfig
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)  # DDP / FSDP wrappers
-
-
-def transformers_model(model):
-    """The transformers model inside a PEFT wrapper (with the adapters' layers in it); any other
-    model as it is."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def add_lora(policy, cfg: PeftConfig) -> int:
@@ -47,7 +38,7 @@ def add_lora(policy, cfg: PeftConfig) -> int:
 def restart_adapters(policy, cfg: PeftConfig) -> None:
     """Merge the trained adapters into the base weights and add fresh ones (LoRA's B starts at zero,
     so the model is unchanged and "adapters off" is the current model)."""
-    policy.model = _unwrap(policy.model).merge_and_unload()
+    policy.model = unwrap(policy.model).merge_and_unload()
     add_lora(policy, cfg)
 
 
@@ -86,7 +77,7 @@ def restore_state(model, state: dict) -> None:
 
 
 def has_adapters(policy) -> bool:
-    return hasattr(_unwrap(getattr(policy, "model", None)), "disable_adapter")
+    return hasattr(unwrap(getattr(policy, "model", None)), "disable_adapter")
 
 
 class AdapterDisabledReference:
@@ -106,7 +97,7 @@ class AdapterDisabledReference:
             return attribute
 
         def with_adapters_off(*args, **kwargs):
-            with _unwrap(self._policy.model).disable_adapter():
+            with unwrap(self._policy.model).disable_adapter():
                 return attribute(*args, **kwargs)
 
         return with_adapters_off
@@ -119,7 +110,7 @@ def save_merged(model, processor, path, with_adapter: bool = True) -> None:
     from pathlib import Path
 
     path = Path(path)
-    peft_model = _unwrap(model)
+    peft_model = unwrap(model)
     quantized = bool(quantized_weights(peft_model))
     if with_adapter or quantized:
         peft_model.save_pretrained(path / "adapter")
@@ -141,7 +132,6 @@ def export_adapter(adapter_dir, out, base: str | None = None) -> None:
     from peft import PeftModel
     from transformers import AutoProcessor
 
-    from mmpost.adapters.token_policy import load_model
 
     adapter_dir = Path(adapter_dir)
     config = adapter_dir / "adapter_config.json"

@@ -19,7 +19,7 @@ import inspect
 
 import torch
 
-from mmpost.adapters.lora import transformers_model
+from mmpost.adapters.hf import transformers_model
 
 ROW_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"}  # one row per prompt
 # per image / per video, in the order the rows list them; pixels are replaced by the features

@@ -18,42 +18,14 @@ import torch.nn.functional as F
 
 from mmpost.algos.kl import entropy
 from mmpost.algos.sft import nll_loss
+from mmpost.distributed import token_count
 from mmpost.adapters.decoding import decode, positions_from_mask
-from mmpost.adapters.lora import transformers_model
+from mmpost.adapters.hf import load_model, transformers_model, unwrap
 from mmpost.adapters.shared_media import can_share, distinct_rows, shared_media_inputs
 from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
-
-
-def load_model(path, dtype: torch.dtype = torch.float32, quantize: str = "", device: str | torch.device = "cpu"):
-    """Any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM;
-    with ``quantize="nf4"`` its linear layers loaded 4-bit by bitsandbytes (QLoRA's frozen base)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
-
-    multimodal = AutoConfig.from_pretrained(path).model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
-    loader = AutoModelForMultimodalLM if multimodal else AutoModelForCausalLM
-    if not quantize:
-        return loader.from_pretrained(path, dtype=dtype)
-    from transformers import BitsAndBytesConfig
-
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"peft.quantize={quantize} needs bitsandbytes: pip install 'mmpost[qlora]' "
-                          f"({error})") from error
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=dtype)
-    model = loader.from_pretrained(path, dtype=dtype, quantization_config=config, device_map={"": str(device)})
-    # bitsandbytes (0.50) repacks a 4-bit weight for its CPU inference kernel on the first eval-mode
-    # forward and keeps it packed, after which a training forward fails ("a view of a leaf Variable
-    # ... in-place"): generation and training alternate here, so keep the training layout.
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    return model
 
 
 @dataclass
@@ -103,6 +75,7 @@ class TokenPolicy:
         self.pad_id = self.tokenizer.pad_token_id
         self.sampler = None  # a VLLMSampler after use_vllm(); None: mmpost's decode loop
         self.shares_media = True  # a group's shared prompt encoded once, until a batch shows it cannot be
+        self.adapters_merged = False  # an earlier stage's LoRA adapters went into the base (lora.restart_adapters)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -127,6 +100,10 @@ class TokenPolicy:
         gradient checkpointing and QLoRA's quantized base. Every token task builds its policy here."""
         return cls.from_pretrained(path, device=device, quantize=cfg.peft.quantize,
                                    gradient_checkpointing=cfg.gradient_checkpointing)
+
+    def set_generation_length(self, max_new_tokens: int) -> None:
+        """Cap each sampled completion at ``max_new_tokens`` (a stage's ``sampling.max_new_tokens``)."""
+        self.max_new_tokens = max_new_tokens
 
     def set_image_pixels(self, pixels: int) -> None:
         """Resize every image to about ``pixels`` pixels (min = max of the processor's range), e.g. to
@@ -254,7 +231,7 @@ class TokenPolicy:
     def _generate(self, batch: list[dict], n: int, temperature: float, greedy: bool):
         """[len(batch) * n, T] ids (pad after EOS) and their sampling log-probs, from mmpost's decode loop."""
         with eval_mode(self.model):
-            ids, logprobs = decode(getattr(self.model, "module", self.model), self.encode_prompts(batch), n,
+            ids, logprobs = decode(unwrap(self.model), self.encode_prompts(batch), n,
                                    max_new_tokens=self.max_new_tokens, temperature=temperature, greedy=greedy,
                                    suppress_ids=self.suppress_ids, eos_id=self.eos_id, pad_id=self.pad_id,
                                    multimodal_rope=self.multimodal_rope, keeps_logits=self.keeps_logits)
@@ -266,7 +243,7 @@ class TokenPolicy:
         every rollout."""
         from mmpost.adapters.vllm_sampler import VLLMSampler
 
-        network = getattr(self.model, "module", self.model)
+        network = unwrap(self.model)
         path = getattr(network, "name_or_path", "") or getattr(network.config, "_name_or_path", "")
         if not path:
             raise ValueError("rollout.backend=vllm needs a policy loaded with from_pretrained (vLLM loads the same "
@@ -317,7 +294,7 @@ class TokenPolicy:
             inputs["mm_token_type_ids"] = torch.stack([F.pad(t, (width - len(j), len(j) - len(t)))
                                                        for t, j in zip(types, joined)])
         with eval_mode(self.model):
-            out = getattr(self.model, "module", self.model).generate(
+            out = unwrap(self.model).generate(
                 **inputs, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens,
                 suppress_tokens=self.suppress_ids or None, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         generated = out[:, width:]
@@ -358,7 +335,7 @@ class TokenPolicy:
         """Attach a scalar value head on the last hidden state (ReFT's critic shares the trunk, as
         TRL's ``AutoModelForCausalLMWithValueHead``); zero-initialised, so values start at 0. It is a
         submodule of the model: optimised, checkpointed and saved with it."""
-        network = getattr(self.model, "module", self.model)
+        network = unwrap(self.model)
         if not hasattr(network, "value_head"):
             hidden = network.config.get_text_config().hidden_size
             network.value_head = torch.nn.Linear(hidden, 1).to(self.device)
@@ -367,7 +344,7 @@ class TokenPolicy:
 
     def values(self, rollout: Rollout) -> torch.Tensor:
         """[N, T] value of the state before each generated token (with grad)."""
-        network = getattr(self.model, "module", self.model)
+        network = unwrap(self.model)
         if not hasattr(network, "value_head"):
             raise ValueError("this TokenPolicy has no value head: advantage 'gae' enables it when the run starts")
         ids = rollout.actions.completion_ids.to(self.device)
@@ -419,8 +396,7 @@ class TokenPolicy:
         (ssToken's semantic score). Attention weights need the eager kernel, switched on for this
         forward only."""
         ids = self.demo_ids(batch)
-        network = transformers_model(self.model)
-        network = getattr(network, "module", network)
+        network = unwrap(transformers_model(self.model))
         previous = network.config._attn_implementation
         network.set_attn_implementation("eager")
         try:
@@ -463,19 +439,20 @@ class TokenPolicy:
                        truncated=torch.zeros(len(batch), dtype=torch.bool))
 
     def sft_loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict]:
-        """Token NLL of the rows' completions (mean over demonstrated tokens)."""
+        """Token NLL of the rows' completions (mean over demonstrated tokens, of all processes in a
+        data-parallel step: :func:`~mmpost.distributed.token_count`)."""
         logprobs, mask = self.demo_logprobs(batch)
-        return nll_loss(logprobs, mask), {"tokens": float(mask.sum())}
+        return nll_loss(logprobs, mask, tokens=token_count(mask)), {"tokens": float(mask.sum())}
 
     def save(self, path: Path) -> None:
         """``save_pretrained`` of model and processor; with LoRA adapters the merged model (merged in
         place: the end of training), plus the adapter alone in ``path/adapter`` when it alone recreates
         the model from the original base (no earlier stage's adapters merged)."""
-        model = getattr(self.model, "module", self.model)  # unwrap DDP/FSDP wrappers
+        model = unwrap(self.model)  # unwrap DDP/FSDP wrappers
         if hasattr(model, "merge_and_unload"):
             from mmpost.adapters.lora import save_merged
 
-            save_merged(model, self.processor, path, with_adapter=not getattr(self, "adapters_merged", False))
+            save_merged(model, self.processor, path, with_adapter=not self.adapters_merged)
             return
         model.save_pretrained(path)
         self.processor.save_pretrained(path)

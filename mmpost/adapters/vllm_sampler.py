@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from mmpost.adapters.hf import unwrap
+
 INSTALL_HINT = ("rollout.backend=vllm needs vLLM on a CUDA GPU: pip install 'mmpost[vllm]' (or the vLLM release "
                 "built for your torch), or use rollout.backend=hf")
 
@@ -103,7 +105,7 @@ class VLLMSampler:
     @torch.no_grad()
     def load_weights(self, model: torch.nn.Module) -> None:
         """Copy ``model``'s current weights into the engine (LoRA adapters merged for the copy)."""
-        network = getattr(model, "module", model)
+        network = unwrap(model)
         peft = hasattr(network, "merge_adapter")
         if peft:
             network.merge_adapter()

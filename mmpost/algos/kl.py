@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mmpost.config import KL_ESTIMATORS
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import torch
 
-from mmpost.distributed import token_count
+AGGREGATIONS = ("token_mean", "sequence_mean", "max_length")
+RATIO_LEVELS = ("token", "sequence", "sequence_sum")
 
-from mmpost.config import AGGREGATIONS, RATIO_LEVELS
 
-
-def aggregate(per_step: torch.Tensor, mask: torch.Tensor, how: str, max_length: int = 0) -> torch.Tensor:
+def aggregate(per_step: torch.Tensor, mask: torch.Tensor, how: str, max_length: int = 0,
+              tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Reduce a [N, T] per-step loss to a scalar.
 
     ``token_mean``: sum over every real step / number of real steps (DAPO; TRL's ``bnpo``, and
     ``dapo`` on one process). ``sequence_mean``: mean over outputs of each output's step mean
     (the original GRPO; TRL's ``grpo``). ``max_length``: sum / (N * max_length), a constant
     normaliser, so no output's length changes its steps' weight (Dr. GRPO; TRL's ``dr_grpo``).
+
+    ``tokens``: the token-mean normaliser when it is not ``mask.sum()``, e.g. the mean count over
+    data-parallel processes (:func:`mmpost.distributed.token_count`, as transformers'
+    ``num_items_in_batch``); this module never talks to other processes itself.
     """
-    if how == "token_mean":  # over all processes' tokens in a data-parallel step (mmpost.distributed)
-        return (per_step * mask).sum() / token_count(mask).clamp(min=1.0)
+    if how == "token_mean":
+        return (per_step * mask).sum() / (mask.sum() if tokens is None else tokens).clamp(min=1.0)
     if how == "sequence_mean":
         return ((per_step * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     if how == "max_length":
@@ -54,7 +58,7 @@ def log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Te
 def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                     aggregation: str = "token_mean", dual_clip: float = 0.0, ratio_level: str = "token",
-                    max_length: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+                    max_length: int = 0, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """``-min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)`` per action step, aggregated.
 
     With ``dual_clip = c > 1`` (Ye et al. 2020; pi_RL uses 3), steps with ``A < 0`` are further
@@ -66,7 +70,8 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         advantages: [N] per output (broadcast over steps) or [N, T] per step.
         mask: [N, T] real action steps.
         clip_low, clip_high: PPO's clip range; ``clip_high > clip_low`` is DAPO's clip-higher.
-        aggregation: see :func:`aggregate`; ``max_length`` is its constant for ``"max_length"``.
+        aggregation: see :func:`aggregate`; ``max_length`` is its constant for ``"max_length"``,
+            ``tokens`` its normaliser for ``"token_mean"`` (default: ``mask.sum()``).
         dual_clip: ``c`` of dual-clip PPO; 0 turns it off.
         ratio_level: see :func:`log_ratio` (``sequence`` = GSPO, ``sequence_sum`` = TRL's RLOO).
 
@@ -88,4 +93,4 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
                    "ratio_mean": float((ratio * mask).sum() / n)}
     if ratio_level == "sequence_sum":  # one term per output (TRL RLOO: mean over sequences)
         return per_step[:, 0].mean(), metrics
-    return aggregate(per_step, mask, aggregation, max_length), metrics
+    return aggregate(per_step, mask, aggregation, max_length, tokens), metrics

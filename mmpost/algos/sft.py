@@ -24,9 +24,11 @@ from mmpost.algos.pg import aggregate
 TOKEN_WEIGHTS = ("uniform", "dft", "chord")
 
 
-def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, aggregation: str = "token_mean") -> torch.Tensor:
-    """``-mean log p(demo step)`` over real steps ([N, T] inputs); prompt tokens are not in ``mask``."""
-    return aggregate(-logprobs, mask, aggregation)
+def nll_loss(logprobs: torch.Tensor, mask: torch.Tensor, aggregation: str = "token_mean",
+             tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """``-mean log p(demo step)`` over real steps ([N, T] inputs); prompt tokens are not in ``mask``.
+    ``tokens``: the token-mean normaliser (see :func:`~mmpost.algos.pg.aggregate`)."""
+    return aggregate(-logprobs, mask, aggregation, tokens=tokens)
 
 
 def token_weights(logprobs: torch.Tensor, kind: str) -> torch.Tensor:
@@ -42,9 +44,9 @@ def token_weights(logprobs: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def weighted_nll(logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "uniform",
-                 aggregation: str = "token_mean") -> torch.Tensor:
+                 aggregation: str = "token_mean", tokens: torch.Tensor | None = None) -> torch.Tensor:
     """``aggregate(-sg(phi(p_t)) log p_t)``: the SFT term with a token-weight function."""
-    return aggregate(-token_weights(logprobs, kind) * logprobs, mask, aggregation)
+    return aggregate(-token_weights(logprobs, kind) * logprobs, mask, aggregation, tokens=tokens)
 
 
 def fait_weights(gold: torch.Tensor, gold_mask: torch.Tensor, faulty: torch.Tensor, faulty_mask: torch.Tensor,
@@ -83,17 +85,19 @@ def ift_loss(logprobs: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95) ->
     return ((-weights * logprobs * mask).sum(-1) / length.squeeze(-1)).mean()
 
 
-def otr_loss(log_probs: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def otr_loss(log_probs: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+             tokens: torch.Tensor | None = None) -> torch.Tensor:
     """One-Token Rollout (arXiv 2509.26313): every demonstrated position is a one-step episode; the
     ``K`` candidate tokens sampled there (``candidates`` [B, T, K]) get reward 1 when they equal the
     demonstrated token, else 0, and REINFORCE with the candidates' mean reward as baseline:
     ``-mean_k (r_k - mean r) log p(c_k)`` per position, token mean. A position none of whose
     candidates matches gives no gradient. The reward values follow the paper's summary; its baseline
-    and K are unverified (the paper's code was not available here)."""
+    and K are unverified (the paper's code was not available here). ``tokens``: the token-mean
+    normaliser (see :func:`~mmpost.algos.pg.aggregate`)."""
     rewards = (candidates == targets.unsqueeze(-1)).float()
     advantages = rewards - rewards.mean(-1, keepdim=True)
     chosen = torch.gather(log_probs, 2, candidates)
-    return aggregate(-(advantages * chosen).mean(-1), mask, "token_mean")
+    return aggregate(-(advantages * chosen).mean(-1), mask, "token_mean", tokens=tokens)
 
 
 def sample_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> torch.Tensor:

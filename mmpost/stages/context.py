@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmpost.config import Stage
+if TYPE_CHECKING:
+    from mmpost.stages.spec import Stage
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class StageContext:
     state: dict = field(default_factory=dict)  # per-stage state that must survive a resume (saved in checkpoints)
     step: int = 0  # 0-based index of the current step within the stage
     steps: int = 1  # steps in the stage (for schedules over the stage)
-    demo_rows: list | None = None  # rows of ``stage.demo_data`` when the demonstrations live apart
+    demo_rows: list | None = None  # rows of ``stage.demos.data`` when the demonstrations live apart
     max_nonfinite_steps: int = 10  # consecutive NaN/inf losses or gradients before the run stops
     seed: int = 0  # the run's seed and this stage's index: with ``step``, the position that seeds sampling
     stage_index: int = 0
@@ -65,7 +66,7 @@ class StageContext:
         if loss is None or not bool(torch.isfinite(loss)):
             return math.nan
         self.accelerator.backward(loss)
-        return float(self.accelerator.clip_grad_norm_(self.params, self.stage.max_grad_norm))
+        return float(self.accelerator.clip_grad_norm_(self.params, self.stage.optim.max_grad_norm))
 
     def apply(self, loss: torch.Tensor | None, grad_norm: float, advance_schedule: bool = True) -> float:
         """The optimiser step on the gradients :meth:`backward` left (skipped when ``grad_norm`` is

@@ -10,15 +10,46 @@ the reference and is refreshed every ``iteration_steps`` (SPIN, ``uclaml/SPIN``)
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
 from mmpost.algos import preference as losses
+from mmpost.policy import TokenDemos
+from mmpost.registry import check_choice
 from mmpost.rewarding import score_rollout
 from mmpost.stages.context import StageContext
 from mmpost.types import Rollout
 
+PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
 REFERENCE_FREE = ("simpo", "orpo", "asft")
+
+
+@dataclass
+class Preference:
+    """The preference loss of ``dpo`` and ``spin`` stages (``dpo.preference.beta=0.05``)."""
+
+    loss: str = "dpo"  # dpo | robust | ipo | rdpo | dpo_norm | simpo | orpo | kto | asft
+    beta: float = 0.1  # the preference losses' beta (SimPO: 2.5)
+    label_smoothing: float = 0.0  # dpo: cDPO; robust: the flip rate
+    rdpo_alpha: float = 0.05  # rdpo: weight of the length difference
+    simpo_gamma: float = 1.375  # simpo: target margin
+    orpo_lambda: float = 0.1  # orpo: weight of the odds-ratio term beside the NLL
+    iteration_steps: int = 0  # spin: steps per self-play iteration (reference refreshed); 0 = one iteration
+
+    def __post_init__(self):
+        check_choice("preference.loss", self.loss, PREFERENCE_LOSSES)
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+    def check(self, stage) -> None:
+        pass
+
+    def needs_reference(self, stage) -> bool:
+        return stage.kind == "spin" or (stage.kind == "dpo" and self.loss not in REFERENCE_FREE)
+
+    def requires(self, stage) -> list[tuple[type, str]]:
+        return [(TokenDemos, f"stage kind {stage.kind!r}")] if stage.kind in ("dpo", "spin") else []
 
 
 def make_pairs(ctx: StageContext, batch: list[dict]) -> tuple[Rollout | None, Rollout | None, dict]:
@@ -28,9 +59,9 @@ def make_pairs(ctx: StageContext, batch: list[dict]) -> tuple[Rollout | None, Ro
     if "chosen" in batch[0] and "rejected" in batch[0]:
         return policy.demo_rollout(batch, "chosen"), policy.demo_rollout(batch, "rejected"), {}
     if stage.kind == "spin":
-        rejected = ctx.reference.rollout(batch, 1, temperature=stage.temperature)
+        rejected = ctx.reference.rollout(batch, 1, temperature=stage.sampling.temperature)
         return policy.demo_rollout(batch, "completion"), rejected, {}
-    samples = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
+    samples = policy.rollout(batch, stage.sampling.group_size, temperature=stage.sampling.temperature)
     metrics = score_rollout(samples, ctx.rewards, ctx.weights)
     pairs = losses.best_worst_pairs(torch.nan_to_num(samples.rewards, nan=float("-inf")), samples.group)
     metrics["pairs"] = float(len(pairs))
@@ -55,25 +86,25 @@ def preference_loss(ctx: StageContext, chosen: Rollout, rejected: Rollout) -> tu
     pair.temperature = 1.0  # likelihoods of the answers, not of the sampling distribution
     logp, length = _sums(ctx.policy, pair)
     logp_w, logp_l, len_w, len_l = logp[:n], logp[n:], length[:n], length[n:]
-    name, beta = stage.preference_loss, stage.beta
+    name, beta = stage.preference.loss, stage.preference.beta
     if name not in REFERENCE_FREE:
         with torch.no_grad():
             ref, _ = _sums(ctx.reference, pair)
         ref_w, ref_l = ref[:n], ref[n:]
     if name == "dpo":
-        loss = losses.dpo(logp_w, logp_l, ref_w, ref_l, beta, stage.label_smoothing)
+        loss = losses.dpo(logp_w, logp_l, ref_w, ref_l, beta, stage.preference.label_smoothing)
     elif name == "robust":
-        loss = losses.robust_dpo(logp_w, logp_l, ref_w, ref_l, beta, stage.label_smoothing)
+        loss = losses.robust_dpo(logp_w, logp_l, ref_w, ref_l, beta, stage.preference.label_smoothing)
     elif name == "ipo":
         loss = losses.ipo(logp_w, logp_l, ref_w, ref_l, len_w, len_l, beta)
     elif name == "rdpo":
-        loss = losses.rdpo(logp_w, logp_l, ref_w, ref_l, len_w, len_l, beta, stage.rdpo_alpha)
+        loss = losses.rdpo(logp_w, logp_l, ref_w, ref_l, len_w, len_l, beta, stage.preference.rdpo_alpha)
     elif name == "dpo_norm":
         loss = losses.dpo_length_normalized(logp_w, logp_l, ref_w, ref_l, len_w, len_l, beta)
     elif name == "simpo":
-        loss = losses.simpo(logp_w, logp_l, len_w, len_l, beta, stage.simpo_gamma)
+        loss = losses.simpo(logp_w, logp_l, len_w, len_l, beta, stage.preference.simpo_gamma)
     elif name == "orpo":
-        loss = -logp_w / len_w + stage.orpo_lambda * losses.orpo_odds_ratio(logp_w / len_w, logp_l / len_l)
+        loss = -logp_w / len_w + stage.preference.orpo_lambda * losses.orpo_odds_ratio(logp_w / len_w, logp_l / len_l)
     elif name == "asft":
         loss = -logp_w / len_w + losses.asft(logp_w / len_w, logp_l / len_l)
     else:  # kto: chosen desirable, rejected undesirable; z0 from each answer under the next pair's prompt
@@ -103,7 +134,7 @@ def _mismatched(rollout: Rollout) -> Rollout:
 def preference_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     """Build pairs for ``indices`` (refreshing SPIN's reference when an iteration ends), one update."""
     stage = ctx.stage
-    if stage.kind == "spin" and stage.iteration_steps and ctx.step and ctx.step % stage.iteration_steps == 0:
+    if stage.kind == "spin" and stage.preference.iteration_steps and ctx.step and ctx.step % stage.preference.iteration_steps == 0:
         ctx.reference.model.load_state_dict(ctx.policy.model.state_dict())  # the new iterate plays against itself
     chosen, rejected, metrics = make_pairs(ctx, ctx.batch(indices))
     if chosen is None:

@@ -1,22 +1,47 @@
 """The ``rft`` stage: rejection-sampling fine-tuning (SuperHF, FARE; S3FT with the demonstration fallback).
 
-Sample ``group_size`` outputs per prompt, keep those whose reward reaches ``solved_threshold`` (at most
-the ``rft_top_k`` best per prompt), and fine-tune on them with the stage's token weighting, plus
-an optional KL to the start-of-stage model on the kept tokens (SuperHF's prior). With
-``rft_demo_fallback`` a prompt with no kept sample trains on its demonstration instead (S3FT: the
+Sample ``sampling.group_size`` outputs per prompt, keep those whose reward reaches ``solved_threshold``
+(at most the ``rejection.top_k`` best per prompt), and fine-tune on them with the stage's token weighting,
+plus an optional KL to the start-of-stage model on the kept tokens (SuperHF's prior). With
+``rejection.demo_fallback`` a prompt with no kept sample trains on its demonstration instead (S3FT: the
 model's own answer when it is judged right, else the gold one).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from mmpost.algos.kl import per_step_kl
 from mmpost.algos.pg import aggregate
 from mmpost.algos.sft import weighted_nll
+from mmpost.distributed import token_count
+from mmpost.policy import TokenDemos
 from mmpost.rewarding import score_rollout
 from mmpost.stages.context import StageContext
 from mmpost.stages.sft import demo_loss
+
+
+@dataclass
+class Rejection:
+    """Rejection sampling in ``rft`` stages (``rft.rejection.top_k=1``)."""
+
+    top_k: int = 0  # keep at most the k best solved samples per prompt (0 = all solved)
+    demo_fallback: bool = False  # prompts with no solved sample train on the demonstration (S3FT)
+
+    def __post_init__(self):
+        if self.top_k < 0:
+            raise ValueError(f"rejection.top_k must be >= 0, got {self.top_k}")
+
+    def check(self, stage) -> None:
+        pass
+
+    def needs_reference(self, stage) -> bool:
+        return False
+
+    def requires(self, stage) -> list[tuple[type, str]]:
+        return [(TokenDemos, "stage kind 'rft'")] if stage.kind == "rft" else []
 
 
 def kept_outputs(rewards: torch.Tensor, group: torch.Tensor, threshold: float, top_k: int) -> torch.Tensor:
@@ -35,9 +60,9 @@ def kept_outputs(rewards: torch.Tensor, group: torch.Tensor, threshold: float, t
 def rft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     stage, policy = ctx.stage, ctx.policy
     batch = ctx.batch(indices)
-    rollout = policy.rollout(batch, stage.group_size, temperature=stage.temperature)
+    rollout = policy.rollout(batch, stage.sampling.group_size, temperature=stage.sampling.temperature)
     metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
-    keep = kept_outputs(rollout.rewards, rollout.group, stage.solved_threshold, stage.rft_top_k)
+    keep = kept_outputs(rollout.rewards, rollout.group, stage.solved_threshold, stage.rejection.top_k)
     metrics["rft/kept_fraction"] = float(keep.float().mean())
     terms, counts = [], []
     with ctx.accelerator.autocast():
@@ -46,23 +71,24 @@ def rft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
             kept.temperature = 1.0  # fine-tune on the answers' likelihood
             logprobs = policy.logprobs(kept)
             mask = kept.mask.to(logprobs.device)
-            weighting = stage.sft_weight if stage.sft_weight in ("uniform", "dft", "chord") else "uniform"
-            loss = weighted_nll(logprobs, mask, weighting)
-            if stage.kl_coef > 0:
+            weighting = stage.demo_loss.weight if stage.demo_loss.weight in ("uniform", "dft", "chord") else "uniform"
+            loss = weighted_nll(logprobs, mask, weighting, tokens=token_count(mask))
+            if stage.kl.coef > 0:
                 with torch.no_grad():
                     ref = ctx.reference.logprobs(kept).to(logprobs.device)
-                kl = aggregate(per_step_kl(logprobs, ref, stage.kl_estimator), mask, "token_mean")
-                loss = loss + stage.kl_coef * kl
+                kl = aggregate(per_step_kl(logprobs, ref, stage.kl.estimator), mask, "token_mean",
+                               tokens=token_count(mask))
+                loss = loss + stage.kl.coef * kl
                 metrics["kl"] = kl.item()
             terms.append(loss)
             counts.append(len(kept))
         solved = {int(g) for g in rollout.group[keep].tolist()}
         unsolved = [row for g, row in enumerate(indices) if g not in solved]
-        if stage.rft_demo_fallback and unsolved:
+        if stage.rejection.demo_fallback and unsolved:
             loss, _ = demo_loss(ctx, ctx.batch(unsolved))
             terms.append(loss)
             counts.append(len(unsolved))
-        metrics["rft/demo_fallback"] = float(len(unsolved) if stage.rft_demo_fallback else 0)
+        metrics["rft/demo_fallback"] = float(len(unsolved) if stage.rejection.demo_fallback else 0)
     if not terms:
         return {**metrics, "grad_norm": ctx.update(None)}
     total = sum(c * t for c, t in zip(counts, terms)) / sum(counts)  # mean over trained samples

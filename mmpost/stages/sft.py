@@ -2,73 +2,110 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from mmpost.algos.kl import entropy, full_forward_kl
 from mmpost.algos.pg import aggregate
 from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, qtuning_mask, sample_candidates,
                               sstoken_mask, weighted_nll)
-from mmpost.policy import eval_mode
+from mmpost.distributed import token_count
+from mmpost.policy import TokenDemos, eval_mode
+from mmpost.registry import check_choice
 from mmpost.stages.context import StageContext
+
+SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft", "fait", "ift", "otr", "qtuning")
+
+
+@dataclass
+class DemoLoss:
+    """The supervised term on demonstrations (``sft.demo_loss.weight=dft``), in every stage that trains on them."""
+
+    # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr" | "qtuning"
+    weight: str = "uniform"
+    kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
+    sstoken_ratio: float = 0.6  # sstoken: fraction of each demonstration's tokens trained on
+    sstoken_gamma: float = 0.5  # sstoken: weight of the excess loss vs the attention-on-prompt score (1 = loss only)
+    qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
+    qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
+    otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
+    ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
+    ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight
+    fait_alpha: float = 1.0  # fait: extra weight on gold tokens where the model's wrong answer differs
+
+    def __post_init__(self):
+        check_choice("demo_loss.weight", self.weight, SFT_WEIGHTS)
+
+    def check(self, stage) -> None:
+        pass
+
+    def needs_reference(self, stage) -> bool:
+        reads_start_model = self.weight in ("sstoken", "poft") or self.kl_coef > 0
+        return reads_start_model and stage.trains_on_demos()
+
+    def requires(self, stage) -> list[tuple[type, str]]:
+        token_terms = self.weight != "uniform" or self.kl_coef
+        return [(TokenDemos, f"demo_loss.weight={self.weight!r} / demo_loss.kl_coef")] if token_terms else []
 
 
 def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-    """The supervised loss on ``batch``'s demonstrations under ``ctx.stage``'s weighting.
+    """The supervised loss on ``batch``'s demonstrations under ``ctx.stage.demo_loss``.
 
     Uniform weights and no KL: the policy's own ``sft_loss`` (token NLL, flow matching or denoising,
     so any policy kind). Otherwise, on the demonstrations' token log-probs (token policies), by
-    ``sft_weight``: IFT (its own blended forward), One-Token Rollout, Q-Tuning, FAIT, ssToken's selection, PoFT's
-    preference over the reference, or a token-weight function (DFT, CHORD-phi); plus Anchored SFT's
-    full-vocabulary KL to the reference when ``sft_kl_coef`` > 0.
+    ``weight``: IFT (its own blended forward), One-Token Rollout, Q-Tuning, FAIT, ssToken's selection,
+    PoFT's preference over the reference, or a token-weight function (DFT, CHORD-phi); plus Anchored
+    SFT's full-vocabulary KL to the reference when ``kl_coef`` > 0. Token means are over all
+    processes' tokens (:func:`~mmpost.distributed.token_count`).
     """
-    stage, policy = ctx.stage, ctx.policy
-    if stage.sft_weight == "uniform" and not stage.sft_kl_coef:
+    terms, policy = ctx.stage.demo_loss, ctx.policy
+    if terms.weight == "uniform" and not terms.kl_coef:
         return policy.sft_loss(batch)
-    if stage.sft_weight == "ift":  # its own forward: inputs blend gold and predicted tokens
-        logprobs, mask = policy.ift_demo_logprobs(batch, stage.ift_lambda)
-        return ift_loss(logprobs, mask, stage.ift_gamma), {"tokens": float(mask.sum())}
-    with_logits = stage.sft_kl_coef > 0 or stage.sft_weight in ("otr", "qtuning")
+    if terms.weight == "ift":  # its own forward: inputs blend gold and predicted tokens
+        logprobs, mask = policy.ift_demo_logprobs(batch, terms.ift_lambda)
+        return ift_loss(logprobs, mask, terms.ift_gamma), {"tokens": float(mask.sum())}
+    with_logits = terms.kl_coef > 0 or terms.weight in ("otr", "qtuning")
     out = policy.demo_logprobs(batch, return_logits=with_logits) if with_logits else policy.demo_logprobs(batch)
     logprobs, mask = out[0], out[1]
     metrics = {"tokens": float(mask.sum())}
-    if stage.sft_weight == "otr":
+    if terms.weight == "otr":
         log_probs = torch.log_softmax(out[2], dim=-1)
-        candidates = sample_candidates(out[2], stage.otr_candidates, stage.temperature)
+        candidates = sample_candidates(out[2], terms.otr_candidates, ctx.stage.sampling.temperature)
         gold = policy.demo_ids(batch).to(log_probs.device)
-        loss = otr_loss(log_probs, candidates, gold, mask)
+        loss = otr_loss(log_probs, candidates, gold, mask, token_count(mask))
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
-    elif stage.sft_weight == "qtuning":
-        keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, stage.qtuning_quantile,
-                            stage.qtuning_token_keep)
-        loss = nll_loss(logprobs, keep)
+    elif terms.weight == "qtuning":
+        keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, terms.qtuning_quantile, terms.qtuning_token_keep)
+        loss = nll_loss(logprobs, keep, tokens=token_count(keep))
         metrics["sft/kept_tokens"] = float(keep.sum())
-    elif stage.sft_weight == "fait":
-        loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean")
-    elif stage.sft_weight in ("sstoken", "poft"):
+    elif terms.weight == "fait":
+        loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean", tokens=token_count(mask))
+    elif terms.weight in ("sstoken", "poft"):
         with torch.no_grad():
             ref_logprobs = ctx.reference.demo_logprobs(batch)[0]
-        if stage.sft_weight == "sstoken":
-            attention = policy.demo_prompt_attention(batch) if stage.sstoken_gamma < 1 else None
-            keep = sstoken_mask(logprobs, ref_logprobs, mask, stage.sstoken_ratio, attention, stage.sstoken_gamma)
-            loss = nll_loss(logprobs, keep)
+        if terms.weight == "sstoken":
+            attention = policy.demo_prompt_attention(batch) if terms.sstoken_gamma < 1 else None
+            keep = sstoken_mask(logprobs, ref_logprobs, mask, terms.sstoken_ratio, attention, terms.sstoken_gamma)
+            loss = nll_loss(logprobs, keep, tokens=token_count(keep))
             metrics["sft/kept_tokens"] = float(keep.sum())
         else:
             loss = poft_loss(logprobs, ref_logprobs, mask)
     else:
-        loss = weighted_nll(logprobs, mask, stage.sft_weight)
+        loss = weighted_nll(logprobs, mask, terms.weight, tokens=token_count(mask))
     metrics["sft/nll"] = float(nll_loss(logprobs.detach(), mask))
-    if stage.sft_kl_coef:
+    if terms.kl_coef:
         with torch.no_grad():
             ref_logits = ctx.reference.demo_logprobs(batch, return_logits=True)[2]
-        kl = aggregate(full_forward_kl(out[2], ref_logits), mask, "token_mean")
-        loss = loss + stage.sft_kl_coef * kl
+        kl = aggregate(full_forward_kl(out[2], ref_logits), mask, "token_mean", tokens=token_count(mask))
+        loss = loss + terms.kl_coef * kl
         metrics["kl/demo"] = kl.item()
     return loss, metrics
 
 
 def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> torch.Tensor:
     """FAIT: the policy's own greedy answer is the faulty solution where it scores below
-    ``solved_threshold``; the gold tokens it gets wrong are up-weighted by ``fait_alpha``."""
+    ``solved_threshold``; the gold tokens it gets wrong are up-weighted by ``demo_loss.fait_alpha``."""
     from mmpost.rewarding import score_rollout
 
     attempt = ctx.policy.rollout(batch, 1, greedy=True)
@@ -76,7 +113,7 @@ def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> t
     wrong = torch.nan_to_num(attempt.rewards, nan=float("-inf")) < ctx.stage.solved_threshold
     gold = ctx.policy.demo_ids(batch)
     weights = fait_weights(gold, (gold != ctx.policy.pad_id).float(), attempt.actions.completion_ids,
-                           attempt.mask, ctx.stage.fait_alpha)
+                           attempt.mask, ctx.stage.demo_loss.fait_alpha)
     weights[~wrong] = 1.0  # a right answer's differences are not errors
     return weights.to(mask.device)
 
@@ -85,9 +122,9 @@ def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     """One optimiser step on the demonstrations of ``indices`` (chosen from a larger pool by UDS when
     the stage selects; after a Middo round, of the refined rows)."""
     selected = {}
-    if ctx.stage.middo and ctx.step and ctx.step % ctx.stage.middo[0] == 0:
+    if ctx.stage.rows.middo and ctx.step and ctx.step % ctx.stage.rows.middo[0] == 0:
         selected.update(_middo_round(ctx))
-    if ctx.stage.select == "uds":
+    if ctx.stage.rows.select == "uds":
         indices, chosen = _uds(ctx, indices)
         selected.update(chosen)
     with ctx.accelerator.autocast():
@@ -96,7 +133,7 @@ def sft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
 
 
 def _uds(ctx: StageContext, pool: list[int]) -> tuple[list[int], dict[str, float]]:
-    from mmpost.selection import uds_select
+    from mmpost.data_hooks.selection import uds_select
 
     with torch.no_grad():
         _, mask, logits = ctx.policy.demo_logprobs(ctx.batch(pool), return_logits=True)
@@ -106,14 +143,14 @@ def _uds(ctx: StageContext, pool: list[int]) -> tuple[list[int], dict[str, float
 
 @torch.no_grad()
 def _middo_round(ctx: StageContext) -> dict[str, float]:
-    """One Middo round over the stage's current rows (:mod:`mmpost.refinement`): loss under the
+    """One Middo round over the stage's current rows (:mod:`mmpost.data_hooks.refinement`): loss under the
     start-of-stage and the current model, prompt embeddings, and the task's reward on each row's own
     demonstration; the flagged rows are rewritten and the result becomes the stage's data (kept in
     the checkpointed stage state)."""
-    from mmpost.refinement import complexity_flags, low_quality_flags, refined_dataset, sparse_flags
+    from mmpost.data_hooks.refinement import complexity_flags, low_quality_flags, refined_dataset, sparse_flags
     from mmpost.rewarding import score_rollout
 
-    policy, m = ctx.policy, ctx.stage.middo[1]
+    policy, m = ctx.policy, ctx.stage.rows.middo[1]
     current = ctx.state.get("refined_rows") or list(range(len(ctx.rows)))
     rows = ctx.batch(list(range(len(current))))
     loss_start, loss_now, embeddings, quality = [], [], [], []

@@ -2,7 +2,7 @@
 
 DMT (Dual-stage Mixed Fine-tuning, "How Abilities in LLMs are Affected by SFT Data Composition")
 learns the specialist abilities first, then the general one with a fraction ``k`` of the specialist
-data mixed back in, so the first abilities are not forgotten. ``Stage.mix = {split: k}`` adds
+data mixed back in, so the first abilities are not forgotten. ``Stage.rows.mix = {split: k}`` adds
 ``round(k * len(split))`` rows of each named split (at least one when ``k`` > 0), drawn without
 replacement with the run's seed, to the stage's rows; batches then draw from the union. ``k`` = 1
 is plain multi-task training on both.
