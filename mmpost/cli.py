@@ -111,7 +111,7 @@ def _list_recipes(markdown: bool) -> None:
 
 
 def _bench_sandbox(args) -> None:
-    from mmpost.bench_sandbox import run
+    from mmpost.tools.bench.sandbox import run
 
     _write_json(run(args.n, workers=args.workers, attackers=args.attackers, fresh=args.fresh, repeats=args.repeats),
                 args.json)
@@ -146,7 +146,7 @@ def _export(args) -> None:
 
 
 def _report(args) -> None:
-    from mmpost.report import write_report
+    from mmpost.tools.report import write_report
 
     try:
         path = write_report(args.run_dir, samples=args.samples)
@@ -184,26 +184,26 @@ complete -F _mmpost mmpost""")
 
 
 def _doctor(args) -> None:
-    from mmpost.doctor import report
+    from mmpost.tools.doctor import report
 
     report()
 
 
 def _bench(args) -> None:
-    from mmpost.bench import run
+    from mmpost.tools.bench.trl import run
 
     run(quick=args.quick, repeats=args.repeats, cases=args.cases.split(",") if args.cases else None,
         scaling=not args.no_scaling, out=args.json)
 
 
 def _bench_env(args) -> None:
-    from mmpost.bench_env import run
+    from mmpost.tools.bench.env import run
 
     _write_json(run(args.envs, iterations=args.iterations, quick=args.quick), args.json)
 
 
 def _bench_mrc(args) -> None:
-    from mmpost.bench_mrc import run
+    from mmpost.tools.bench.mrc import run
 
     _write_json(run(args.objects, iterations=args.iterations, quick=args.quick), args.json)
 
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge(args) -> None:
-    from mmpost.weights import merge_checkpoints
+    from mmpost.tools.weights import merge_checkpoints
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
@@ -341,7 +341,7 @@ def _merge(args) -> None:
 
 
 def _surgery(args) -> None:
-    from mmpost.weights import surgery_checkpoint
+    from mmpost.tools.weights import surgery_checkpoint
 
     try:
         edited = surgery_checkpoint(args.model, args.probe, args.out, args.pattern, args.k, args.alpha)

@@ -9,6 +9,7 @@ key; a key of the earlier flat stage (``rl.kl_coef``) raises with its new name (
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,7 @@ def _set_field(obj, parts: list[str], value, full_key: str) -> None:
         new = full_key[:len(full_key) - len(".".join(parts))] + RENAMED[name]
         raise KeyError(f"config key {full_key!r} is now {new!r} (stage fields are grouped in sections)")
     if name not in valid:
-        raise KeyError(f"unknown config key {full_key!r}.{closest(name, valid)} Valid here: {', '.join(valid)}")
+        raise KeyError(f"unknown config key {full_key!r}.{_suggest(obj, name, valid)} Valid here: {', '.join(valid)}")
     child = getattr(obj, name)
     if len(parts) == 1:
         if dataclasses.is_dataclass(child):
@@ -295,6 +296,18 @@ def _set_field(obj, parts: list[str], value, full_key: str) -> None:
         _set_field(child, parts[1:], value, full_key)
     if hasattr(obj, "__post_init__"):
         obj.__post_init__()
+
+
+def _suggest(obj, name: str, valid: list[str]) -> str:
+    """" Did you mean ...?" for a mistyped key; on a stage also among its sections' fields and the
+    earlier flat keys, named by their path (``grop_size`` -> ``sampling.group_size``)."""
+    if not isinstance(obj, Stage):
+        return closest(name, valid)
+    paths = {f.name: f"{section}.{f.name}" for section, fields in obj.sections().items()
+             for f in dataclasses.fields(fields)}
+    paths.update({**RENAMED, **{key: key for key in valid}})
+    match = difflib.get_close_matches(name, list(paths), n=1, cutoff=0.5)
+    return f" Did you mean {paths[match[0]]!r}?" if match else ""
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

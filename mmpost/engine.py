@@ -44,7 +44,7 @@ from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table,
 from mmpost.optim import adamw, build_scheduler, optimizer_groups, select_trainable
 from mmpost.policy import Critic, GenerationLength
 from mmpost.registry import REWARDS, TASKS
-from mmpost.report import write_model_card
+from mmpost.tools.report import write_model_card
 from mmpost.rewarding import RunConfigured, set_error_mode as set_reward_error_mode
 from mmpost.stages import STEPS, Stage, StageContext
 from mmpost.tracking import RunLog, accelerator_arguments, check_trackers, flat_config, scalars

@@ -58,7 +58,7 @@ def test_doctor_install_hints_name_real_extras():
     import tomllib
     from pathlib import Path
 
-    from mmpost.doctor import EXTRAS
+    from mmpost.tools.doctor import EXTRAS
 
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {extra for extra, _ in EXTRAS.values()} <= set(extras)

@@ -13,7 +13,7 @@ def test_overrides_by_stage_name_and_section():
 
 def test_unknown_key_suggests_closest():
     cfg = Chart2Code.default_config()
-    with pytest.raises(KeyError, match="Did you mean 'group_size'"):
+    with pytest.raises(KeyError, match="Did you mean 'sampling.group_size'"):
         apply_overrides(cfg, {"rl.grop_size": "4"})
     with pytest.raises(KeyError, match="Did you mean 'train_size'"):
         apply_overrides(cfg, {"data.trian_size": "4"})

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import mmpost
-from mmpost.report import write_report
+from mmpost.tools.report import write_report
 
 QUICK = {"data.train_size": 8, "data.eval_size": 3, "sft.steps": 4, "sft.batch_size": 2, "rl.steps": 2,
          "rl.batch_size": 2, "rl.sampling.group_size": 2, "rl.sampling.max_new_tokens": 8, "threads": 1, "eval.sampled": False,

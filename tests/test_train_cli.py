@@ -47,7 +47,7 @@ def test_clear_errors(mmpost_home):
     result = run_cli(["train", "--task", "chart2cod"], mmpost_home)
     assert result.returncode == 2 and "Did you mean 'chart2code'" in result.stderr
     result = run_cli(["train", "--set", "rl.grop_size=2"], mmpost_home)
-    assert result.returncode == 2 and "Did you mean 'group_size'" in result.stderr
+    assert result.returncode == 2 and "Did you mean 'sampling.group_size'" in result.stderr
     result = run_cli(["train", "--rewards", "nope"], mmpost_home)
     assert result.returncode == 2 and "unknown reward 'nope'" in result.stderr
 

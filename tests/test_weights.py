@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mmpost.weights import linear, slerp_tensor, surgery, ties, train_probe
+from mmpost.tools.weights import linear, slerp_tensor, surgery, ties, train_probe
 
 
 def test_linear_by_hand():

@@ -22,7 +22,7 @@ def mrc_seconds(objects: int, grid: int, steps: int) -> float:
 
 def rl_iterations(iterations: int, overrides: dict) -> dict:
     """Median seconds per multiview3d RL iteration and its split."""
-    from mmpost.bench_env import median_iteration_metrics
+    from mmpost.tools.bench.env import median_iteration_metrics
 
     return median_iteration_metrics("multiview3d", {
         "sft.steps": 0, "rl.steps": iterations, "data.train_size": 16, "data.eval_size": 1,

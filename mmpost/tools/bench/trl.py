@@ -14,7 +14,7 @@ and noisy). Cases:
   (prompt/completion rows with images, completion-only loss): same batch, optimizer, lr.
 - ``scaling`` (mmpost): seconds per GRPO step as group size, completion length and image side
   double.
-- the sandboxed reward: warm fork-server vs a fresh interpreter per job (:mod:`mmpost.bench_sandbox`).
+- the sandboxed reward: warm fork-server vs a fresh interpreter per job (:mod:`mmpost.tools.bench.sandbox`).
 
 What differs is the implementation, not the work: TRL samples with transformers' ``generate``,
 mmpost with its own decode loop (:mod:`mmpost.adapters.decoding`: each prompt encoded once per
@@ -228,7 +228,7 @@ def _worker(system: str, case_name: str, steps: int, extra: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="mmpost-bench-") as tmp:
         spec = json.dumps({"system": system, "case": case_name, "steps": steps, "extra": extra, "out": tmp})
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        done = subprocess.run([sys.executable, "-m", "mmpost.bench", spec], capture_output=True, text=True, env=env)
+        done = subprocess.run([sys.executable, "-m", "mmpost.tools.bench.trl", spec], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"bench worker {system}/{case_name} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
