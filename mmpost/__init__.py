@@ -34,10 +34,11 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
     from mmpost.config import apply_overrides, stages_from_yaml
     from mmpost.recipes import RECIPES, apply_recipe
     from mmpost.registry import closest
+    from mmpost.types import task_member
 
     task_cls = TASKS.get(task)
     cfg = task_cls.default_config()
-    named = getattr(task_cls, "recipes", {})
+    named = task_member(task_cls, "recipes")
     if recipe in named:  # a task's named recipe: overrides of its default config
         apply_overrides(cfg, dict(named[recipe]))
     elif recipe in RECIPES:  # a method from the library, on this task's default stages
@@ -54,25 +55,12 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
             setattr(cfg, key, value)
     apply_overrides(cfg, overrides or {})
     cfg.__post_init__()
-    from mmpost.policy import policy_class
+    from mmpost.policy import check_capabilities, policy_class
 
-    check_capabilities(cfg, policy_class(getattr(task_cls, "policy_kind", "token")))  # before any model is built
+    check_capabilities(cfg, policy_class(task_member(task_cls, "policy_kind")))  # before any model is built
     for name in cfg.rewards:
         REWARDS.get(name)  # unknown reward names fail before any work starts
     return cfg
-
-
-def check_capabilities(cfg, policy) -> None:
-    """Fail, naming every knob, when ``cfg`` switches on terms that ``policy`` (a policy or its class)
-    cannot compute: the one check of what a run needs from its policy (:meth:`TrainConfig.requirements`
-    against the Protocols of :mod:`mmpost.policy`)."""
-    from mmpost.policy import missing_capabilities
-
-    missing = missing_capabilities(cfg.requirements(), policy)
-    if missing:
-        name = (policy if isinstance(policy, type) else type(policy)).__name__
-        raise ValueError(f"{'; '.join(missing)}: not supported by task {cfg.task!r}'s {name} "
-                         f"(methods for it: `mmpost list recipes`)")
 
 
 def train(task: str = "chart2code", rewards: list[str] | None = None, weights: list[float] | None = None,

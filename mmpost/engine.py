@@ -12,7 +12,7 @@ Each stage has a kind -- ``sft``, ``rl``, ``mixed``, ``dpo``, ``spin``, ``rft`` 
 (:mod:`mmpost.stages`) turns a batch of row indices into one or more optimiser updates; this loop
 owns everything around it: data order, optimiser and schedule, the frozen reference, logging,
 checkpoints and evaluation. The engine speaks only the :class:`~mmpost.policy.Policy` contract (and
-the capabilities a run's terms declare, checked once by :func:`mmpost.check_capabilities`) and
+the capabilities a run's terms declare, checked once by :func:`mmpost.policy.check_capabilities`) and
 :class:`~mmpost.types.Rollout`, so token, flow and diffusion policies share it.
 """
 
@@ -42,12 +42,13 @@ from mmpost.data_hooks import stage_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.optim import adamw, build_scheduler, optimizer_groups, select_trainable
-from mmpost.policy import Critic, GenerationLength
+from mmpost.policy import Critic, GenerationLength, check_capabilities
 from mmpost.registry import REWARDS, TASKS
 from mmpost.tools.report import write_model_card
 from mmpost.rewarding import RunConfigured, set_error_mode as set_reward_error_mode
 from mmpost.stages import STEPS, Stage, StageContext
 from mmpost.tracking import RunLog, accelerator_arguments, check_trackers, flat_config, scalars
+from mmpost.types import task_member
 
 SHOWN = ("loss/sft", "loss/pg", "loss/value", "loss/preference", "reward/total/mean")
 
@@ -74,7 +75,7 @@ def build_task(cfg: TrainConfig):
     drive training. Returns ``(task, rewards, weights, eval_rewards)``."""
     task_cls = TASKS.get(cfg.task)
     rewards, weights = resolve_rewards(cfg, task_cls)
-    eval_rewards = {name: REWARDS.get(name) for name in (task_cls.metric, *getattr(task_cls, "eval_rewards", ()))}
+    eval_rewards = {name: REWARDS.get(name) for name in (task_cls.metric, *task_member(task_cls, "eval_rewards"))}
     eval_rewards.update(rewards)
     for fn in eval_rewards.values():
         if isinstance(fn, RunConfigured):  # e.g. the sandbox pool's size, a CLIP checkpoint
@@ -93,7 +94,7 @@ def evaluate_saved(cfg: TrainConfig, out: Path | None = None) -> dict:
         policy.set_image_pixels(cfg.image_pixels)
     with contextlib.closing(policy):
         results = evaluate(policy, task.rows("heldout"), eval_rewards, weights, cfg.eval, task.metric,
-                           getattr(task, "breakdown", ""))
+                           task_member(task, "breakdown"))
     samples = results.pop("samples")
     if out:
         save_samples(Path(out) / "samples", samples)
@@ -131,7 +132,7 @@ class Run:
     def evaluate(self, key: str) -> None:
         """The held-out evaluation as ``results[key]``, written with its samples (main process)."""
         self.results[key] = evaluate(self.policy, self.rows["heldout"], self.eval_rewards, self.weights,
-                                     self.cfg.eval, self.task.metric, getattr(self.task, "breakdown", ""))
+                                     self.cfg.eval, self.task.metric, task_member(self.task, "breakdown"))
         self.save_results(key)
 
     def save_results(self, key: str | None = None) -> None:
@@ -169,7 +170,6 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
     """The run directory (with the checkpoint to resume from, if any), task, rewards, accelerator and
     the policy, checked against every capability the config's terms need."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
-    from mmpost import check_capabilities
 
     torch.set_num_threads(cfg.threads)
     set_reward_error_mode(cfg.reward_errors)
@@ -226,9 +226,10 @@ def evaluate_start(run: Run, checkpoint: dict | None) -> None:
     ``metrics.jsonl``, dropping lines after the checkpoint being resumed (all lines when starting over)."""
     if "before" not in run.results:
         run.evaluate("before")
-    if hasattr(run.task, "blind_completions") and "blind" not in run.results:
+    blind_completions = task_member(run.task, "blind_completions")
+    if blind_completions is not None and "blind" not in run.results:
         run.rows.setdefault("train", run.task.rows("train"))
-        blind = run.task.blind_completions(run.rows["train"], run.rows["heldout"])
+        blind = blind_completions(run.rows["train"], run.rows["heldout"])
         run.results["blind"] = {"what": blind[0] if len(set(blind)) == 1 else "per-row answers",
                                 "score": blind_baseline(blind, run.rows["heldout"], run.eval_rewards[run.task.metric])}
         run.save_results()
@@ -269,7 +270,7 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
     ctx = StageContext(stage, policy, reference, train_rows, run.rewards, run.weights, run.accelerator, optimizer,
                        scheduler, params, steps=steps, demo_rows=run.rows.get(stage.demos.data),
                        max_nonfinite_steps=cfg.max_nonfinite_steps, seed=cfg.seed, stage_index=stage_index,
-                       refine=getattr(run.task, "refine", None))
+                       refine=task_member(run.task, "refine"))
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])

@@ -156,3 +156,14 @@ def missing_capabilities(requirements: list[tuple[type, str]], policy: type | ob
     policy or its class, does not provide."""
     check = issubclass if isinstance(policy, type) else isinstance
     return [reason for capability, reason in requirements if not check(policy, capability)]
+
+
+def check_capabilities(cfg, policy: type | object) -> None:
+    """Fail, naming every knob, when ``cfg`` (a :class:`~mmpost.config.TrainConfig`) switches on terms
+    that ``policy`` (a policy or its class) cannot compute: the one check of what a run needs from its
+    policy (:meth:`~mmpost.config.TrainConfig.requirements` against the Protocols above)."""
+    missing = missing_capabilities(cfg.requirements(), policy)
+    if missing:
+        name = (policy if isinstance(policy, type) else type(policy)).__name__
+        raise ValueError(f"{'; '.join(missing)}: not supported by task {cfg.task!r}'s {name} "
+                         f"(methods for it: `mmpost list recipes`)")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from mmpost.types import task_member
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -34,13 +36,13 @@ class Recipe:
 
 
 def _solved(task_cls) -> float:
-    return float(getattr(task_cls, "solved_threshold", 1.0))
+    return float(task_member(task_cls, "solved_threshold"))
 
 
 def _dmt(task_cls) -> dict:
     """DMT: the task's specialist split first, then its general split with 1/16 of the specialist rows
     mixed back in, each for half the default SFT stage's steps at its settings."""
-    abilities = getattr(task_cls, "abilities", None)
+    abilities = task_member(task_cls, "abilities")
     if not abilities:
         raise ValueError(f"recipe 'dmt' needs a task with two abilities (row splits: specialist, general); "
                          f"task {task_cls.name!r} defines none (arithmetic does: three_step, two_step)")

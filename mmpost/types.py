@@ -104,3 +104,25 @@ class Rollout:
                 value = dict(value)
             values[f.name] = value
         return Rollout(**values)
+
+
+# What a task is: a registered class with these members (``mmpost.tasks`` has seven examples).
+#     name: str, metric: str (a reward name), rewards: tuple of reward names,
+#     default_config() -> TrainConfig, __init__(cfg, reward), rows(split) -> list[dict],
+#     policy(device="cpu") -> a Policy
+# and, optionally, the members below; a task that leaves one out gets its default here.
+TASK_OPTIONAL = {
+    "policy_kind": "token",  # "token" | "flow" | "diffusion": capabilities are checked against it before building
+    "recipes": {},  # name -> dotted overrides of the default config (the task's own methods)
+    "eval_rewards": (),  # rewards held-out evaluation also reports (e.g. a check that images still show the object)
+    "breakdown": "",  # a row column the held-out metric is also reported by
+    "solved_threshold": 1.0,  # the reward at which a sample counts as solved (ReLIFT, rft, FAIT recipes)
+    "abilities": (),  # (specialist split, general split) for DMT
+    "refine": None,  # refine(row, axis, rng) -> row: the task's rule-based row rewriter (Middo)
+    "blind_completions": None,  # blind_completions(train_rows, heldout_rows) -> answers a model without input would give
+}
+
+
+def task_member(task, name: str):
+    """An optional member of a task (class or instance), or its default in :data:`TASK_OPTIONAL`."""
+    return getattr(task, name, TASK_OPTIONAL[name])
