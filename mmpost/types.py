@@ -126,3 +126,19 @@ TASK_OPTIONAL = {
 def task_member(task, name: str):
     """An optional member of a task (class or instance), or its default in :data:`TASK_OPTIONAL`."""
     return getattr(task, name, TASK_OPTIONAL[name])
+
+
+class StageSection:
+    """What a section of a stage's config (:mod:`mmpost.stages.spec`) answers, with the defaults of a
+    section that needs nothing: cross-field rules against its ``stage`` (``check`` raises
+    ``ValueError``), whether a term reads the frozen start-of-stage model, and the policy
+    capabilities it needs as ``(Protocol, the knob that needs it)``."""
+
+    def check(self, stage) -> None:
+        """Raise ``ValueError`` when this section's knobs contradict the rest of ``stage``."""
+
+    def needs_reference(self, stage) -> bool:
+        return False
+
+    def requires(self, stage) -> list[tuple[type, str]]:
+        return []

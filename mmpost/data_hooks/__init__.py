@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmpost.policy import TokenDemos
+from mmpost.types import StageSection
 
 
 @dataclass
-class Rows:
+class Rows(StageSection):
     """A stage's data hooks (``sft.rows.donod=0.3``, ``rl.rows.curate=[64,16]``)."""
 
     mix: dict = field(default_factory=dict)  # {split: k}: add a share k of each split's rows to this stage's (DMT)

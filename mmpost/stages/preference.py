@@ -19,14 +19,14 @@ from mmpost.policy import TokenDemos
 from mmpost.registry import check_choice
 from mmpost.rewarding import score_rollout
 from mmpost.stages.context import StageContext
-from mmpost.types import Rollout
+from mmpost.types import Rollout, StageSection
 
 PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
 REFERENCE_FREE = ("simpo", "orpo", "asft")
 
 
 @dataclass
-class Preference:
+class Preference(StageSection):
     """The preference loss of ``dpo`` and ``spin`` stages (``dpo.preference.beta=0.05``)."""
 
     loss: str = "dpo"  # dpo | robust | ipo | rdpo | dpo_norm | simpo | orpo | kto | asft
@@ -41,9 +41,6 @@ class Preference:
         check_choice("preference.loss", self.loss, PREFERENCE_LOSSES)
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-
-    def check(self, stage) -> None:
-        pass
 
     def needs_reference(self, stage) -> bool:
         return stage.kind == "spin" or (stage.kind == "dpo" and self.loss not in REFERENCE_FREE)

@@ -21,10 +21,11 @@ from mmpost.policy import TokenDemos
 from mmpost.rewarding import score_rollout
 from mmpost.stages.context import StageContext
 from mmpost.stages.sft import demo_loss
+from mmpost.types import StageSection
 
 
 @dataclass
-class Rejection:
+class Rejection(StageSection):
     """Rejection sampling in ``rft`` stages (``rft.rejection.top_k=1``)."""
 
     top_k: int = 0  # keep at most the k best solved samples per prompt (0 = all solved)
@@ -33,12 +34,6 @@ class Rejection:
     def __post_init__(self):
         if self.top_k < 0:
             raise ValueError(f"rejection.top_k must be >= 0, got {self.top_k}")
-
-    def check(self, stage) -> None:
-        pass
-
-    def needs_reference(self, stage) -> bool:
-        return False
 
     def requires(self, stage) -> list[tuple[type, str]]:
         return [(TokenDemos, "stage kind 'rft'")] if stage.kind == "rft" else []

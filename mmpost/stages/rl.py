@@ -28,14 +28,14 @@ from mmpost.policy import Critic, GaussianKL, PrefixSampler, TokenDemos
 from mmpost.registry import check_choice
 from mmpost.stages.context import StageContext
 from mmpost.stages.sft import demo_loss
-from mmpost.types import Rollout
+from mmpost.types import Rollout, StageSection
 
 
 ADVANTAGES = ("group", "gae", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 
 
 @dataclass
-class PolicyGradient:
+class PolicyGradient(StageSection):
     """The clipped policy-gradient term and its optimisation passes (``rl.pg.clip_high=0.28``)."""
 
     clip_low: float = 0.2  # PPO clip range below 1
@@ -56,15 +56,12 @@ class PolicyGradient:
         if stage.kind in ("rl", "mixed") and (stage.sampling.group_size * stage.batch_size) % self.minibatches:
             raise ValueError("pg.minibatches must divide batch_size * sampling.group_size")
 
-    def needs_reference(self, stage) -> bool:
-        return False
-
     def requires(self, stage) -> list[tuple[type, str]]:
         return [(TokenDemos, "pg.entropy_coef")] if self.entropy_coef else []
 
 
 @dataclass
-class Advantage:
+class Advantage(StageSection):
     """How rewards become advantages (``rl.advantage.estimator=rloo``)."""
 
     # "group" (GRPO) | "gae" (PPO with a value head) | "rloo" | "reinforce_pp" | "reinforce_pp_baseline"
@@ -80,19 +77,13 @@ class Advantage:
     def __post_init__(self):
         check_choice("advantage.estimator", self.estimator, ADVANTAGES)
 
-    def check(self, stage) -> None:
-        pass
-
-    def needs_reference(self, stage) -> bool:
-        return False
-
     def requires(self, stage) -> list[tuple[type, str]]:
         critic = self.estimator == "gae" and stage.kind in ("rl", "mixed")
         return [(Critic, "advantage.estimator=gae")] if critic else []
 
 
 @dataclass
-class GroupFilter:
+class GroupFilter(StageSection):
     """Which samples keep a loss, and reward shaping by length (DAPO's filters)."""
 
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
@@ -108,18 +99,12 @@ class GroupFilter:
             raise ValueError(f"filter.overlong is [max_length, cache] with 0 < cache <= max_length, got {self.overlong}")
         self.overlong = [int(v) for v in self.overlong]
 
-    def check(self, stage) -> None:
-        pass
-
-    def needs_reference(self, stage) -> bool:
-        return False
-
     def requires(self, stage) -> list[tuple[type, str]]:
         return [(TokenDemos, "filter.mask_truncated")] if self.mask_truncated else []
 
 
 @dataclass
-class KL:
+class KL(StageSection):
     """KL to the frozen start-of-stage model (rl, mixed; rft on the kept samples)."""
 
     coef: float = 0.0  # weight of the KL term; 0 = no reference forward
@@ -151,7 +136,7 @@ class KL:
 
 
 @dataclass
-class DemosInRL:
+class DemosInRL(StageSection):
     """Demonstrations inside an RL stage: CHORD's mixed loss, LUFFY's group member, Prefix-RFT's
     prefixes, ReLIFT's buffer, SASR's switch."""
 
@@ -173,9 +158,6 @@ class DemosInRL:
     def check(self, stage) -> None:
         if self.prefix_samples and not 0 < self.prefix_samples < stage.sampling.group_size:
             raise ValueError("demos.prefix_samples must be between 1 and sampling.group_size - 1")
-
-    def needs_reference(self, stage) -> bool:
-        return False
 
     def requires(self, stage) -> list[tuple[type, str]]:
         return ([(TokenDemos, "demos.in_group")] if self.in_group else []) + \

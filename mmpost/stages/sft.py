@@ -14,12 +14,13 @@ from mmpost.distributed import token_count
 from mmpost.policy import TokenDemos, eval_mode
 from mmpost.registry import check_choice
 from mmpost.stages.context import StageContext
+from mmpost.types import StageSection
 
 SFT_WEIGHTS = ("uniform", "dft", "chord", "sstoken", "poft", "fait", "ift", "otr", "qtuning")
 
 
 @dataclass
-class DemoLoss:
+class DemoLoss(StageSection):
     """The supervised term on demonstrations (``sft.demo_loss.weight=dft``), in every stage that trains on them."""
 
     # token weights "uniform" | "dft" | "chord"; or "sstoken" | "poft" | "fait" | "ift" | "otr" | "qtuning"
@@ -36,9 +37,6 @@ class DemoLoss:
 
     def __post_init__(self):
         check_choice("demo_loss.weight", self.weight, SFT_WEIGHTS)
-
-    def check(self, stage) -> None:
-        pass
 
     def needs_reference(self, stage) -> bool:
         reads_start_model = self.weight in ("sstoken", "poft") or self.kl_coef > 0

@@ -29,13 +29,14 @@ from mmpost.stages.preference import Preference
 from mmpost.stages.rft import Rejection
 from mmpost.stages.rl import KL, Advantage, DemosInRL, GroupFilter, PolicyGradient
 from mmpost.stages.sft import DemoLoss
+from mmpost.types import StageSection
 
 STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass
-class Optim:
+class Optim(StageSection):
     """AdamW and its learning-rate schedule (read by :mod:`mmpost.engine` and the stage context)."""
 
     lr: float = 1e-3
@@ -48,18 +49,9 @@ class Optim:
     def __post_init__(self):
         check_choice("optim.schedule", self.schedule, SCHEDULES)
 
-    def check(self, stage) -> None:
-        pass
-
-    def needs_reference(self, stage) -> bool:
-        return False
-
-    def requires(self, stage) -> list[tuple[type, str]]:
-        return []
-
 
 @dataclass
-class Sampling:
+class Sampling(StageSection):
     """How a stage samples (rl, mixed, dpo, spin, rft; read by the stages' step functions)."""
 
     group_size: int = 8  # completions per prompt (GRPO group; candidates for pairs / rejection sampling)
@@ -78,12 +70,6 @@ class Sampling:
     def check(self, stage) -> None:
         if stage.kind == "dpo" and self.group_size < 2:
             raise ValueError("dpo builds pairs from sampling.group_size >= 2 samples per prompt")
-
-    def needs_reference(self, stage) -> bool:
-        return False
-
-    def requires(self, stage) -> list[tuple[type, str]]:
-        return []
 
 
 @dataclass
