@@ -276,7 +276,7 @@ def _coerce(value: Any, current: Any, key: str):
 
 
 def _set_field(obj, parts: list[str], value, full_key: str) -> None:
-    """Set ``parts`` of ``obj``, then re-validate every dataclass on the path (leaf first)."""
+    """Set ``parts`` of ``obj``, then re-validate every section and stage on the path (leaf first)."""
     name = parts[0]
     valid = [f.name for f in dataclasses.fields(obj)]
     if isinstance(obj, Stage) and name in RENAMED and (name not in valid or len(parts) == 1):  # a flat key of old
@@ -294,7 +294,7 @@ def _set_field(obj, parts: list[str], value, full_key: str) -> None:
         raise KeyError(f"config key {full_key!r}: {name!r} has no fields")
     else:
         _set_field(child, parts[1:], value, full_key)
-    if hasattr(obj, "__post_init__"):
+    if hasattr(obj, "__post_init__") and not isinstance(obj, TrainConfig):  # (the run: once all overrides are in)
         obj.__post_init__()
 
 

@@ -57,8 +57,8 @@ def test_sequence_kl_by_hand():
 def test_kl_in_the_advantage_is_carve3d_normalised_difference():
     """Carve3D: A = z(r) - beta * z(KL) within each prompt's group."""
     from mmpost.algos.advantages import group_advantages
-    from mmpost.config import Stage
     from mmpost.stages import compute_advantages
+    from mmpost.stages.spec import KL, Sampling, Stage
 
     rewards, group = torch.tensor([1.0, 2.0, 4.0, 0.0]), torch.tensor([0, 0, 1, 1])
     logprobs = torch.tensor([[-1.0, -1.0], [-1.0, -1.0], [-2.0, -2.0], [-1.0, -1.0]])

@@ -47,7 +47,7 @@ def test_mixed_rows_by_hand():
 def test_mix_config_is_checked():
     import pytest
 
-    from mmpost.config import Stage
+    from mmpost.stages.spec import Rows, Stage
 
     with pytest.raises(ValueError, match="mix maps split names"):
         Stage(rows=Rows(mix={"three_step": 2.0}))
