@@ -58,88 +58,89 @@ def _preference(paper: str, terms: str, loss: str, tests: str, **extra) -> Recip
     """A ``dpo`` stage after SFT: pairs are the best and worst of 4 samples per prompt by reward."""
     overrides = {"rl.kind": "dpo", "rl.preference.loss": loss, "rl.sampling.group_size": 4,
                  **{f"rl.preference.{k}": v for k, v in extra.items()}}
-    return Recipe(paper, terms, overrides, rename={"rl": "dpo"}, tests=f"test_preference_losses::{tests}")
+    return Recipe(paper, terms, overrides, rename={"rl": "dpo"}, tests=f"algos/test_preference::{tests}")
 
 
 RECIPES: dict[str, Recipe] = {
-    "sft": Recipe("supervised fine-tuning", "NLL on demonstrations", keep=("sft",), tests="test_sft_terms"),
+    "sft": Recipe("supervised fine-tuning", "NLL on demonstrations", keep=("sft",), tests="algos/test_sft"),
     "grpo": Recipe("DeepSeekMath (2402.03300)", "group advantages (std-scaled), PPO clip, token-mean loss",
-                   tests="test_pg_loss::test_agrees_with_trl[grpo/bnpo/dapo], test_advantages"),
+                   tests="algos/test_pg::test_agrees_with_trl[grpo/bnpo/dapo], algos/test_advantages"),
     "dr_grpo": Recipe("Dr. GRPO (2503.20783)", "group mean-centring without std, constant normaliser",
                       {"rl.advantage.scale_rewards": False, "rl.pg.aggregation": "max_length"},
-                      tests="test_pg_loss::test_agrees_with_trl[dr_grpo]"),
+                      tests="algos/test_pg::test_agrees_with_trl[dr_grpo]"),
     "dapo": Recipe("DAPO (2503.14476)", "clip-higher 0.2/0.28, dynamic sampling, token-mean, overlong filter + "
                    "soft penalty", lambda t: {"rl.pg.clip_high": 0.28, "rl.filter.dynamic_sampling": True,
                                               "rl.filter.mask_truncated": True, "rl.filter.overlong": _overlong(t)},
-                   tests="test_advantages::test_overlong_penalty_by_hand, ::test_dynamic_sampling_drops_all_equal_groups"),
+                   tests="algos/test_advantages::test_overlong_penalty_by_hand, ::test_dynamic_sampling_drops_all_equal_groups"),
     "gspo": Recipe("GSPO (2507.18071)", "sequence-level ratio, clip 3e-4/4e-4, 4 minibatches per rollout",
                    {"rl.pg.ratio_level": "sequence", "rl.pg.aggregation": "sequence_mean", "rl.pg.clip_low": 3e-4,
                     "rl.pg.clip_high": 4e-4, "rl.pg.minibatches": 4},
-                   tests="test_pg_loss::test_agrees_with_trl[sequence], ::test_gspo_sequence_ratio_by_hand"),
+                   tests="algos/test_pg::test_agrees_with_trl[sequence], ::test_gspo_sequence_ratio_by_hand"),
     "rloo": Recipe("RLOO (2402.14740)", "leave-one-out baseline, sequence ratio (TRL RLOOTrainer)",
                    {"rl.advantage.estimator": "rloo", "rl.pg.ratio_level": "sequence_sum"},
-                   tests="test_advantages::test_rloo_by_hand, test_pg_loss::test_rloo_loss_agrees_with_trl"),
+                   tests="algos/test_advantages::test_rloo_by_hand, algos/test_pg::test_rloo_loss_agrees_with_trl"),
     "reinforce_pp": Recipe("REINFORCE++ (2501.03262)", "group-mean baseline, advantages whitened over the batch",
                            {"rl.advantage.estimator": "reinforce_pp_baseline"},
-                           tests="test_advantages::test_reinforce_pp_whitens_over_the_batch"),
+                           tests="algos/test_advantages::test_reinforce_pp_whitens_over_the_batch"),
     "reft": Recipe("ReFT (2401.08967)", "PPO with a value head on the trunk, GAE (gamma 1, lambda 0.95), KL 0.05 in "
                    "the reward, value coef 5, 2 epochs; pair with --rewards answer_partial (ReFT's 0.1 partial credit)",
                    {"rl.advantage.estimator": "gae", "rl.advantage.gamma": 1.0, "rl.advantage.lam": 0.95, "rl.kl.coef": 0.05, "rl.kl.where": "reward",
                     "rl.advantage.value_coef": 5.0, "rl.pg.epochs": 2, "rl.sampling.group_size": 1, "rl.batch_size": 32},
-                   rename={"rl": "ppo"}, tests="test_advantages (gae), test_recipes::test_reft_values"),
+                   rename={"rl": "ppo"}, tests="algos/test_advantages::test_gae_by_hand, test_recipes::test_reft_values, "
+                         "stages/test_rl::test_outcome_reward_on_the_last_token_with_kl_in_the_reward"),
     "grpo_kl": Recipe("GRPO with KL (DeepSeekMath; TULU 3 RLVR)", "+ k3 KL to the start model in the loss (0.04)",
-                      {"rl.kl.coef": 0.04}, tests="test_pg_loss::test_agrees_with_trl[beta=0.04]"),
+                      {"rl.kl.coef": 0.04}, tests="algos/test_pg::test_agrees_with_trl[beta=0.04]"),
     "dual_clip": Recipe("dual-clip PPO (1912.09729; verl's default c = 3)", "GRPO whose negative-advantage "
                         "steps are bounded by -3 A", {"rl.pg.dual_clip": 3.0},
-                        tests="test_flow_math::test_dual_clip_bounds_negative_advantages"),
+                        tests="algos/test_pg::test_dual_clip_bounds_negative_advantages"),
     "acereason": Recipe("AceReason-Nemotron 1.1 (2506.13284)", "temperature steered to hold entropy at 0.3; "
                         "token-mean, no KL", {"rl.sampling.target_entropy": 0.3},
-                        tests="test_advantages::test_entropy_temperature_controller_by_hand"),
+                        tests="algos/test_schedules::test_entropy_temperature_controller_by_hand"),
     "entropy_bonus": Recipe("entropy regularisation (verl entropy_coeff)", "GRPO - 0.01 x token entropy",
                             {"rl.pg.entropy_coef": 0.01}, tests="test_recipes"),
     "dft": Recipe("DFT (2508.05629)", "SFT with token weights sg(p)", {"sft.demo_loss.weight": "dft"}, keep=("sft",),
-                  tests="test_sft_terms::test_weighted_nll_by_hand_and_its_gradient_is_dft"),
+                  tests="algos/test_sft::test_weighted_nll_by_hand_and_its_gradient_is_dft"),
     "anchored_sft": Recipe("Anchored SFT (zhuchichi56/ASFT)", "DFT + 0.1 x KL(start || policy), full vocabulary",
                            {"sft.demo_loss.weight": "dft", "sft.demo_loss.kl_coef": 0.1}, keep=("sft",),
-                           tests="test_pg_loss::test_full_forward_kl_matches_torch_kl_div"),
+                           tests="algos/test_kl::test_full_forward_kl_matches_torch_kl_div"),
     "sstoken": Recipe("ssToken (2510.18250)", "SFT on each demonstration's 60% tokens of highest 0.5 x excess loss "
                       "over the start model (min-max normalised) + 0.5 x last-layer attention on the prompt",
                       {"sft.demo_loss.weight": "sstoken"}, keep=("sft",),
-                      tests="test_sft_terms::test_sstoken_keeps_the_top_excess_loss_tokens"),
+                      tests="algos/test_sft::test_sstoken_keeps_the_top_excess_loss_tokens"),
     "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
-                   {"sft.demo_loss.weight": "poft"}, keep=("sft",), tests="test_sft_terms::test_poft_by_hand"),
+                   {"sft.demo_loss.weight": "poft"}, keep=("sft",), tests="algos/test_sft::test_poft_by_hand"),
     "qtuning": Recipe("Q-Tuning (2509.23873)", "per batch: keep confident misconceptions (their top-50% salient "
                       "tokens) and calibration samples, drop noise and redundancy", {"sft.demo_loss.weight": "qtuning"},
-                      keep=("sft",), tests="test_sft_terms::test_qtuning_quadrants_by_hand"),
+                      keep=("sft",), tests="algos/test_sft::test_qtuning_quadrants_by_hand"),
     "otr": Recipe("One-Token Rollout (2509.26313)", "per demonstrated position, 8 sampled tokens rewarded 1 if they "
                   "are the demo token; REINFORCE with mean baseline", {"sft.demo_loss.weight": "otr"}, keep=("sft",),
-                  tests="test_sft_terms::test_otr_loss_by_hand"),
+                  tests="algos/test_sft::test_otr_loss_by_hand"),
     "ift": Recipe("IFT (2405.11870)", "inputs (1 - 0.2) E(gold) + 0.2 E(predicted); tokens weighted by discounted "
                   "future loss (gamma 0.95)", {"sft.demo_loss.weight": "ift"}, keep=("sft",),
-                  tests="test_sft_terms::test_ift_loss_by_hand"),
+                  tests="algos/test_sft::test_ift_loss_by_hand"),
     "fait": Recipe("FAIT (fault-aware fine-tuning)", "after SFT, SFT with weight 2 on gold tokens where the "
                    "model's own wrong greedy answer differs", lambda t: {"rl.kind": "sft", "rl.demo_loss.weight": "fait",
                                                                         "rl.solved_threshold": _solved(t)},
-                   rename={"rl": "fait"}, tests="test_sft_terms::test_fait_weights_by_hand"),
+                   rename={"rl": "fait"}, tests="algos/test_sft::test_fait_weights_by_hand"),
     "dmt": Recipe("DMT (How Abilities in LLMs are Affected by SFT Data Composition)", "SFT on the specialist split, then on the general split "
                   "+ 1/16 of the specialist rows", _dmt, rename={"sft": "specialist", "rl": "general"},
-                  tests="test_selection::test_mixed_rows_by_hand"),
+                  tests="data_hooks/test_mixing::test_mixed_rows_by_hand"),
     "donod": Recipe("DONOD (model-intrinsic dataset pruning)", "SFT on the 30% of rows ranked best by TOPSIS over "
                     "DON = norm(W + dW) - norm(W) (benefit) and NOD = norm(dW) (cost) of the output layer", {"sft.rows.donod": 0.3},
-                    keep=("sft",), tests="test_pruning"),
+                    keep=("sft",), tests="data_hooks/test_pruning"),
     "middo": Recipe("Middo (2508.21589)", "SFT; 4 times per stage, rows hard before and after training (loss > mean + "
                     "std), isolated (top-2 cosine < mean - std) or of low quality (reward < mean - std) are "
                     "rewritten by the task's rules", lambda t: {"sft.rows.middo": [max(1, t.default_config().stage("sft").steps // 4), 1.0]},
-                    keep=("sft",), tests="test_refinement"),
+                    keep=("sft",), tests="data_hooks/test_refinement"),
     "uds": Recipe("UDS (gfyddha/UDS)", "SFT on the 1 in 4 rows of highest logit nuclear norm + 2.5e-3 x sketch "
                   "distance to recently selected rows", {"sft.rows.select": "uds"}, keep=("sft",),
-                  tests="test_selection"),
+                  tests="data_hooks/test_selection"),
     "chord": Recipe("CHORD-phi (2508.11408)", "(1 - mu) GRPO + mu SFT, token weights p(1-p), mu = 0.1",
                     {"rl.kind": "mixed", "rl.demo_loss.weight": "chord", "rl.demos.mu": [0.1, 0.1, 0, 0]},
-                    rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),
+                    rename={"rl": "mixed"}, tests="algos/test_schedules::test_chord_mu_schedule_by_hand"),
     "chord_mu": Recipe("CHORD-mu (2508.11408)", "(1 - mu) GRPO + mu SFT, mu cosine 0.9 -> 0.05",
                        lambda t: {"rl.kind": "mixed", "rl.demos.mu": [0.9, 0.05, 0, _rl_steps(t)]},
-                       rename={"rl": "mixed"}, tests="test_advantages::test_chord_mu_schedule_by_hand"),
+                       rename={"rl": "mixed"}, tests="algos/test_schedules::test_chord_mu_schedule_by_hand"),
     "luffy": Recipe("LUFFY (2504.14945) / ViSurf (2510.10606)", "the demonstration joins each prompt's GRPO group",
                     {"rl.demos.in_group": True}, tests="test_recipes::test_demo_joins_its_group"),
     "prefix_rft": Recipe("Prefix-RFT (2507.01679)", "2 of 8 group members continue a demonstration prefix "
@@ -150,14 +151,14 @@ RECIPES: dict[str, Recipe] = {
                      lambda t: {"rl.demos.relift_size": 8, "rl.solved_threshold": _solved(t)}, tests="test_recipes"),
     "sasr": Recipe("SASR (2505.13026)", "SFT warm-up, then each step SFT with probability min(1, norm(g_SFT) / its value "
                    "at the hybrid phase's start), else GRPO", {"rl.demos.sasr": True},
-                   tests="test_advantages::test_sasr_switching_probability_by_hand"),
+                   tests="algos/test_schedules::test_sasr_switching_probability_by_hand"),
     "rft": Recipe("rejection-sampling fine-tuning (FARE)", "sample 8, SFT on the solved ones",
                   lambda t: {"rl.kind": "rft", "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},
-                  tests="test_advantages::test_rft_keeps_solved_top_k"),
+                  tests="stages/test_rft::test_rft_keeps_solved_top_k"),
     "superhf": Recipe("SuperHF", "best of 8 if solved, SFT + 0.1 x KL to the start model",
                       lambda t: {"rl.kind": "rft", "rl.rejection.top_k": 1, "rl.kl.coef": 0.1,
                                  "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"},
-                      tests="test_advantages::test_rft_keeps_solved_top_k"),
+                      tests="stages/test_rft::test_rft_keeps_solved_top_k"),
     "s3ft": Recipe("S3FT (selective self-to-supervised)", "own answer when judged right, else the gold one",
                    lambda t: {"rl.kind": "rft", "rl.sampling.group_size": 1, "rl.rejection.demo_fallback": True,
                               "rl.solved_threshold": _solved(t)}, rename={"rl": "rft"}, tests="test_recipes"),

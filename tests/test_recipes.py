@@ -5,8 +5,11 @@ plus a small length term, so samples differ in reward and every term (pairs, sol
 groups with spread) is exercised.
 """
 
+import ast
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +178,25 @@ def test_resume_is_exact_with_stage_state(name, warm_model, tmp_path):
     lines = _lines(tmp_path / "full")
     if name == "relift":
         assert any(line["temperature"] != 1.0 for line in lines) and "relift/buffer" in lines[-1]
+
+
+def test_recipes_name_tests_that_exist():
+    """Each recipe's ``tests`` (shown by ``mmpost list recipes`` and README "Methods") names files under
+    tests/ ("algos/test_pg" = tests/algos/test_pg.py) and test functions defined in them: "FILE",
+    "FILE::TEST[case]" (the parameter case is a description), or "::TEST" in the file named before it."""
+    here = Path(__file__).parent
+    wrong = []
+    for name, recipe in RECIPES.items():
+        current = None
+        for entry in recipe.tests.split(","):
+            entry = re.sub(r"\s*\(.*\)$", "", entry.strip())  # a note in parentheses
+            path, _, test = entry.partition("::")
+            current = path or current
+            file = here / f"{current}.py"
+            if not entry or not current or not file.is_file():
+                wrong.append(f"{name}: {entry!r} names no test file under tests/")
+            elif test:
+                defined = {n.name for n in ast.parse(file.read_text()).body if isinstance(n, ast.FunctionDef)}
+                if test.split("[")[0] not in defined:
+                    wrong.append(f"{name}: {test.split('[')[0]} is not defined in tests/{current}.py")
+    assert not wrong, "\n".join(wrong)

@@ -1,0 +1,102 @@
+"""SFT token-weight functions and their relatives, against their formulas on hand-computed inputs."""
+
+import math
+
+import pytest
+import torch
+
+from mmpost.algos.sft import poft_loss, sstoken_mask, token_weights, weighted_nll
+
+LOGP = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+MASK = torch.tensor([[1.0, 1.0, 0.0]])
+
+
+def test_token_weights_by_hand():
+    assert torch.allclose(token_weights(LOGP, "uniform"), torch.ones(1, 3))
+    assert torch.allclose(token_weights(LOGP, "dft"), torch.tensor([[0.5, 0.25, 0.9]]))
+    assert torch.allclose(token_weights(LOGP, "chord"), torch.tensor([[0.25, 0.1875, 0.09]]))
+    with pytest.raises(ValueError, match="uniform, dft, chord"):
+        token_weights(LOGP, "dtf")
+
+
+def test_weighted_nll_by_hand_and_its_gradient_is_dft():
+    logp = LOGP.clone().requires_grad_(True)
+    loss = weighted_nll(logp, MASK, "dft")
+    # (0.5 * log 2 + 0.25 * log 4) / 2 real tokens; the masked 0.9 does not count
+    assert loss.item() == pytest.approx((0.5 * math.log(2) + 0.25 * math.log(4)) / 2)
+    loss.backward()  # weights are detached: d/dlogp = -p / N, i.e. the gradient of -p (DFT's point)
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.125, 0.0]]))
+
+
+def test_sstoken_keeps_the_top_excess_loss_tokens():
+    logp = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.2, 0.6, 0.1]]))
+    history = torch.log(torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.4, 0.1]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # REL = log p - log p_hist per sample: [log 2, 0 | pad] and [log 2, log 1.5, 0]; min-max normalised
+    # [1, 0] and [1, 0.585, 0]; ceil(0.4 * 2) = 1 and ceil(0.4 * 3) = 2 tokens kept per sample
+    kept = sstoken_mask(logp, history, mask, 0.4)
+    assert kept.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    # with the attention half, gamma = 0.25: scores 0.25 * REL_norm + 0.75 * attention
+    # sample 0: [0.25 + 0.075, 0 + 0.675] -> token 1; sample 1: [0.25, 0.146, 0.675] -> tokens 2 and 0
+    attention = torch.tensor([[0.1, 0.9, 0.5], [0.0, 0.0, 0.9]])
+    kept = sstoken_mask(logp, history, mask, 0.4, attention, gamma=0.25)
+    assert kept.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+
+
+def test_poft_by_hand():
+    logp = torch.log(torch.tensor([[0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25]]))
+    # s_theta - s_ref = log 2: loss = -log sigmoid(log 2) = log(1 + 1/2)
+    assert poft_loss(logp, ref, torch.ones(1, 2)).item() == pytest.approx(math.log(1.5))
+
+
+def test_fait_weights_by_hand():
+    from mmpost.algos.sft import fait_weights
+
+    gold = torch.tensor([[5, 6, 7, 8, 0]])
+    faulty = torch.tensor([[5, 9, 7, 8, 4, 0]])  # token 6 replaced by 9, one token appended
+    weights = fait_weights(gold, torch.tensor([[1.0, 1, 1, 1, 0]]), faulty, torch.tensor([[1.0, 1, 1, 1, 1, 0]]),
+                           alpha=2.0)
+    assert weights.tolist() == [[1.0, 3.0, 1.0, 1.0, 1.0]]  # padding keeps weight 1 (and mask 0)
+
+
+def test_ift_loss_by_hand():
+    from mmpost.algos.sft import ift_loss
+
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # per-token -log p / |y|: a = log2 / 2, b = log4 / 2; w = [a + 0.5 b, b] rescaled to sum 2
+    a, b = math.log(2) / 2, math.log(4) / 2
+    w = torch.tensor([a + 0.5 * b, b])
+    w = w * 2 / w.sum()
+    expected = (w[0] * math.log(2) + w[1] * math.log(4)) / 2
+    assert ift_loss(logp, mask, gamma=0.5).item() == pytest.approx(float(expected))
+
+
+def test_otr_loss_by_hand():
+    from mmpost.algos.sft import otr_loss, sample_candidates
+
+    log_probs = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]]))
+    targets = torch.tensor([[0, 2]])
+    candidates = torch.tensor([[[0, 1, 0, 2], [1, 1, 0, 0]]])  # position 1: no candidate is the demo token
+    # position 0: rewards 1,0,1,0 -> advantages .5,-.5,.5,-.5: -(0.5 log .5 - 0.5 log .3 + 0.5 log .5 - 0.5 log .2)/4
+    first = -(0.5 * math.log(0.5) * 2 - 0.5 * math.log(0.3) - 0.5 * math.log(0.2)) / 4
+    loss = otr_loss(log_probs, candidates, targets, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(first / 2)  # token mean over the two positions; the second adds 0
+    torch.manual_seed(0)
+    drawn = sample_candidates(torch.log(torch.tensor([[[0.0, 1.0, 0.0]]]) + 1e-30), 5)
+    assert drawn.tolist() == [[[1, 1, 1, 1, 1]]]
+
+
+def test_qtuning_quadrants_by_hand():
+    from mmpost.algos.sft import qtuning_mask
+
+    # four samples, one per quadrant of (perplexity, entropy); split at the median of each
+    p = torch.tensor([[0.9, 0.9, 0.9, 0.9],     # low error, low uncertainty: redundant -> dropped
+                      [0.9, 0.9, 0.9, 0.9],     # low error, high uncertainty: calibration -> kept whole
+                      [0.1, 0.9, 0.05, 0.9],    # high error, low uncertainty: misconception -> top tokens
+                      [0.1, 0.1, 0.1, 0.1]])    # high error, high uncertainty: noise -> dropped
+    entropy = torch.tensor([[0.1] * 4, [2.0] * 4, [0.1] * 4, [2.0] * 4])
+    mask = torch.ones(4, 4)
+    keep = qtuning_mask(torch.log(p), entropy, mask, quantile=0.5, token_keep=0.5, window=0)
+    assert keep.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
