@@ -1,17 +1,8 @@
 """``mmpost bench-env --quick``: every observation x worker case steps, and the RL split fits its total."""
 
 import json
-import os
-import subprocess
-import sys
 
-
-def mmpost(*args, env=None, check=True):
-    result = subprocess.run([sys.executable, "-m", "mmpost.cli", *args], capture_output=True, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr[-3000:])
-    return result
+from tests.tasks.test_reach import mmpost
 
 
 def test_bench_env_quick(tmp_path, mmpost_home):
