@@ -135,6 +135,16 @@ class ImageResizing(Protocol):
         """Resize every image to about ``pixels`` pixels."""
 
 
+WHAT_PROVIDES = {  # each capability in a user's words, for the error that names a missing one
+    TokenDemos: "a token policy (demonstrations as token sequences)",
+    Critic: "a policy with a value head (Critic)",
+    GaussianKL: "a policy with Gaussian transitions (GaussianKL: use kl.estimator=k3)",
+    PrefixSampler: "a token policy that continues demonstration prefixes (PrefixSampler)",
+    VLLMSampling: "a token policy (vLLM samples token models)",
+    GenerationLength: "a token policy (a completion length cap)",
+    ImageResizing: "a policy with an image processor",
+}
+
 # The policy class behind each task ``policy_kind``, so capabilities are checked before any model is built.
 POLICY_CLASSES = {"token": "mmpost.adapters.token_policy:TokenPolicy",
                   "flow": "mmpost.adapters.flow_policy:FlowActionPolicy",
@@ -152,10 +162,11 @@ def policy_class(kind: str) -> type:
 
 
 def missing_capabilities(requirements: list[tuple[type, str]], policy: type | object) -> list[str]:
-    """The reasons in ``requirements`` (``(capability Protocol, what needs it)``) that ``policy``, a
-    policy or its class, does not provide."""
+    """For each ``(capability Protocol, what needs it)`` in ``requirements`` that ``policy``, a policy or
+    its class, does not provide: "WHAT needs A KIND OF POLICY"."""
     check = issubclass if isinstance(policy, type) else isinstance
-    return [reason for capability, reason in requirements if not check(policy, capability)]
+    return [f"{reason} needs {WHAT_PROVIDES[capability]}" for capability, reason in requirements
+            if not check(policy, capability)]
 
 
 def check_capabilities(cfg, policy: type | object) -> None:
@@ -165,5 +176,5 @@ def check_capabilities(cfg, policy: type | object) -> None:
     missing = missing_capabilities(cfg.requirements(), policy)
     if missing:
         name = (policy if isinstance(policy, type) else type(policy)).__name__
-        raise ValueError(f"{'; '.join(missing)}: not supported by task {cfg.task!r}'s {name} "
-                         f"(methods for it: `mmpost list recipes`)")
+        raise ValueError(f"{'; '.join(missing)}; task {cfg.task!r} trains a {name}. Methods for it: "
+                         "`mmpost list recipes`")

@@ -134,6 +134,9 @@ class StageSection:
     ``ValueError``), whether a term reads the frozen start-of-stage model, and the policy
     capabilities it needs as ``(Protocol, the knob that needs it)``."""
 
+    def __post_init__(self):
+        """Validate this section's own fields (raise ``ValueError`` naming ``section.field``)."""
+
     def check(self, stage) -> None:
         """Raise ``ValueError`` when this section's knobs contradict the rest of ``stage``."""
 

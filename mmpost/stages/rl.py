@@ -9,6 +9,7 @@ near a target (AceReason), hybrid members that continue a demonstration prefix (
 
 from __future__ import annotations
 
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -311,7 +312,7 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     orders = [torch.randperm(len(rollout)).chunk(stage.pg.minibatches) for _ in range(stage.pg.epochs)]
     # The rewards (often sandboxed programs, in other processes) are computed in a thread while this
     # process runs the first minibatch's forward pass, which does not need them.
-    scoring = _SCORER.submit(_timed, score_rollout, rollout, ctx.rewards, ctx.weights)
+    scoring = _scorer().submit(_timed, score_rollout, rollout, ctx.rewards, ctx.weights)
     first_forward = None
     if stage.advantage.estimator != "gae":  # GAE's values are read after the rewards
         with ctx.accelerator.autocast():
@@ -381,7 +382,10 @@ def _sasr_switch(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     return {"grad_norm": grad_norm, "loss/sft": loss.item(), **metrics, **switch}
 
 
-_SCORER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
+@functools.cache
+def _scorer() -> ThreadPoolExecutor:
+    """The one thread that scores a rollout beside the first forward pass (started on first use)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
 
 
 def _timed(fn, *args):

@@ -98,7 +98,7 @@ class Stage:
         check_choice(f"stage {self.name!r}: kind", self.kind, STAGE_KINDS)
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError(f"stage {self.name!r}: steps >= 0 and batch_size >= 1 required")
-        for name, section in self.sections().items():
+        for section in self.sections().values():
             try:
                 section.__post_init__()
                 section.check(self)
