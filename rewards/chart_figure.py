@@ -10,12 +10,23 @@ code patches here can reach the comparison.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 
 MAX_ITEMS = 200  # cap on series, texts, colours per figure (the parent caps again)
 MAX_POINTS = 2000  # cap on points per series
 MAX_PIXELS = 4000  # largest figure side accepted, in pixels
-PROBE_CODE = "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title('probe')\n"
+WARM_UP = "import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 4])\nplt.title('warm-up')\n"
+# The sandbox's start-up probe: an honest program using what honest chart programs import (the
+# standard library's data modules, numpy, and pandas / seaborn / scipy where installed), run under
+# the final confinement, so the sandbox never confines them away.
+PROBE_IMPORTS = ("statistics", "csv", "json", "math", "collections", "datetime", "decimal", "fractions",
+                 "itertools", "functools", "random", "re", "string", "textwrap", "colorsys", "io", "dataclasses",
+                 "calendar", "numpy", "matplotlib.pyplot")
+OPTIONAL_IMPORTS = ("pandas", "seaborn", "scipy.stats")
+PROBE_CODE = "".join(f"import {name}\n" for name in PROBE_IMPORTS) + "".join(
+    f"import {name}\n" for name in OPTIONAL_IMPORTS if importlib.util.find_spec(name.split(".")[0])) + (
+    "import matplotlib.pyplot as plt\nplt.plot([1, 2], [statistics.mean([3, 5]), 4])\nplt.title('probe')\n")
 RC = {"figure.figsize": (2.0, 2.0), "figure.dpi": 56, "savefig.dpi": 56, "font.size": 6}
 
 
@@ -27,7 +38,7 @@ def prepare() -> None:
     import matplotlib.pyplot as plt
     import numpy  # noqa: F401  - programs import it; pay the cost once
 
-    execute(PROBE_CODE)
+    execute(WARM_UP)  # (not PROBE_CODE: the probe must import, in a child, what the zygote has not loaded)
     plt.close("all")
 
 

@@ -68,8 +68,8 @@ def validate_features(data) -> dict:
         series.append({"kind": s["kind"][:20], "colors": colors,
                        "x": _number_list(s.get("x", []), 2000), "y": _number_list(s.get("y", []), 2000)})
     texts = [t[:200] for t in data.get("texts", [])[:MAX_ITEMS] if isinstance(t, str)]
-    layout = [tuple(int(v) for v in cell[:6]) for cell in data.get("layout", [])[:MAX_ITEMS]
-              if isinstance(cell, list) and all(isinstance(v, int) for v in cell)]
+    layout = [tuple(int(v) for v in cell[:6]) for cell in data.get("layout", [])[:MAX_ITEMS]  # (tuples: already checked)
+              if isinstance(cell, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in cell)]
     return {"series": series, "texts": texts, "layout": layout}
 
 
@@ -259,31 +259,41 @@ class ChartRender:
         """Execute programs in the sandbox: ``(features, gray image, base64 png)`` each, or a
         failure reason (a string). Identical programs run once (renders are deterministic: the
         sandbox seeds ``random`` and ``numpy``), and recent renders are kept in an LRU cache,
-        since a group often repeats a program."""
+        since a group often repeats a program. Only outcomes the program itself determined are
+        cached (its figure, its own error, an oversized result): a timeout on a busy machine or
+        a failure of the sandbox is tried again the next time the program comes."""
         unique = [c for c in dict.fromkeys(codes) if c not in self._render_cache]
-        for code, rendered in zip(unique, self.execute(unique) if unique else []):
-            self._render_cache[code] = rendered
+        fresh = dict(zip(unique, self._execute(unique) if unique else []))
+        for code, (rendered, determined) in fresh.items():
+            if determined:
+                self._render_cache[code] = rendered
         while len(self._render_cache) > RENDER_CACHE:
             self._render_cache.pop(next(iter(self._render_cache)))
         for code in codes:  # most recently used last
-            self._render_cache[code] = self._render_cache.pop(code)
-        return [self._render_cache[c] for c in codes]
+            if code in self._render_cache:
+                self._render_cache[code] = self._render_cache.pop(code)
+        return [fresh[c][0] if c in fresh else self._render_cache[c] for c in codes]
 
     def execute(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | str]:
         """Run programs in the sandbox without caching (see :meth:`render`)."""
+        return [rendered for rendered, _ in self._execute(codes)]
+
+    def _execute(self, codes: list[str]) -> list[tuple[tuple[dict, np.ndarray, str] | str, bool]]:
+        """Each program's render or failure reason, and whether the program alone determined it."""
         out = []
         for reply in self.sandbox.map(codes):
             result = reply.get("result")
+            determined = reply["status"] in ("ok", "oversize")  # not: timeout, crash, the sandbox's own failure
             if reply["status"] != "ok" or not isinstance(result, dict):
-                out.append(f"{reply['status']}: {reply.get('error', '')}".strip())
+                out.append((f"{reply['status']}: {reply.get('error', '')}".strip(), determined))
             elif not result.get("ok"):
-                out.append(str(result.get("error", "error"))[:300])
+                out.append((str(result.get("error", "error"))[:300], determined))
             else:
                 try:
                     png = result.get("png", "")
-                    out.append((validate_features(result.get("features")), decode_png(png), png))
+                    out.append(((validate_features(result.get("features")), decode_png(png), png), determined))
                 except (ValueError, TypeError, OSError) as error:
-                    out.append(f"invalid result: {error}")
+                    out.append((f"invalid result: {error}", determined))
         return out
 
     def add_reference(self, code: str, features: dict, png: str) -> None:
@@ -292,9 +302,12 @@ class ChartRender:
 
     def gold(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | None]:
         missing = list(dict.fromkeys(c for c in codes if c not in self._gold_cache))
-        for code, rendered in zip(missing, self.execute(missing) if missing else []):  # kept for good, not in the LRU
-            self._gold_cache[code] = rendered if isinstance(rendered, tuple) else None
-        return [self._gold_cache[c] for c in codes]
+        fresh = {}
+        for code, (rendered, determined) in zip(missing, self._execute(missing) if missing else []):
+            fresh[code] = rendered if isinstance(rendered, tuple) else None
+            if determined:  # kept for good, not in the LRU
+                self._gold_cache[code] = fresh[code]
+        return [self._gold_cache[c] if c in self._gold_cache else fresh[c] for c in codes]
 
     def __call__(self, prompts, completions, *, code, **columns) -> Scores:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from mmpost.sandbox.protocol import read_message, write_message
 
 log = logging.getLogger(__name__)
+INFRA_RETRIES = 3  # attempts after the first when a job fails for the sandbox's own reasons
 
 
 @dataclass
@@ -46,9 +47,14 @@ class _Worker:
     """One zygote process; jobs are tagged with ids and may be in flight concurrently."""
 
     def __init__(self, runner: str):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MPLBACKEND": "Agg",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.process = subprocess.Popen([sys.executable, "-m", "mmpost.sandbox.zygote", runner],
+        # What no job may read (Landlock's readable roots must not contain them): this process's
+        # working directory (its runs/), HOME and MMPOST_HOME. The zygote starts in "/" and moves to
+        # a directory of its own; jobs start in theirs.
+        private = [os.getcwd(), os.path.expanduser("~"), os.environ.get("MMPOST_HOME", "")]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if os.path.isabs(p)),
+               "MMPOST_SANDBOX_PRIVATE": os.pathsep.join(p for p in private if p)}
+        self.process = subprocess.Popen([sys.executable, "-m", "mmpost.sandbox.zygote", runner], cwd="/",
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         hello = read_message(self.process.stdout)
         if not hello or not hello.get("ready"):
@@ -67,8 +73,8 @@ class _Worker:
             if future is not None:
                 future.set_result(reply)
         self.alive = False
-        for future in list(self.pending.values()):
-            future.set_result({"status": "crash", "error": "sandbox worker died", "result": None})
+        for future in list(self.pending.values()):  # not these programs' doing: retried elsewhere
+            future.set_result({"status": "crash", "infra": True, "error": "sandbox worker died", "result": None})
         self.pending.clear()
 
     def submit(self, job: dict) -> Future:
@@ -81,7 +87,8 @@ class _Worker:
             except (BrokenPipeError, OSError) as error:
                 self.pending.pop(job_id, None)
                 self.alive = False
-                future.set_result({"status": "crash", "error": f"sandbox worker died: {error}", "result": None})
+                future.set_result({"status": "crash", "infra": True, "error": f"sandbox worker died: {error}",
+                                   "result": None})
         return future
 
     def close(self) -> None:
@@ -118,7 +125,11 @@ class Sandbox:
         self._replace_lock = threading.Lock()
         info = self._workers[0].info
         self.network = info["network"]
-        self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "pids_cgroup", "drop_uid")}
+        self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "pids_cgroup",
+                                                            "drop_uid", "ipcns", "readable", "honest_imports")}
+        self.stats = {"executed": 0, "infra_retries": 0}  # replies of a worker; jobs run again after a worker failed
+        if info.get("honest_imports") != "ok":
+            log.warning("sandbox: an honest program's imports fail under the confinement: %s", info.get("honest_imports"))
         if not self.network.startswith(("netns", "userns")):
             log.warning("sandbox: no network namespace available (%s)", self.network)
         if not (info.get("landlock") or info["drop_uid"]):
@@ -139,8 +150,21 @@ class Sandbox:
     def run(self, code: str) -> dict:
         """Run one program; returns the zygote's reply (``status``, ``result``, ``log``, ...).
 
-        A job holds one of the ``capacity`` slots only while it is young: once it has run
-        ``limits.slot_seconds`` it frees its slot, so jobs that sleep or loop until their deadline
+        A failure that is not the program's doing (``infra``: its worker died, the pipe broke, the
+        job could not be started) is retried on a live worker, up to ``INFRA_RETRIES`` times and
+        counted in ``stats``, so no honest job is lost to another job that brought a worker down."""
+        for attempt in range(INFRA_RETRIES + 1):
+            reply = self._run_once(code)
+            if not reply.get("infra"):
+                self.stats["executed"] += 1
+                return reply
+            self.stats["infra_retries"] += attempt < INFRA_RETRIES
+            log.warning("sandbox: %s; %s", reply.get("error"), "retrying the job" if attempt < INFRA_RETRIES else "giving up")
+        return reply
+
+    def _run_once(self, code: str) -> dict:
+        """One attempt. A job holds one of the ``capacity`` slots only while it is young: once it has
+        run ``limits.slot_seconds`` it frees its slot, so jobs that sleep or loop until their deadline
         (looping ones are also demoted to idle CPU priority) cannot starve the honest ones queued
         behind them."""
         self._slots.acquire()

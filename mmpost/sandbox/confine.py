@@ -4,8 +4,9 @@ Everything here is plain syscalls through ``ctypes`` (the zygote must not import
 add no dependency). Each layer is used when the kernel offers it and reported otherwise, so the
 sandbox says what it could and could not do on a given machine (``Sandbox.capabilities``).
 
-- **Landlock** (Linux >= 5.13, unprivileged): the child may read only the Python installation,
-  the system libraries and a few files matplotlib needs, may write only inside its job
+- **Landlock** (Linux >= 5.13, unprivileged): the child may read only the interpreter's standard
+  library and site-packages, the system libraries and a few files matplotlib needs (never the
+  trainer's working directory, HOME or MMPOST_HOME), may write only inside its job
   directory, may execute nothing (no ``os.system`` / ``subprocess``), and (ABI >= 4) may not
   bind or connect TCP sockets; (ABI >= 6) may not signal processes outside its own sandbox.
   See https://docs.kernel.org/userspace-api/landlock.html for the ABI used below.
@@ -13,6 +14,9 @@ sandbox says what it could and could not do on a given machine (``Sandbox.capabi
   other process, and killing it kills everything it spawned (fork bombs, detached daemons).
 - **pids cgroup** (where this process may create cgroups): a job has at most ``processes``
   processes at once, and every one of them is killed when the job ends.
+- **IPC namespace**: each child gets its own, so SysV shared memory, semaphores and message queues
+  cannot carry state from one job to the next (files cannot either: Landlock allows no writes
+  outside the job directory, so ``/tmp`` and ``/dev/shm`` are closed to it).
 - **Capabilities**: dropped from every set, with ``no_new_privs``, so a root-owned zygote does
   not lend root powers (mknod, mount, raw sockets, ignoring rlimits) to untrusted code.
 """
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import site
 import struct
-import sys
+import sysconfig
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -37,6 +42,7 @@ NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 38, 24
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
 CAP_LAST = 63  # PR_CAPBSET_DROP of an unknown capability fails harmlessly
 
 # Files and folders a chart program may read besides the Python installation (shared libraries,
@@ -78,11 +84,42 @@ def _add_path(ruleset: int, path: str, rights: int) -> None:
         os.close(fd)
 
 
-def readable_roots(extra: tuple[str, ...] = ()) -> list[str]:
-    """What a child may read: the Python installation, its import path, system libraries."""
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, *SYSTEM_READ, *extra}
-    roots.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(roots)
+def readable_roots(private: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """What a child may read: the interpreter's standard library and its site-packages (where the
+    modules a chart program imports live), system libraries and fonts. Never ``sys.path`` as a
+    whole: it holds the trainer's working directory and script folder, and with them its run
+    directories. A root that contains one of the ``private`` folders (the trainer's working
+    directory, HOME, MMPOST_HOME) is left out."""
+    paths = sysconfig.get_paths()
+    roots = {paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    roots.update(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        roots.add(site.getusersitepackages())
+    roots.update((*SYSTEM_READ, *extra))
+    private = [os.path.realpath(p) for p in private if p]
+    return sorted(root for root in roots if os.path.exists(root)
+                  if not any(_within(p, os.path.realpath(root)) for p in private))
+
+
+def _within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def new_ipc_namespace() -> None:
+    """Move this process into a fresh IPC namespace: SysV shared memory, semaphores and message
+    queues (and POSIX message queues) it creates are invisible to every other job and vanish with it."""
+    if _libc.unshare(CLONE_NEWIPC) != 0:
+        raise OSError(ctypes.get_errno(), f"unshare(CLONE_NEWIPC): {os.strerror(ctypes.get_errno())}")
+
+
+def ipc_namespaces_available() -> bool:
+    """Whether this process may give each child its own IPC namespace (tried in a throwaway fork)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if _libc.unshare(CLONE_NEWIPC) == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def landlock(read: list[str], write: list[str], abi: int) -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -51,20 +50,21 @@ def isolate_network() -> str:
     return f"none ({os.strerror(ctypes.get_errno())}): children can reach the network"
 
 
-def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_uid: bool, caps: dict,
-              cgroup: str | None) -> None:
+def run_child(runner, code: str, limits: dict, tmpdir: str, output_fd: int, write_fd: int, drop_uid: bool,
+              caps: dict, cgroup: str | None) -> None:
     """Body of the forked child: confine, execute, write one result message, exit."""
     status = 0
     try:
         os.setsid()
-        out = os.open(os.path.join(tmpdir, "output.txt"), os.O_WRONLY | os.O_CREAT, 0o600)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+        os.dup2(output_fd, 1)  # the file the zygote opened: it reads back that inode, whatever the job renames
+        os.dup2(output_fd, 2)
         os.closerange(3, write_fd)
         os.closerange(write_fd + 1, 65536)
         os.chdir(tmpdir)
+        if caps["ipcns"]:  # SysV IPC objects and POSIX queues of this job die with it, unseen by others
+            confine.new_ipc_namespace()
         os.environ.clear()
         os.environ.update(MPLBACKEND="Agg", HOME=tmpdir, TMPDIR=tmpdir, MPLCONFIGDIR=tmpdir,
                           OMP_NUM_THREADS="1", PATH="/usr/bin:/bin")
@@ -85,7 +85,7 @@ def run_child(runner, code: str, limits: dict, tmpdir: str, write_fd: int, drop_
         if drop_uid:  # per-uid count: only meaningful once we are a dedicated uid
             resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"],) * 2)
         if caps["landlock"]:
-            confine.landlock(confine.readable_roots(), [tmpdir], caps["landlock"])
+            confine.landlock(caps["read"], [tmpdir], caps["landlock"])
         if os.getuid() == 0:
             confine.drop_capabilities()
         try:
@@ -109,8 +109,13 @@ class Job:
     def __init__(self, runner, job: dict, base_dir: str, drop_uid: bool, caps: dict):
         self.id, self.limits = job.get("id"), job["limits"]
         self.tmpdir = tempfile.mkdtemp(prefix="job-", dir=base_dir)
+        # The job's stdout/stderr: created here and read back through this descriptor only, so a job
+        # that replaces the file by a link (to /etc/shadow, /dev/zero) changes nothing the zygote reads.
+        self.output = os.open(os.path.join(self.tmpdir, "output.txt"),
+                              os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         if drop_uid:
             os.chown(self.tmpdir, NOBODY, NOBODY)
+            os.fchown(self.output, NOBODY, NOBODY)
         self.cgroups = caps["cgroup"]
         self.cgroup = caps["cgroup"].create(os.path.basename(self.tmpdir), self.limits["processes"]) if caps["cgroup"] else None
         read_fd, write_fd = os.pipe()
@@ -118,7 +123,7 @@ class Job:
         self.pid = caps["pidns"].fork() if caps["pidns"] else os.fork()
         if self.pid == 0:
             os.close(read_fd)
-            run_child(runner, job["code"], self.limits, self.tmpdir, write_fd, drop_uid, caps, self.cgroup)
+            run_child(runner, job["code"], self.limits, self.tmpdir, self.output, write_fd, drop_uid, caps, self.cgroup)
         os.close(write_fd)
         self.fd = read_fd
         self.deadline = self.start + self.limits["wall_seconds"]
@@ -168,12 +173,12 @@ class Job:
             self.cgroups.release(self.cgroup)
         log = ""
         try:
-            with open(os.path.join(self.tmpdir, "output.txt"), "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
-                log = f.read().decode("utf-8", "replace")
+            size = os.fstat(self.output).st_size  # our own regular file (O_EXCL, O_NOFOLLOW); capped by RLIMIT_FSIZE
+            log = os.pread(self.output, LOG_TAIL, max(0, size - LOG_TAIL)).decode("utf-8", "replace")
         except OSError:
             pass
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        os.close(self.output)
+        remove_tree(self.tmpdir)
         reply = {"id": self.id, "status": status, "seconds": time.monotonic() - self.start, "log": log, "result": None}
         data = self.data
         if status == "timeout":
@@ -191,6 +196,55 @@ class Job:
                 reply["status"] = "crash"
                 reply["error"] = "child sent malformed result"
         return reply
+
+
+def remove_tree(path: str) -> None:
+    """Delete the directory ``path`` and everything in it, whatever its shape: iterative (no recursion
+    limit, one directory descriptor open at a time), never following a link, every step relative to
+    a descriptor of the directory being emptied. What cannot be deleted is skipped (and left to the
+    zygote's final cleanup), never retried in a loop."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    depth, stuck = 0, set()  # directories (by inode) that could not be emptied
+    try:
+        while True:
+            below, failed = None, False
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        if not entry.is_dir(follow_symlinks=False):
+                            os.unlink(entry.name, dir_fd=fd)
+                        elif entry.inode() in stuck:
+                            failed = True
+                        elif below is None:
+                            try:
+                                os.rmdir(entry.name, dir_fd=fd)
+                            except OSError:  # not empty: empty it first
+                                below = os.open(entry.name, flags, dir_fd=fd)
+                    except OSError:
+                        failed = True
+            if below is not None:
+                os.close(fd)
+                fd, depth = below, depth + 1
+            elif depth:
+                if failed:
+                    stuck.add(os.fstat(fd).st_ino)
+                parent = os.open("..", flags, dir_fd=fd)  # the directory it was opened from
+                os.close(fd)
+                fd, depth = parent, depth - 1
+            else:
+                break
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def run_job(runner, job: dict, base_dir: str, drop_uid: bool, caps: dict) -> dict:
@@ -271,37 +325,50 @@ def capabilities() -> dict:
     pidns = confine.PidNamespaces()
     cgroup = confine.PidsCgroup(f"mmpost-sandbox-{os.getpid()}")
     return {"pidns": pidns if pidns.available else None, "landlock": confine.landlock_abi(),
-            "cgroup": cgroup if cgroup.available else None,
+            "cgroup": cgroup if cgroup.available else None, "ipcns": confine.ipc_namespaces_available(),
             # pid_max is per PID namespace only from Linux 6.14; before, writing it would change the
             # whole machine's, so it is never touched there.
             "pid_max": pidns.available and kernel_at_least(6, 14)}
 
 
-def can_drop_uid(runner, base_dir: str, caps: dict) -> bool:
-    """Whether children can run as ``nobody``: root, and the runner works without root's files
-    (a Python installed under a private home, e.g. /root/.pyenv, cannot be read by nobody)."""
-    if os.getuid() != 0:
-        return False
-    probe = {"code": getattr(runner, "PROBE_CODE", "pass"),
-             "limits": {"wall_seconds": 30, "cpu_seconds": 30, "memory_bytes": 4 << 30,
-                        "file_bytes": 16 << 20, "open_files": 64, "processes": 16}}
-    reply = run_job(runner, probe, base_dir, True, caps)
-    return reply["status"] == "ok" and reply["result"]["ok"]
+PROBE_LIMITS = {"wall_seconds": 60, "cpu_seconds": 60, "memory_bytes": 4 << 30, "file_bytes": 16 << 20,
+                "open_files": 64, "processes": 16}
+
+
+def probe(runner, base_dir: str, drop_uid: bool, caps: dict) -> str:
+    """Run the runner's ``PROBE_CODE`` (an honest program importing what honest programs import)
+    under the final confinement: ``""`` when it works, else why it failed."""
+    reply = run_job(runner, {"code": getattr(runner, "PROBE_CODE", "pass"), "limits": PROBE_LIMITS}, base_dir,
+                    drop_uid, caps)
+    if reply["status"] == "ok" and reply["result"]["ok"]:
+        return ""
+    return str((reply["result"] or {}).get("error") or reply.get("error") or reply["status"])[:300]
 
 
 def serve(runner, stdin, stdout, base_dir: str, drop_uid: bool, caps: dict) -> None:
     """Run jobs concurrently as they arrive; reply to each (tagged with its ``id``) when it ends.
-    A sleeping or looping job never holds up the others. Returns when stdin closes."""
+    A sleeping or looping job never holds up the others, and no job can stop this loop: a job that
+    could not be started or cleaned up gets an ``infra`` reply (the trainer retries it elsewhere).
+    Returns when stdin closes."""
     frames = FrameReader(stdin.fileno())
     running: dict[int, Job] = {}
     open_input = True
+
+    def end(job: Job, status: str) -> None:
+        try:
+            reply = job.finish(status)
+        except Exception as error:  # noqa: BLE001 - never lose the loop (and the other jobs) to one job
+            reply = {"id": job.id, "status": "crash", "infra": True, "result": None, "log": "",
+                     "error": f"sandbox could not finish the job: {type(error).__name__}: {error}"}
+        write_message(stdout, reply)
+
     while open_input or running:
         if caps["cgroup"]:
             caps["cgroup"].sweep()
         now = time.monotonic()
         for job in list(running.values()):
             if status := job.tick(now):
-                write_message(stdout, running.pop(job.fd).finish(status))
+                end(running.pop(job.fd), status)
         wait = max(0.0, min((j.next_event() for j in running.values()), default=now + 60) - time.monotonic())
         ready, _, _ = select.select(([frames.fd] if open_input else []) + list(running), [], [], wait)
         for fd in ready:
@@ -311,10 +378,15 @@ def serve(runner, stdin, stdout, base_dir: str, drop_uid: bool, caps: dict) -> N
                     open_input = False
                     continue
                 for message in messages:
-                    job = Job(runner, message, base_dir, drop_uid, caps)
+                    try:
+                        job = Job(runner, message, base_dir, drop_uid, caps)
+                    except OSError as error:  # e.g. fork failed: the machine, not the program
+                        write_message(stdout, {"id": message.get("id"), "status": "crash", "infra": True,
+                                               "result": None, "log": "", "error": f"sandbox could not start the job: {error}"})
+                        continue
                     running[job.fd] = job
             elif fd in running and (status := running[fd].feed()):
-                write_message(stdout, running.pop(fd).finish(status))
+                end(running.pop(fd), status)
 
 
 class FrameReader:
@@ -342,16 +414,23 @@ def main() -> None:
     network = isolate_network()
     base_dir = tempfile.mkdtemp(prefix="mmpost-sandbox-")
     os.chmod(base_dir, 0o711)
+    os.chdir(base_dir)  # never the trainer's working directory
     caps = capabilities()
-    drop_uid = "userns" not in network and can_drop_uid(runner, base_dir, caps)
+    # the trainer's working directory, HOME and MMPOST_HOME: no readable root may contain them
+    caps["read"] = confine.readable_roots(os.environ.get("MMPOST_SANDBOX_PRIVATE", "").split(os.pathsep))
+    # Children run as nobody only where nobody can read what honest programs import (a Python under
+    # a private home, e.g. /root/.pyenv, it cannot); Landlock confines them either way.
+    drop_uid = "userns" not in network and os.getuid() == 0 and not probe(runner, base_dir, True, caps)
+    honest = "ok" if drop_uid else (probe(runner, base_dir, False, caps) or "ok")
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     write_message(stdout, {"ready": True, "network": network, "drop_uid": drop_uid, "pid": os.getpid(),
                            "pidns": bool(caps["pidns"]), "landlock": caps["landlock"], "pid_max": caps["pid_max"],
-                           "pids_cgroup": bool(caps["cgroup"])})
+                           "pids_cgroup": bool(caps["cgroup"]), "ipcns": caps["ipcns"], "readable": caps["read"],
+                           "honest_imports": honest})
     try:
         serve(runner, stdin, stdout, base_dir, drop_uid, caps)
     finally:
-        shutil.rmtree(base_dir, ignore_errors=True)
+        remove_tree(base_dir)
         if caps["cgroup"]:
             caps["cgroup"].close()
 
