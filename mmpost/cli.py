@@ -113,8 +113,8 @@ def _list_recipes(markdown: bool) -> None:
 def _bench_sandbox(args) -> None:
     from mmpost.tools.bench.sandbox import run
 
-    _write_json(run(args.n, workers=args.workers, attackers=args.attackers, fresh=args.fresh, repeats=args.repeats),
-                args.json)
+    _write_json(run(args.n, workers=args.workers, attackers=args.attackers, fresh=args.fresh, repeats=args.repeats,
+                    storm_honest=args.storm), args.json)
 
 
 def _eval(args) -> None:
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--attackers", type=float, default=0.25, help="fraction of hostile jobs in the attacked run")
     b.add_argument("--fresh", type=int, default=20, help="jobs timed with a fresh interpreter each")
     b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--storm", type=int, default=300, help="honest programs in the storm of hostile jobs of every "
+                   "class (each checked against a fresh sandbox); 0 skips it")
     b.add_argument("--json", help="also write the results here")
     b.set_defaults(func=_bench_sandbox)
     e = sub.add_parser("bench-env", help="simulator throughput and RL iteration cost split (reach scene)",

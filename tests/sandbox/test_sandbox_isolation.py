@@ -271,3 +271,22 @@ def test_the_two_gold_paths_agree(chart_reward):
     program = fenced(GOLD.replace("Sales", "Sales 2024"))
     a, b = fresh([[]], [program], code=[GOLD]), stored([[]], [program], code=[GOLD])
     assert list(a) == list(b) and a.components == b.components
+
+
+@pytest.mark.slow
+def test_honest_job_storm_loses_nothing():
+    """300 honest programs in training-sized batches, a quarter of every batch hostile jobs of every
+    class: each honest score equals the same program's in a fresh sandbox (value, components, PNG)."""
+    from mmpost.tools.bench.sandbox import STORM_ATTACKS, storm
+
+    result = storm(300)
+    assert result["honest"] >= 300 and result["hostile"] >= 2 * len(STORM_ATTACKS)
+    assert result["lost"] == 0, result["first_lost"]
+
+
+def test_honest_job_storm_quick():
+    """The storm's short version for every CI run: every hostile class present, nothing lost."""
+    from mmpost.tools.bench.sandbox import STORM_ATTACKS, storm
+
+    result = storm(48, batch=16, hostile_share=0.25, wall_seconds=1.5)
+    assert result["hostile"] >= len(STORM_ATTACKS) and result["lost"] == 0, result["first_lost"]
