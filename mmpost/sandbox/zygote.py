@@ -120,7 +120,15 @@ class Job:
         self.cgroup = caps["cgroup"].create(os.path.basename(self.tmpdir), self.limits["processes"]) if caps["cgroup"] else None
         read_fd, write_fd = os.pipe()
         self.start = time.monotonic()
-        self.pid = caps["pidns"].fork() if caps["pidns"] else os.fork()
+        try:
+            self.pid = caps["pidns"].fork() if caps["pidns"] else os.fork()
+        except OSError:  # (EAGAIN, ENOMEM): nothing of this job may stay behind
+            for fd in (read_fd, write_fd, self.output):
+                os.close(fd)
+            if self.cgroup:
+                self.cgroups.release(self.cgroup)
+            remove_tree(self.tmpdir)
+            raise
         if self.pid == 0:
             os.close(read_fd)
             run_child(runner, job["code"], self.limits, self.tmpdir, self.output, write_fd, drop_uid, caps, self.cgroup)

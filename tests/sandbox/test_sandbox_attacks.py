@@ -3,14 +3,32 @@
 Each case is a completion a reward-hacking policy could write. It goes through ``ChartRender``
 exactly as in training (code extraction, sandbox, validation, scoring in this process) and must
 end with reward 0 and a clear reason in the reward's details, the trainer process alive, every
-sandbox worker alive and still scoring honest programs, and nothing changed outside the job's
-temporary directory (canary files for the home directory, the run directory and its
-checkpoints).
+sandbox worker alive and still scoring honest programs (new ones, counted as executed by a worker,
+never answered from the render cache), and nothing changed outside the job's temporary directory
+(canary files for the home directory, the run directory and its checkpoints).
+
+What holds, and the layer that stops each class (issue 23's classes are in
+``test_sandbox_isolation.py``):
+
+- exhausting the machine (fork bombs, loops, memory, files, descriptors, sleeping): rlimits, the
+  ``pids`` cgroup, the deadline and CPU demotion;
+- reading outside the job (home, run directory, secrets, ``/etc/shadow``, ``/proc``): Landlock, whose
+  readable roots are the interpreter's stdlib and site-packages, system libraries and fonts only;
+- writing, deleting or executing outside the job, TCP: Landlock; any network: the network namespace;
+- signalling the trainer, the worker or other jobs: the PID namespace, Landlock's signal scope;
+- faking a result (stdout, patched feature code): results only through the child's pipe, validated
+  and scored in the trainer;
+- misleading the unconfined worker (planted links, unrecursable trees): the worker reads the job's
+  output through its own descriptor and removes job trees iteratively without following links;
+- state between jobs: an IPC namespace per job, no writable ``/tmp`` or ``/dev/shm`` (Landlock);
+- losing honest jobs to a dead worker: infrastructure failures are retried on a live worker and
+  never cached as a program's score.
 """
 
 import os
 import socket
 import time
+import uuid
 
 import pytest
 
@@ -105,8 +123,11 @@ def test_attack_is_contained(name, reward, canaries):
         assert canaries[key].read_text() == f"{key} original", (name, key)
     assert not canaries["home"].exists(), name
     assert canaries["run"].is_dir()
-    # the sandbox (both workers) still runs and scores honest programs
-    assert [round(v, 6) for v in reward([[]] * 2, [f"```python\n{GOLD}```"] * 2, code=[GOLD] * 2)] == [1.0, 1.0]
+    # the sandbox (both workers) still runs and scores honest programs: new ones, so they reach a worker
+    executed = reward.sandbox.stats["executed"]
+    fresh = [f"```python\n# {name} {uuid.uuid4().hex}\n{GOLD}```" for _ in range(2)]
+    assert [round(v, 6) for v in reward([[]] * 2, fresh, code=[GOLD] * 2)] == [1.0, 1.0]
+    assert reward.sandbox.stats["executed"] == executed + 2  # both ran in a worker (the gold is cached)
 
 
 def test_threads_that_outlive_the_program_die_with_it(reward, canaries):
