@@ -60,8 +60,9 @@ class TokenDemos(Protocol):
     """Demonstrations as token sequences: token-weighted SFT terms, preference pairs, rejection
     sampling, the demonstration inside an RL group and the data hooks that score rows (token LMs/VLMs)."""
 
-    def demo_ids(self, batch: list[dict], field: str = "completion") -> torch.Tensor:
-        """[B, T] right-padded token ids of each row's ``field`` text followed by EOS."""
+    def demo_tokens(self, batch: list[dict], field: str = "completion") -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B, T] ids, [B, T] mask)`` of each row's ``field`` text followed by EOS, right-padded;
+        the mask from the lengths (the EOS counts even when the tokenizer pads with it)."""
 
     def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
         """``([B, T] log-probs, [B, T] mask)`` of the rows' demonstrations, teacher-forced (with grad),

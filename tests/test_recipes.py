@@ -137,9 +137,9 @@ def test_prefix_hybrids(warm_model, mmpost_home):
     rows = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[:2]
     policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
     hybrid = policy.prefixed_rollout(rows, 2, 0.5, entropy_top=0.25)
-    demo = policy.demo_ids(rows, "completion")
+    demo, demo_mask = policy.demo_tokens(rows, "completion")
     for i in range(4):
-        demo_ids = demo[i // 2][demo[i // 2] != policy.pad_id]
+        demo_ids = demo[i // 2][demo_mask[i // 2].bool()]
         k = int(0.5 * len(demo_ids))
         assert torch.equal(hybrid.actions.completion_ids[i, :k], demo_ids[:k])
         assert int(hybrid.mask[i, :k].sum()) == max(1, round(0.25 * k))  # the entropy-clipped prefix

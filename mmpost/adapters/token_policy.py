@@ -276,10 +276,10 @@ class TokenPolicy:
         tokens only the ``entropy_top`` fraction with the highest entropy keep a loss (Prefix-RFT's
         entropy-based clipping); the rest only condition the continuation.
         """
-        demos = self.demo_ids(batch, "completion")
+        demos, demo_mask = self.demo_tokens(batch, "completion")
         prefixes = []
-        for ids in demos:
-            ids = ids[ids != self.pad_id]
+        for ids, real in zip(demos, demo_mask):
+            ids = ids[real.bool()]
             prefixes.append(ids[:min(int(ratio * len(ids)), len(ids) - 1)])
         rows = [row for row in batch for _ in range(n)]
         prompt = self.encode_prompts(rows)
@@ -352,21 +352,26 @@ class TokenPolicy:
         states = hidden[:, -(ids.shape[1] + 1):-1]  # the positions whose logits predict each token
         return network.value_head(states.float()).squeeze(-1) * rollout.mask.to(self.device)
 
-    def demo_ids(self, batch: list[dict], field: str = "completion") -> torch.Tensor:
-        """Right-padded token ids of each row's ``field`` text followed by EOS."""
+    def demo_tokens(self, batch: list[dict], field: str = "completion") -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B, T] ids, [B, T] mask)``: each row's ``field`` text followed by EOS, right-padded. The
+        mask comes from the lengths, not from ``ids != pad``: many tokenizers pad with their EOS
+        (base Qwen2.5; every LM composed without a pad token), and the EOS a demonstration ends with
+        is what teaches the model to stop."""
         encoded = self.tokenizer([r[field] + self.tokenizer.eos_token for r in batch],
                                  add_special_tokens=False)["input_ids"]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(batch), width)
         for i, e in enumerate(encoded):
             ids[i, :len(e)] = torch.tensor(e)
-        return ids
+            mask[i, :len(e)] = 1.0
+        return ids, mask
 
     def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
         """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded.
         Returns ``(logprobs, mask)``, plus the [B, T, V] logits when ``return_logits``."""
-        ids = self.demo_ids(batch, "completion")
-        mask = (ids != self.pad_id).float().to(self.device)
+        ids, mask = self.demo_tokens(batch, "completion")
+        mask = mask.to(self.device)
         logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
 
@@ -384,10 +389,10 @@ class TokenPolicy:
         """``(hidden [B, T, D], logits [B, T, V], ids [B, T], mask [B, T])``: for each demonstrated
         token, the final hidden state and logits at the position that predicts it (DONOD's
         closed-form update norms)."""
-        ids = self.demo_ids(batch)
+        ids, mask = self.demo_tokens(batch)
         output = self._forward(batch, ids, output_hidden_states=True)
         hidden = output.hidden_states[-1][:, -(ids.shape[1] + 1):-1]
-        return hidden, output.logits[:, :-1], ids, (ids != self.pad_id).to(self.device)
+        return hidden, output.logits[:, :-1], ids, mask.bool().to(self.device)
 
     @torch.no_grad()
     def demo_prompt_attention(self, batch: list[dict]) -> torch.Tensor:
@@ -395,7 +400,7 @@ class TokenPolicy:
         position pays to the prompt (text and media tokens) in the last layer, averaged over heads
         (ssToken's semantic score). Attention weights need the eager kernel, switched on for this
         forward only."""
-        ids = self.demo_ids(batch)
+        ids, _ = self.demo_tokens(batch)
         network = unwrap(transformers_model(self.model))
         previous = network.config._attn_implementation
         network.set_attn_implementation("eager")
@@ -411,8 +416,8 @@ class TokenPolicy:
         """IFT (``TsinghuaC3I/Intuitive-Fine-Tuning``): the gold tokens' log-probs when each completion
         input is ``(1 - lam) E(y_t) + lam E(y_hat_t)``, ``y_hat_t`` the model's greedy prediction of
         ``y_t`` from an un-mixed pass without gradient. Returns ``(logprobs, mask)`` with grad."""
-        ids = self.demo_ids(batch)
-        mask = (ids != self.pad_id).float().to(self.device)
+        ids, mask = self.demo_tokens(batch)
+        mask = mask.to(self.device)
         with torch.no_grad():
             logits = self._forward(batch, ids).logits[:, :-1].float()
             if self.suppress_ids:
@@ -429,8 +434,7 @@ class TokenPolicy:
         """The rows' texts in ``field`` (the demonstration, or a ``chosen``/``rejected`` answer) as a
         one-output-per-row Rollout, scored by the current model: a demonstration can then join a
         sampled group (LUFFY, ViSurf; scored at the group's ``temperature``) or a preference pair."""
-        ids = self.demo_ids(batch, field)
-        mask = (ids != self.pad_id).float()
+        ids, mask = self.demo_tokens(batch, field)
         logprobs = self._sequence_logprobs(batch, ids, temperature=temperature).cpu() * mask
         columns = {k: [row[k] for row in batch] for k in batch[0] if k not in MEDIA_AND_TEXT}
         return Rollout(logprobs=logprobs, mask=mask, group=torch.arange(len(batch)),

@@ -92,5 +92,8 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
         metrics = {"clip_frac": float((was_clipped.float() * mask).sum() / n),
                    "ratio_mean": float((ratio * mask).sum() / n)}
     if ratio_level == "sequence_sum":  # one term per output (TRL RLOO: mean over sequences)
-        return per_step[:, 0].mean(), metrics
+        # An output with no real step (masked out, e.g. truncated) adds nothing: not its -A to the value
+        # (TRL's logged loss counts it; its gradient is 0 either way).
+        kept = (mask.sum(-1) > 0).to(per_step.dtype)
+        return (per_step[:, 0] * kept).sum() / per_step.shape[0], metrics
     return aggregate(per_step, mask, aggregation, max_length, tokens), metrics

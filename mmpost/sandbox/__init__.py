@@ -128,6 +128,7 @@ class Sandbox:
         self.capabilities = {key: info.get(key) for key in ("network", "landlock", "pidns", "pid_max", "pids_cgroup",
                                                             "drop_uid", "ipcns", "readable", "honest_imports")}
         self.stats = {"executed": 0, "infra_retries": 0}  # replies of a worker; jobs run again after a worker failed
+        self._stats_lock = threading.Lock()
         if info.get("honest_imports") != "ok":
             log.warning("sandbox: an honest program's imports fail under the confinement: %s", info.get("honest_imports"))
         if not self.network.startswith(("netns", "userns")):
@@ -156,11 +157,16 @@ class Sandbox:
         for attempt in range(INFRA_RETRIES + 1):
             reply = self._run_once(code)
             if not reply.get("infra"):
-                self.stats["executed"] += 1
+                self._count("executed")
                 return reply
-            self.stats["infra_retries"] += attempt < INFRA_RETRIES
+            if attempt < INFRA_RETRIES:
+                self._count("infra_retries")
             log.warning("sandbox: %s; %s", reply.get("error"), "retrying the job" if attempt < INFRA_RETRIES else "giving up")
         return reply
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:  # (map runs jobs from many threads)
+            self.stats[key] += 1
 
     def _run_once(self, code: str) -> dict:
         """One attempt. A job holds one of the ``capacity`` slots only while it is young: once it has

@@ -104,8 +104,8 @@ def preference_loss(ctx: StageContext, chosen: Rollout, rejected: Rollout) -> tu
         loss = -logp_w / len_w + stage.preference.orpo_lambda * losses.orpo_odds_ratio(logp_w / len_w, logp_l / len_l)
     elif name == "asft":
         loss = -logp_w / len_w + losses.asft(logp_w / len_w, logp_l / len_l)
-    else:  # kto: chosen desirable, rejected undesirable; z0 from each answer under the next pair's prompt
-        mismatched = _mismatched(chosen)
+    else:  # kto: chosen desirable, rejected undesirable; z0 from every answer under the next answer's prompt
+        mismatched = _mismatched(pair)  # all 2n answers of the batch, as TRL's KTOTrainer
         with torch.no_grad():
             kl_logp, _ = _sums(ctx.policy, mismatched)
             kl_ref, _ = _sums(ctx.reference, mismatched)
@@ -120,7 +120,8 @@ def preference_loss(ctx: StageContext, chosen: Rollout, rejected: Rollout) -> tu
 
 
 def _mismatched(rollout: Rollout) -> Rollout:
-    """Each answer under the next row's prompt (TRL's KTO reference point ``z0``); token actions only."""
+    """Each answer under the next answer's prompt (TRL's KTO reference point ``z0``, over the whole
+    batch of answers); token actions only."""
     rows = rollout.actions.prompt_rows
     shifted = dataclasses.replace(rollout.actions, prompt_rows=rows[1:] + rows[:1])
     out = dataclasses.replace(rollout, actions=shifted)

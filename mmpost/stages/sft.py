@@ -70,7 +70,7 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     if terms.weight == "otr":
         log_probs = torch.log_softmax(out[2], dim=-1)
         candidates = sample_candidates(out[2], terms.otr_candidates, ctx.stage.sampling.temperature)
-        gold = policy.demo_ids(batch).to(log_probs.device)
+        gold = policy.demo_tokens(batch)[0].to(log_probs.device)
         loss = otr_loss(log_probs, candidates, gold, mask, token_count(mask))
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
     elif terms.weight == "qtuning":
@@ -109,8 +109,8 @@ def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> t
     attempt = ctx.policy.rollout(batch, 1, greedy=True)
     score_rollout(attempt, ctx.rewards, ctx.weights)
     wrong = torch.nan_to_num(attempt.rewards, nan=float("-inf")) < ctx.stage.solved_threshold
-    gold = ctx.policy.demo_ids(batch)
-    weights = fait_weights(gold, (gold != ctx.policy.pad_id).float(), attempt.actions.completion_ids,
+    gold, gold_mask = ctx.policy.demo_tokens(batch)
+    weights = fait_weights(gold, gold_mask, attempt.actions.completion_ids,
                            attempt.mask, ctx.stage.demo_loss.fait_alpha)
     weights[~wrong] = 1.0  # a right answer's differences are not errors
     return weights.to(mask.device)

@@ -198,7 +198,7 @@ def test_demo_prompt_attention_is_the_last_layers_attention_on_the_prompt():
     policy = Arithmetic(Arithmetic.default_config()).policy()
     rows = Arithmetic(Arithmetic.default_config()).rows("heldout")[:2]
     scores = policy.demo_prompt_attention(rows)
-    ids = policy.demo_ids(rows)
+    ids, _ = policy.demo_tokens(rows)
     policy.model.set_attn_implementation("eager")
     with torch.no_grad():
         last = policy._forward(rows, ids, output_attentions=True).attentions[-1].mean(1)
@@ -221,3 +221,52 @@ def test_ift_mixing_zero_is_plain_teacher_forcing(tiny_model_dir, chart_reward):
     mixed, _ = policy.ift_demo_logprobs(rows, lam=0.0)
     assert torch.allclose(plain, mixed, atol=1e-5)  # and an image prompt goes through the embedding path
     assert not torch.allclose(plain, policy.ift_demo_logprobs(rows, lam=0.5)[0], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def eos_padded_policy(mmpost_home, tmp_path_factory):
+    """The arithmetic model with its tokenizer padding with its EOS (as base Qwen2.5 tokenizers and
+    every LM composed without a pad token do)."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.tasks.arithmetic import Arithmetic
+
+    task = Arithmetic(Arithmetic.default_config())
+    path = tmp_path_factory.mktemp("eos-pad") / "model"
+    shutil.copytree(task.model_path(), path)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    processor.save_pretrained(path)
+    policy = TokenPolicy.from_pretrained(path, max_new_tokens=8)
+    assert policy.pad_id == policy.eos_id
+    return policy, task.rows("heldout")[:3]
+
+
+def test_demonstrations_train_their_eos_when_the_tokenizer_pads_with_it(eos_padded_policy):
+    """Every demonstration path masks by length: the EOS after each demonstration keeps its loss (SFT
+    and its token-weighted variants, IFT, FAIT, OTR and ssToken read ``demo_logprobs`` / ``demo_tokens``;
+    LUFFY's group member, SPIN's chosen side and preference pairs from columns read ``demo_rollout``)."""
+    policy, rows = eos_padded_policy
+    texts = [policy.tokenizer(r["completion"], add_special_tokens=False)["input_ids"] for r in rows]
+    lengths = torch.tensor([len(t) + 1 for t in texts], dtype=torch.float32)  # + the EOS
+    ids, mask = policy.demo_tokens(rows)
+    assert torch.equal(mask.sum(1), lengths)
+    assert all(ids[i, len(t)] == policy.eos_id for i, t in enumerate(texts))
+    assert torch.equal(policy.demo_logprobs(rows)[1].sum(1).cpu(), lengths)
+    assert torch.equal(policy.demo_rollout(rows).mask.sum(1), lengths)
+    assert torch.equal(policy.ift_demo_logprobs(rows)[1].sum(1).cpu(), lengths)
+    assert torch.equal(policy.demo_hidden_states(rows)[3].sum(1).float().cpu(), lengths)
+    eos_logprob = policy.demo_logprobs(rows)[0][0, len(texts[0])]
+    assert eos_logprob < 0  # a real log-prob in the loss, not masked to 0
+    _, metrics = policy.sft_loss(rows)
+    assert metrics["tokens"] == float(lengths.sum())
+
+
+def test_sampled_eos_then_padding_with_the_same_id_is_masked_after_the_first_eos(eos_padded_policy):
+    policy, _ = eos_padded_policy
+    e = policy.eos_id
+    ids = torch.tensor([[5, 6, e, e, e], [5, e, e, e, e], [5, 6, 7, 8, 9]])
+    assert policy._completion_mask(ids).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]

@@ -158,3 +158,20 @@ def test_dual_clip_bounds_negative_advantages():
     # A<0: -min(5*-1, 1.2*-1) = 5 -> dual-clip caps at 3; A>0: -min(5, 1.2) = -1.2
     assert torch.allclose(plain, torch.tensor((5.0 - 1.2) / 2))
     assert torch.allclose(dual, torch.tensor((3.0 - 1.2) / 2))
+
+
+def test_rloo_logged_loss_leaves_out_outputs_whose_mask_was_zeroed():
+    """RLOO (summed sequence ratio): an output filtered out (its mask zeroed, e.g. truncated under
+    DAPO's mask_truncated) adds nothing to the loss value; the gradient is the one the filter implies."""
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -0.5], [-1.5, -1.0]], requires_grad=True)
+    old = torch.tensor([[-1.1, -2.0], [-0.5, -0.7], [-1.0, -1.0]])
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])  # the third output was filtered out
+    loss, _ = clipped_pg_loss(logprobs, old, advantages, mask, 0.2, 0.2, ratio_level="sequence_sum")
+    # by hand: r1 = exp(0.1) = 1.105 (inside the clip), r2 = exp(0.2) = 1.221 -> clipped 1.2 with A < 0: min(-0.611, -0.6)
+    r1, r2 = math.exp(0.1), math.exp(0.2)
+    expected = (-(r1 * 1.0) + -min(r2 * -0.5, 1.2 * -0.5)) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert torch.all(logprobs.grad[2] == 0)
+    assert logprobs.grad[0, 0].item() == pytest.approx(-r1 / 3, abs=1e-6)
