@@ -200,3 +200,18 @@ def test_recipes_name_tests_that_exist():
                 if test.split("[")[0] not in defined:
                     wrong.append(f"{name}: {test.split('[')[0]} is not defined in tests/{current}.py")
     assert not wrong, "\n".join(wrong)
+
+
+def test_readme_methods_table_is_the_generated_one():
+    """README's "Methods" table is `mmpost list recipes --markdown`, so it cannot drift from recipes.py."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from mmpost.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["list", "recipes", "--markdown"])
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert out.getvalue().strip() in readme
