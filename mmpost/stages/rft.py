@@ -1,7 +1,8 @@
 """The ``rft`` stage: rejection-sampling fine-tuning (SuperHF, FARE; S3FT with the demonstration fallback).
 
 Sample ``sampling.group_size`` outputs per prompt, keep those whose reward reaches ``solved_threshold``
-(at most the ``rejection.top_k`` best per prompt), and fine-tune on them with the stage's token weighting,
+(at most the ``rejection.top_k`` best per prompt; with ``rejection.require_solved=false`` the top_k of
+every prompt, as SuperHF's best-of-n), and fine-tune on them with the stage's token weighting,
 plus an optional KL to the start-of-stage model on the kept tokens (SuperHF's prior). With
 ``rejection.demo_fallback`` a prompt with no kept sample trains on its demonstration instead (S3FT: the
 model's own answer when it is judged right, else the gold one).
@@ -30,19 +31,27 @@ class Rejection(StageSection):
 
     top_k: int = 0  # keep at most the k best solved samples per prompt (0 = all solved)
     demo_fallback: bool = False  # prompts with no solved sample train on the demonstration (S3FT)
+    # False: keep the top_k by reward of every prompt, solved or not (SuperHF's best-of-n, its KL prior
+    # keeping it close to the start model); True: only samples reaching solved_threshold (FARE, S3FT)
+    require_solved: bool = True
 
     def __post_init__(self):
         if self.top_k < 0:
             raise ValueError(f"rejection.top_k must be >= 0, got {self.top_k}")
+        if not self.require_solved and not self.top_k:
+            raise ValueError("rejection.require_solved=false keeps the best samples of every prompt: set rejection.top_k")
 
     def requires(self, stage) -> list[tuple[type, str]]:
         return [(TokenDemos, "stage kind 'rft'")] if stage.kind == "rft" else []
 
 
-def kept_outputs(rewards: torch.Tensor, group: torch.Tensor, threshold: float, top_k: int) -> torch.Tensor:
-    """[N] bool: outputs with reward >= ``threshold``, at most the ``top_k`` best of each group (0 = all)."""
+def kept_outputs(rewards: torch.Tensor, group: torch.Tensor, threshold: float, top_k: int,
+                 require_solved: bool = True) -> torch.Tensor:
+    """[N] bool: outputs with reward >= ``threshold`` (every scored output when not ``require_solved``),
+    at most the ``top_k`` best of each group (0 = all). Unscorable (NaN) outputs are never kept."""
+    scored = ~torch.isnan(rewards)
     rewards = torch.nan_to_num(rewards, nan=float("-inf"))
-    keep = rewards >= threshold
+    keep = rewards >= threshold if require_solved else scored
     if top_k:
         for g in torch.unique(group):
             members = ((group == g) & keep).nonzero().squeeze(1)
@@ -57,7 +66,8 @@ def rft_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     batch = ctx.batch(indices)
     rollout = policy.rollout(batch, stage.sampling.group_size, temperature=stage.sampling.temperature)
     metrics = score_rollout(rollout, ctx.rewards, ctx.weights)
-    keep = kept_outputs(rollout.rewards, rollout.group, stage.solved_threshold, stage.rejection.top_k)
+    keep = kept_outputs(rollout.rewards, rollout.group, stage.solved_threshold, stage.rejection.top_k,
+                        stage.rejection.require_solved)
     metrics["rft/kept_fraction"] = float(keep.float().mean())
     terms, counts = [], []
     with ctx.accelerator.autocast():
