@@ -107,8 +107,11 @@ RECIPES: dict[str, Recipe] = {
                       "over the start model (min-max normalised) + 0.5 x last-layer attention on the prompt",
                       {"sft.demo_loss.weight": "sstoken"}, keep=("sft",),
                       tests="algos/test_sft::test_sstoken_keeps_the_top_excess_loss_tokens"),
-    "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over the start model on demos",
-                   {"sft.demo_loss.weight": "poft"}, keep=("sft",), tests="algos/test_sft::test_poft_by_hand"),
+    "poft": Recipe("PoFT (2412.12865)", "Bradley-Terry preference of the policy over aligned models on demos "
+                   "(--set sft.demo_loss.poft_reference=DIR[,DIR]; default the start model, with which PoFT begins as a "
+                   "rescaled NLL)", {"sft.demo_loss.weight": "poft"}, keep=("sft",),
+                   tests="algos/test_sft::test_poft_by_hand, ::test_poft_weights_each_sample_by_how_likely_the_reference_"
+                         "finds_it, stages/test_preference::test_poft_reference_models_by_path_change_the_update"),
     "qtuning": Recipe("Q-Tuning (2509.23873)", "per batch: keep confident misconceptions (their top-50% salient "
                       "tokens) and calibration samples, drop noise and redundancy", {"sft.demo_loss.weight": "qtuning"},
                       keep=("sft",), tests="algos/test_sft::test_qtuning_quadrants_by_hand"),

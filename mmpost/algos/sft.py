@@ -164,11 +164,20 @@ def sstoken_mask(logprobs: torch.Tensor, history_logprobs: torch.Tensor, mask: t
     return selected * mask
 
 
-def poft_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PoFT (arXiv 2412.12865): Bradley-Terry preference of the policy over a frozen reference on the
-    same demonstration, ``-log s(s_theta - s_ref)`` with ``s`` the mean-token log-likelihood; the
-    gradient ``s(s_ref - s_theta) grad s_theta`` weights samples the reference finds likely."""
-    length = mask.sum(-1).clamp(min=1.0)
-    s_theta = (logprobs * mask).sum(-1) / length
-    s_ref = (ref_logprobs * mask).sum(-1) / length
+def mean_loglik(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] each demonstration's mean-token log-likelihood (PoFT's score ``s``)."""
+    return (logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def poft_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, mask: torch.Tensor,
+              ref_scores: torch.Tensor | None = None) -> torch.Tensor:
+    """PoFT (arXiv 2412.12865): Bradley-Terry preference of the policy over aligned reference models on
+    the same demonstration, ``-log s(s_theta - s_ref)`` with ``s`` the mean-token log-likelihood; the
+    gradient ``s(s_ref - s_theta) grad s_theta`` weights samples the references find likely.
+
+    ``s_ref``: ``ref_scores`` [B] (aligned models scored under their own tokenizers, averaged), else
+    from ``ref_logprobs`` on the policy's tokens. (With the start-of-stage model as the reference,
+    ``s_ref = s_theta`` at first and the loss starts as a rescaled NLL.)"""
+    s_theta = mean_loglik(logprobs, mask)
+    s_ref = ref_scores.to(s_theta) if ref_scores is not None else mean_loglik(ref_logprobs, mask)
     return -F.logsigmoid(s_theta - s_ref).mean()

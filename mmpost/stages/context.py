@@ -37,6 +37,7 @@ class StageContext:
     seed: int = 0  # the run's seed and this stage's index: with ``step``, the position that seeds sampling
     stage_index: int = 0
     refine: Any = None  # the task's rule-based row rewriter ``refine(row, axis, rng)``, if it has one (Middo)
+    models: dict = field(default_factory=dict)  # frozen models a term loads by path (PoFT's references): never checkpointed
 
     def batch(self, indices: list[int]) -> list[dict]:
         """The rows at ``indices``: of the stage's rows, or of the refined dataset once a Middo round

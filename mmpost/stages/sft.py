@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from mmpost.algos.kl import entropy, full_forward_kl
 from mmpost.algos.pg import aggregate
-from mmpost.algos.sft import (fait_weights, ift_loss, nll_loss, otr_loss, poft_loss, qtuning_mask, sample_candidates,
-                              sstoken_mask, weighted_nll)
+from mmpost.algos.sft import (fait_weights, ift_loss, mean_loglik, nll_loss, otr_loss, poft_loss, qtuning_mask,
+                              sample_candidates, sstoken_mask, weighted_nll)
 from mmpost.distributed import token_count
 from mmpost.policy import TokenDemos, eval_mode
 from mmpost.registry import check_choice
@@ -30,6 +30,10 @@ class DemoLoss(StageSection):
     sstoken_gamma: float = 0.5  # sstoken: weight of the excess loss vs the attention-on-prompt score (1 = loss only)
     qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
     qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
+    # poft: directories of aligned models whose mean-token log-likelihood of each demonstration (under
+    # their own tokenizers, averaged) is the reference; [] = the start-of-stage model, with which
+    # PoFT begins as a rescaled NLL (the paper's references are other, aligned LLMs)
+    poft_reference: list = field(default_factory=list)
     otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
     ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
     ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight
@@ -39,7 +43,8 @@ class DemoLoss(StageSection):
         check_choice("demo_loss.weight", self.weight, SFT_WEIGHTS)
 
     def needs_reference(self, stage) -> bool:
-        reads_start_model = self.weight in ("sstoken", "poft") or self.kl_coef > 0
+        reads_start_model = self.weight == "sstoken" or (self.weight == "poft" and not self.poft_reference) \
+            or self.kl_coef > 0
         return reads_start_model and stage.trains_on_demos()
 
     def requires(self, stage) -> list[tuple[type, str]]:
@@ -79,16 +84,15 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         metrics["sft/kept_tokens"] = float(keep.sum())
     elif terms.weight == "fait":
         loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean", tokens=token_count(mask))
-    elif terms.weight in ("sstoken", "poft"):
+    elif terms.weight == "sstoken":
         with torch.no_grad():
             ref_logprobs = ctx.reference.demo_logprobs(batch)[0]
-        if terms.weight == "sstoken":
-            attention = policy.demo_prompt_attention(batch) if terms.sstoken_gamma < 1 else None
-            keep = sstoken_mask(logprobs, ref_logprobs, mask, terms.sstoken_ratio, attention, terms.sstoken_gamma)
-            loss = nll_loss(logprobs, keep, tokens=token_count(keep))
-            metrics["sft/kept_tokens"] = float(keep.sum())
-        else:
-            loss = poft_loss(logprobs, ref_logprobs, mask)
+        attention = policy.demo_prompt_attention(batch) if terms.sstoken_gamma < 1 else None
+        keep = sstoken_mask(logprobs, ref_logprobs, mask, terms.sstoken_ratio, attention, terms.sstoken_gamma)
+        loss = nll_loss(logprobs, keep, tokens=token_count(keep))
+        metrics["sft/kept_tokens"] = float(keep.sum())
+    elif terms.weight == "poft":
+        loss = poft_loss(logprobs, None, mask, _poft_reference_scores(ctx, batch))
     else:
         loss = weighted_nll(logprobs, mask, terms.weight, tokens=token_count(mask))
     metrics["sft/nll"] = float(nll_loss(logprobs.detach(), mask))
@@ -99,6 +103,22 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         loss = loss + terms.kl_coef * kl
         metrics["kl/demo"] = kl.item()
     return loss, metrics
+
+
+@torch.no_grad()
+def _poft_reference_scores(ctx: StageContext, batch: list[dict]) -> torch.Tensor:
+    """[B] PoFT's reference score of each demonstration: the mean over ``demo_loss.poft_reference``
+    models (loaded once per stage, frozen) of their mean-token log-likelihood, or the start-of-stage
+    model's."""
+    paths = ctx.stage.demo_loss.poft_reference
+    if not paths:
+        return mean_loglik(*ctx.reference.demo_logprobs(batch))
+    for path in paths:
+        if path not in ctx.models:
+            model = type(ctx.policy).from_pretrained(path, device=ctx.policy.device)
+            model.model.requires_grad_(False).eval()
+            ctx.models[path] = model
+    return torch.stack([mean_loglik(*ctx.models[path].demo_logprobs(batch)).cpu() for path in paths]).mean(0)
 
 
 def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> torch.Tensor:

@@ -100,3 +100,17 @@ def test_qtuning_quadrants_by_hand():
     mask = torch.ones(4, 4)
     keep = qtuning_mask(torch.log(p), entropy, mask, quantile=0.5, token_keep=0.5, window=0)
     assert keep.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_poft_weights_each_sample_by_how_likely_the_reference_finds_it():
+    """With reference scores s_ref (aligned models, their own tokenizers), d loss / d s_theta_i =
+    -sigmoid(s_ref_i - s_theta_i) / B: a demonstration the references find likely pulls harder."""
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5]])).requires_grad_(True)
+    mask = torch.ones(2, 2)
+    ref_scores = torch.tensor([math.log(0.9), math.log(0.1)])  # likely vs unlikely under the references
+    poft_loss(logp, None, mask, ref_scores).backward()
+    s_theta = math.log(0.5)
+    for i, s_ref in enumerate(ref_scores.tolist()):
+        weight = 1 / (1 + math.exp(-(s_ref - s_theta)))
+        assert logp.grad[i].sum().item() == pytest.approx(-weight / 2, abs=1e-6)  # (the mean over B = 2)
+    assert abs(logp.grad[0].sum()) > 3 * abs(logp.grad[1].sum())  # 0.643 vs 0.167

@@ -23,7 +23,7 @@ NOW_REFUSED_EARLY = {"multiview3d:reft"}
 # Changed on purpose after the redesign (issue 24), checked in their own tests: SuperHF keeps the top-1
 # of every prompt, solved or not (stages/test_rft.py), a knob the baseline did not have.
 CHANGED_SINCE = {"superhf"}
-ADDED_SINCE = {"rejection.require_solved": True}  # new field -> the value every other config must keep
+ADDED_SINCE = {"rejection.require_solved": True, "demo_loss.poft_reference": []}  # new field -> the value every other config must keep
 TIMING = ("seconds", "time/")
 
 

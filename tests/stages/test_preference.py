@@ -62,3 +62,27 @@ def test_kto_reference_point_is_over_every_answer_of_the_batch_as_trl(policy_and
     z_all = (kl_logp - kl_ref).mean().clamp(min=0)
     z_chosen = (_sums(policy, _mismatched(chosen))[0] - _sums(reference, _mismatched(chosen))[0]).mean().clamp(min=0)
     assert float(z_all.detach()) != pytest.approx(float(z_chosen.detach()), abs=1e-4)
+
+
+def test_poft_reference_models_by_path_change_the_update(policy_and_reference, tmp_path):
+    """``demo_loss.poft_reference=[DIR]``: the aligned model saved there is PoFT's reference (loaded once,
+    frozen; no start-of-stage copy is made), and the loss is the one its scores give, not the
+    start model's."""
+    from mmpost.algos.sft import mean_loglik, poft_loss
+    from mmpost.stages.sft import DemoLoss, demo_loss
+
+    policy, reference, rows = policy_and_reference
+    reference.save(tmp_path / "aligned")
+    stage = Stage(name="sft", kind="sft", demo_loss=DemoLoss(weight="poft", poft_reference=[str(tmp_path / "aligned")]))
+    assert not stage.needs_reference()
+    ctx = SimpleNamespace(stage=stage, policy=policy, reference=None, models={})
+    loss, _ = demo_loss(ctx, rows)
+    assert list(ctx.models) == [str(tmp_path / "aligned")]
+    logprobs, mask = policy.demo_logprobs(rows)
+    with torch.no_grad():
+        expected = poft_loss(logprobs, None, mask, mean_loglik(*reference.demo_logprobs(rows)))
+        start_model = poft_loss(logprobs, logprobs.detach(), mask)  # the default reference at the stage's start
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert abs(loss.item() - start_model.item()) > 1e-3
+    demo_loss(ctx, rows)
+    assert len(ctx.models) == 1  # loaded once per stage
