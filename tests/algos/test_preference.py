@@ -139,24 +139,30 @@ def test_dpo_family_agrees_with_trl(loss_type):
     assert ours[loss_type]().mean().item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_kto_agrees_with_trl():
-    pytest.importorskip("trl")
+def trl_kto_loss(logps, completion_mask, label, ref, kl_logps, kl_ref, beta, desirable=1.0, undesirable=1.0):
+    """TRL's ``KTOTrainer._compute_loss`` on given per-token log-probs (the model forward replaced)."""
     from trl import KTOTrainer
 
+    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_OneProcess(), aux_loss_enabled=False,
+                           precompute_ref_logps=True, calculate_KL=True, loss_type="kto", beta=beta,
+                           desirable_weight=desirable, undesirable_weight=undesirable,
+                           _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+                           _compute_kl_logps=lambda model, batch: kl_logps)
+    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
+              "completion_mask": completion_mask, "label": label, "ref_logps": ref, "ref_KL_logps": kl_ref}
+    try:
+        return KTOTrainer._compute_loss(fake, lambda **kw: _outputs(logps), inputs, return_outputs=False)
+    except (AttributeError, KeyError, TypeError) as error:
+        pytest.fail(f"TRL's KTOTrainer._compute_loss changed its internals: {error!r}")
+
+
+def test_kto_agrees_with_trl():
+    pytest.importorskip("trl")
     b, beta = 6, 0.2
     logps, completion_mask = _token_logps(b, 5, seed=4)
     label = torch.tensor([True, False, True, True, False, False])
     ref, kl_logps, kl_ref = -torch.rand(b) * 5, -torch.rand(b) * 5, -torch.rand(b) * 6
-    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_OneProcess(), aux_loss_enabled=False,
-                           precompute_ref_logps=True, calculate_KL=True, loss_type="kto", beta=beta,
-                           desirable_weight=1.3, undesirable_weight=0.7, _metrics={"train": defaultdict(list)},
-                           _total_train_tokens=0, _tp_size=1, _compute_kl_logps=lambda model, batch: kl_logps)
-    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
-              "completion_mask": completion_mask, "label": label, "ref_logps": ref, "ref_KL_logps": kl_ref}
-    try:
-        expected = KTOTrainer._compute_loss(fake, lambda **kw: _outputs(logps), inputs, return_outputs=False)
-    except (AttributeError, KeyError, TypeError) as error:
-        pytest.fail(f"TRL's KTOTrainer._compute_loss changed its internals: {error!r}")
+    expected = trl_kto_loss(logps, completion_mask, label, ref, kl_logps, kl_ref, beta, 1.3, 0.7)
     ours = preference.kto(logps.sum(-1), ref, label, kl_logps, kl_ref, beta, 1.3, 0.7)
     assert ours.mean().item() == pytest.approx(expected.item(), abs=1e-6)
 

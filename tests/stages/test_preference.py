@@ -1,7 +1,6 @@
 """The preference stage's terms on a real token policy, against TRL where TRL has them."""
 
 import copy
-from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from mmpost.stages.preference import Preference, _mismatched, _sums, preference_loss
 from mmpost.stages.spec import Stage
 from mmpost.types import Rollout
-from tests.algos.test_preference import _OneProcess, _outputs
+from tests.algos.test_preference import trl_kto_loss
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,6 @@ def test_kto_reference_point_is_over_every_answer_of_the_batch_as_trl(policy_and
     rejected alike), as the module's docstring and TRL's KTOTrainer say: the stage's loss equals
     TRL's ``_compute_loss`` on the same answers to 1e-6."""
     pytest.importorskip("trl")
-    from trl import KTOTrainer
-
     policy, reference, rows = policy_and_reference
     beta = 0.2
     stage = Stage(name="dpo", kind="dpo", preference=Preference(loss="kto", beta=beta))
@@ -50,13 +47,7 @@ def test_kto_reference_point_is_over_every_answer_of_the_batch_as_trl(policy_and
         kl_logp, kl_ref = _sums(policy, mismatched)[0], _sums(reference, mismatched)[0]
     label = torch.tensor([True] * len(rows) + [False] * len(rows))
     completion_mask = torch.tensor([[0, 1]] * len(label))  # one "token" per answer carrying its summed log-prob
-    fake = SimpleNamespace(model=SimpleNamespace(training=True), accelerator=_OneProcess(), aux_loss_enabled=False,
-                           precompute_ref_logps=True, calculate_KL=True, loss_type="kto", beta=beta,
-                           desirable_weight=1.0, undesirable_weight=1.0, _metrics={"train": defaultdict(list)},
-                           _total_train_tokens=0, _tp_size=1, _compute_kl_logps=lambda model, batch: kl_logp)
-    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
-              "completion_mask": completion_mask, "label": label, "ref_logps": ref, "ref_KL_logps": kl_ref}
-    expected = KTOTrainer._compute_loss(fake, lambda **kw: _outputs(logp[:, None]), inputs, return_outputs=False)
+    expected = trl_kto_loss(logp[:, None], completion_mask, label, ref, kl_logp, kl_ref, beta)
     assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
     # (the chosen answers alone give another reference point, hence another loss)
     z_all = (kl_logp - kl_ref).mean().clamp(min=0)
