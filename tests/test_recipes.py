@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mmpost
+from mmpost.algos.sft import ift_loss, poft_loss, weighted_nll
 from mmpost.recipes import RECIPES
 
 QUICK = {"data.train_size": 64, "data.eval_size": 4, "threads": 1, "eval.sampled": False}
@@ -215,3 +216,82 @@ def test_readme_methods_table_is_the_generated_one():
         main(["list", "recipes", "--markdown"])
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert out.getvalue().strip() in readme
+
+
+SFT_FAMILY = {  # recipe -> the term its SFT stage must compute (the algos function), on the same batch
+    "dft": lambda policy, logprobs, mask, rows: weighted_nll(logprobs, mask, "dft"),
+    "poft": lambda policy, logprobs, mask, rows: poft_loss(logprobs, logprobs.detach(), mask),  # start model = policy
+    "ift": lambda policy, logprobs, mask, rows: ift_loss(*policy.ift_demo_logprobs(rows, 0.2), 0.95),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SFT_FAMILY) + ["anchored_sft", "sstoken", "qtuning", "otr"])
+def test_sft_family_recipe_computes_its_own_term(name, warm_model):
+    """On the same batch of demonstrations, a recipe's SFT stage computes its own term (the algos
+    function its formula names, where it can be recomputed here) and not plain SFT's NLL."""
+    import copy
+    from types import SimpleNamespace
+
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.stages.sft import demo_loss
+
+    policy = TokenPolicy.from_pretrained(warm_model)
+    rows = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic")).rows("heldout")[:4]
+    stage = mmpost.build_config("arithmetic", recipe=name).stage("sft")
+    base = mmpost.build_config("arithmetic", recipe="sft").stage("sft")
+    reference = copy.deepcopy(policy) if stage.needs_reference() else None
+    torch.manual_seed(0)
+    ours, _ = demo_loss(SimpleNamespace(stage=stage, policy=policy, reference=reference, models={}), rows)
+    plain, _ = demo_loss(SimpleNamespace(stage=base, policy=policy, reference=None, models={}), rows)
+    assert abs(ours.item() - plain.item()) > 1e-4, f"{name} computed plain SFT"
+    if name in SFT_FAMILY:
+        logprobs, mask = policy.demo_logprobs(rows)
+        torch.manual_seed(0)
+        assert ours.item() == pytest.approx(SFT_FAMILY[name](policy, logprobs, mask, rows).item(), abs=1e-5)
+
+
+RL_FAMILY = ["dr_grpo", "gspo", "rloo", "reinforce_pp", "dual_clip", "grpo_kl", "entropy_bonus", "dapo"]
+
+
+@pytest.mark.parametrize("name", RL_FAMILY)
+def test_rl_family_recipe_computes_its_own_term(name, warm_model):
+    """On the same sampled, scored group, a recipe's RL objective (advantages, then the loss with the
+    KL / entropy terms) is the formula its knobs name, and differs from GRPO's."""
+    import copy
+    from types import SimpleNamespace
+
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.algos.kl import per_step_kl
+    from mmpost.algos.pg import aggregate, clipped_pg_loss
+    from mmpost.stages.rl import compute_advantages, pg_objective
+
+    policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=24)
+    rows = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic")).rows("heldout")[:2]
+    torch.manual_seed(0)
+    sampled = policy.rollout(rows, 4)
+    sampled.rewards = torch.tensor([0.0, 0.5, 1.0, 0.25, 1.0, 0.0, 0.75, 0.5])
+    sampled.ref_logprobs = sampled.logprobs - 0.05 * sampled.mask  # a start model a little off the sampler
+    sampled.logprobs = sampled.logprobs - 1.5 * sampled.mask  # an older sampler: ratios e^1.5, so the clips act
+
+    def objective(recipe: str):
+        stage = mmpost.build_config("arithmetic", recipe=recipe).stages[-1]
+        rollout = copy.deepcopy(sampled)
+        compute_advantages(rollout, stage)
+        ctx = SimpleNamespace(stage=stage, policy=policy, reference=policy if stage.kl.coef else None)
+        loss, _ = pg_objective(ctx, rollout, closed_form=False)
+        return stage, rollout, loss
+
+    stage, rollout, ours = objective(name)
+    _, base_rollout, grpo = objective("grpo")
+    assert abs(ours.item() - grpo.item()) > 1e-6 or not torch.allclose(rollout.advantages, base_rollout.advantages), name
+    logprobs, entropy = policy.logprobs(rollout, return_entropy=True)
+    mask = rollout.mask
+    expected, _ = clipped_pg_loss(logprobs, rollout.logprobs, rollout.advantages, mask, stage.pg.clip_low,
+                                  stage.pg.clip_high, stage.pg.aggregation, stage.pg.dual_clip, stage.pg.ratio_level,
+                                  stage.sampling.max_new_tokens)
+    if stage.kl.coef:
+        kl = per_step_kl(logprobs, rollout.ref_logprobs, stage.kl.estimator)
+        expected = expected + stage.kl.coef * aggregate(kl, mask, stage.pg.aggregation, stage.sampling.max_new_tokens)
+    if stage.pg.entropy_coef:
+        expected = expected - stage.pg.entropy_coef * aggregate(entropy, mask, "token_mean")
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
