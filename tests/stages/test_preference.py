@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import mmpost
+from mmpost.algos import preference as losses
 from mmpost.stages.preference import Preference, _mismatched, _sums, preference_loss
 from mmpost.stages.spec import Stage
 from mmpost.types import Rollout
@@ -77,3 +79,37 @@ def test_poft_reference_models_by_path_change_the_update(policy_and_reference, t
     assert abs(loss.item() - start_model.item()) > 1e-3
     demo_loss(ctx, rows)
     assert len(ctx.models) == 1  # loaded once per stage
+
+
+PREFERENCE_RECIPES = {  # recipe -> its loss from the algos functions, on (w, l) sums, reference sums and lengths
+    "dpo": lambda w, l, rw, rl, nw, nl: losses.dpo(w, l, rw, rl, 0.1),
+    "cdpo": lambda w, l, rw, rl, nw, nl: losses.dpo(w, l, rw, rl, 0.1, 0.1),
+    "robust_dpo": lambda w, l, rw, rl, nw, nl: losses.robust_dpo(w, l, rw, rl, 0.1, 0.1),
+    "ipo": lambda w, l, rw, rl, nw, nl: losses.ipo(w, l, rw, rl, nw, nl, 0.1),
+    "rdpo": lambda w, l, rw, rl, nw, nl: losses.rdpo(w, l, rw, rl, nw, nl, 0.1, 0.05),
+    "tulu3_dpo": lambda w, l, rw, rl, nw, nl: losses.dpo_length_normalized(w, l, rw, rl, nw, nl, 5.0),
+    "simpo": lambda w, l, rw, rl, nw, nl: losses.simpo(w, l, nw, nl, 2.5, 1.375),
+    "orpo": lambda w, l, rw, rl, nw, nl: -w / nw + 0.1 * losses.orpo_odds_ratio(w / nw, l / nl),
+    "asft": lambda w, l, rw, rl, nw, nl: -w / nw + losses.asft(w / nw, l / nl),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREFERENCE_RECIPES))
+def test_preference_recipe_computes_its_own_loss(name, policy_and_reference):
+    """Each preference recipe's stage computes its paper's loss (with the recipe's beta, smoothing,
+    margins) on the same pairs, and no two recipes the same one."""
+    policy, reference, rows = policy_and_reference
+    stage = mmpost.build_config("arithmetic", recipe=name).stage("dpo")
+    ctx = SimpleNamespace(stage=stage, policy=policy, reference=reference)
+    chosen, rejected = policy.demo_rollout(rows, "chosen"), policy.demo_rollout(rows, "rejected")
+    with torch.no_grad():
+        ours, _ = preference_loss(ctx, chosen, rejected)
+        pair = Rollout.concat([chosen, rejected])
+        pair.temperature = 1.0
+        (logp, length), ref = _sums(policy, pair), _sums(reference, pair)[0]
+    n = len(rows)
+    expected = PREFERENCE_RECIPES[name](logp[:n], logp[n:], ref[:n], ref[n:], length[:n], length[n:]).mean()
+    assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
+    others = {other: f(logp[:n], logp[n:], ref[:n], ref[n:], length[:n], length[n:]).mean().item()
+              for other, f in PREFERENCE_RECIPES.items() if other != name}
+    assert all(abs(value - ours.item()) > 1e-6 for value in others.values()), others
