@@ -231,7 +231,7 @@ class TrainConfig:
     def requirements(self) -> list[tuple[type, str]]:
         """``(capability Protocol, what needs it)`` for every stage term and run setting: the one list
         :func:`mmpost.policy.missing_capabilities` checks against the task's policy."""
-        from mmpost.policy import Critic, ImageResizing, TokenDemos, VLLMSampling
+        from mmpost.policy import ImageResizing, TokenDemos, VLLMSampling
 
         run = [(TokenDemos, "peft (LoRA adapters)") if self.peft.r else None,
                (VLLMSampling, "rollout.backend=vllm") if self.rollout.backend == "vllm" else None,

@@ -298,7 +298,7 @@ def _sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> 
 def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     """Sample, score, compute advantages, then ``epochs`` x ``minibatches`` optimiser steps (or, with
     ``sasr``, an SFT step instead when the switching rule draws one)."""
-    stage, policy = ctx.stage, ctx.policy
+    stage = ctx.stage
     switch = _sasr_switch(ctx, indices) if stage.demos.sasr else {}
     if switch.get("sasr/sft"):
         return switch

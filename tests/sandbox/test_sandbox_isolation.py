@@ -13,7 +13,6 @@ gold paths disagreeing. Afterwards no process, directory, cgroup or IPC object o
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
