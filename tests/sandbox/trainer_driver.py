@@ -46,7 +46,7 @@ def main() -> None:
             "components": {k: v for k, v in rollout.reward_components.items() if k != "chart_render"},
             "reasons": [str(d["reason"]) for d in capture.details],
             "pngs": [d["png"] for d in capture.details],
-            "stats": dict(getattr(reward.sandbox, "stats", {})),  # (absent before the counters existed)
+            "stats": dict(reward.sandbox.stats),
         })
     reward.close()
     json.dump(out, sys.stdout)

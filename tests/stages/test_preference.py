@@ -30,6 +30,18 @@ def policy_and_reference(mmpost_home):
     return policy, reference, rows
 
 
+def stage_loss(stage, policy, reference, rows):
+    """The preference stage's loss on the rows' (chosen, rejected) columns, the chosen rollout, and the
+    concatenated pair as the stage scores it (answer likelihoods at temperature 1)."""
+    ctx = SimpleNamespace(stage=stage, policy=policy, reference=reference)
+    chosen, rejected = policy.demo_rollout(rows, "chosen"), policy.demo_rollout(rows, "rejected")
+    with torch.no_grad():
+        loss, _ = preference_loss(ctx, chosen, rejected)
+    pair = Rollout.concat([chosen, rejected])
+    pair.temperature = 1.0
+    return loss, chosen, pair
+
+
 def test_kto_reference_point_is_over_every_answer_of_the_batch_as_trl(policy_and_reference):
     """KTO's z0 is the mean log-ratio of all answers of the batch under mismatched prompts (chosen and
     rejected alike), as the module's docstring and TRL's KTOTrainer say: the stage's loss equals
@@ -38,12 +50,8 @@ def test_kto_reference_point_is_over_every_answer_of_the_batch_as_trl(policy_and
     policy, reference, rows = policy_and_reference
     beta = 0.2
     stage = Stage(name="dpo", kind="dpo", preference=Preference(loss="kto", beta=beta))
-    ctx = SimpleNamespace(stage=stage, policy=policy, reference=reference)
-    chosen, rejected = policy.demo_rollout(rows, "chosen"), policy.demo_rollout(rows, "rejected")
+    ours, chosen, pair = stage_loss(stage, policy, reference, rows)
     with torch.no_grad():
-        ours, _ = preference_loss(ctx, chosen, rejected)
-        pair = Rollout.concat([chosen, rejected])
-        pair.temperature = 1.0
         logp, ref = _sums(policy, pair)[0], _sums(reference, pair)[0]
         mismatched = _mismatched(pair)
         kl_logp, kl_ref = _sums(policy, mismatched)[0], _sums(reference, mismatched)[0]
@@ -100,12 +108,8 @@ def test_preference_recipe_computes_its_own_loss(name, policy_and_reference):
     margins) on the same pairs, and no two recipes the same one."""
     policy, reference, rows = policy_and_reference
     stage = mmpost.build_config("arithmetic", recipe=name).stage("dpo")
-    ctx = SimpleNamespace(stage=stage, policy=policy, reference=reference)
-    chosen, rejected = policy.demo_rollout(rows, "chosen"), policy.demo_rollout(rows, "rejected")
+    ours, _, pair = stage_loss(stage, policy, reference, rows)
     with torch.no_grad():
-        ours, _ = preference_loss(ctx, chosen, rejected)
-        pair = Rollout.concat([chosen, rejected])
-        pair.temperature = 1.0
         (logp, length), ref = _sums(policy, pair), _sums(reference, pair)[0]
     n = len(rows)
     expected = PREFERENCE_RECIPES[name](logp[:n], logp[n:], ref[:n], ref[n:], length[:n], length[n:]).mean()
