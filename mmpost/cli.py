@@ -100,13 +100,13 @@ def _list_recipes(markdown: bool) -> None:
     from mmpost.recipes import RECIPES
 
     if markdown:  # the README's "Methods" table
-        print("| paper | recipe | terms | tests |\n|---|---|---|---|")
+        print("| paper | recipe | terms | fidelity | tests |\n|---|---|---|---|---|")
         for name, recipe in RECIPES.items():
-            print(f"| {recipe.paper} | `{name}` | {recipe.terms} | `{recipe.tests}` |")
+            print(f"| {recipe.paper} | `{name}` | {recipe.terms} | {recipe.fidelity} | `{recipe.tests}` |")
         return
-    print("recipes (any token task: --recipe NAME):")
+    print("recipes (any token task: --recipe NAME; fidelity to the paper in brackets):")
     for name, recipe in RECIPES.items():
-        print(f"  {name:<14} {recipe.paper}: {recipe.terms}")
+        print(f"  {name:<14} {recipe.paper}: {recipe.terms} [{recipe.fidelity.partition(':')[0]}]")
     print("stage kinds: " + ", ".join(STAGE_KINDS))
 
 

@@ -42,6 +42,7 @@ class Rollout:
     alive: torch.Tensor | None = None  # [N, C] 1.0 for real transitions
     returns: torch.Tensor | None = None  # [N, C] critic targets (GAE advantages + values)
     truncated: torch.Tensor | None = None  # [N] bool: cut at the length limit (token policies)
+    off_policy: torch.Tensor | None = None  # [N] bool: not sampled from the policy (a demonstration in its group)
     metrics: dict = field(default_factory=dict)  # sampling statistics for the log (times, success)
 
     def __post_init__(self):

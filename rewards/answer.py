@@ -37,3 +37,14 @@ def answer_partial(prompts, completions, answer, **columns) -> list[float]:
         found = extract_answer(completion)
         scores.append(0.0 if found is None else 1.0 if found == str(gold) else 0.1)
     return scores
+
+
+@reward("answer_given")
+def answer_given(prompts, completions, **columns) -> list[float]:
+    """1 when the completion states an answer (``#### N``), right or wrong (Fast-Math-R1's format
+    reward: an answer given before the reasoning ends, so inference can stop there).
+
+    >>> answer_given(["q", "q"], ["3 + 4 = 7\\n#### 7", "3 + 4 is seven"])
+    [1.0, 0.0]
+    """
+    return [0.0 if extract_answer(c) is None else 1.0 for c in completions]

@@ -67,25 +67,28 @@ def test_recipe_runs_with_finite_losses(name, warm_model, tmp_path):
     assert any(k.startswith("loss/") for line in last for k in line), f"{name}: the last stage never trained"
 
 
-def test_demo_joins_its_group(warm_model, mmpost_home):
-    """LUFFY / ViSurf: the gold answer is one more member of its prompt's group, and it is right."""
+@pytest.mark.parametrize("name", ["luffy", "visurf"])
+def test_demo_joins_its_group(name, warm_model, mmpost_home):
+    """LUFFY / ViSurf: the gold answer is the last of its prompt's ``group_size`` members (LUFFY's 7 + 1),
+    marked off-policy, and it is right; its stored log-probs are the model's (first ratio 1)."""
+    from types import SimpleNamespace
+
     from mmpost.adapters.token_policy import TokenPolicy
-    from mmpost.config import TrainConfig
     from mmpost.rewarding import score_rollout
     from mmpost.rewards.answer import answer_match
-    from mmpost.tasks.arithmetic import Arithmetic
-    from mmpost.types import Rollout
+    from mmpost.stages.rl import _sample_groups
 
-    rows = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[:2]
+    rows = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic")).rows("train")[:2]
+    stage = mmpost.build_config("arithmetic", recipe=name, overrides={"rl.sampling.group_size": 4}).stages[-1]
     policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
-    sampled = policy.rollout(rows, 3, temperature=1.0)
-    merged = Rollout.concat([sampled, policy.demo_rollout(rows, temperature=1.0)])
+    merged = _sample_groups(SimpleNamespace(stage=stage, policy=policy, step=0, steps=1), rows, 1.0)
     assert merged.group.tolist() == [0, 0, 0, 1, 1, 1, 0, 1]
+    assert merged.off_policy.tolist() == [False] * 6 + [True] * 2
     score_rollout(merged, {"answer_match": answer_match}, {"answer_match": 1.0})
     assert merged.rewards[-2:].tolist() == [1.0, 1.0]
-    # the demonstration's stored log-probs are the model's, so its first ratio is 1
     recomputed = policy.logprobs(merged)
     assert torch.allclose(recomputed.detach(), merged.logprobs, atol=1e-4)
+    assert stage.demos.shaping_gamma == (0.1 if name == "luffy" else 0.0)
 
 
 def test_spin_refreshes_its_reference(warm_model, tmp_path):
@@ -203,6 +206,14 @@ def test_recipes_name_tests_that_exist():
     assert not wrong, "\n".join(wrong)
 
 
+def test_every_recipe_states_its_fidelity():
+    """The "fidelity" column (README "Methods", `mmpost list recipes`) is each recipe's ``fidelity`` field,
+    one of: faithful / approximation: what differs / unverified: what could not be read."""
+    wrong = {name: r.fidelity for name, r in RECIPES.items()
+             if not re.fullmatch(r"faithful(: .+)?|approximation: .{10,}|unverified: .{10,}", r.fidelity)}
+    assert not wrong, wrong
+
+
 def test_readme_methods_table_is_the_generated_one():
     """README's "Methods" table is `mmpost list recipes --markdown`, so it cannot drift from recipes.py."""
     import contextlib
@@ -295,3 +306,84 @@ def test_rl_family_recipe_computes_its_own_term(name, warm_model):
     if stage.pg.entropy_coef:
         expected = expected - stage.pg.entropy_coef * aggregate(entropy, mask, "token_mean")
     assert ours.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_tulu3_rlvr_rewards_by_hand():
+    """TULU 3 RLVR: the verifier's 0/1 becomes 0/10, an output cut before its EOS gets -10 whatever it
+    scored, and the PPO stage samples once per prompt with the KL in the per-token reward."""
+    from types import SimpleNamespace
+
+    from mmpost.stages.rl import shape_rewards
+
+    cfg = mmpost.build_config("arithmetic", recipe="tulu3_rlvr")
+    stage = cfg.stage("ppo")
+    assert cfg.rewards == ["answer_match"] and stage.sampling.group_size == 1 and stage.kl.where == "reward"
+    rollout = SimpleNamespace(rewards=torch.tensor([1.0, 0.0, 1.0]), truncated=torch.tensor([False, False, True]),
+                              num_steps=torch.tensor([5.0, 5.0, 40.0]), metrics={})
+    shape_rewards(rollout, stage)
+    assert rollout.rewards.tolist() == [10.0, 0.0, -10.0]
+
+
+@pytest.mark.parametrize("name", ["fast_math", "tulu3_rlvr"])
+def test_recipe_rewards_are_its_papers(name):
+    """The recipe scores with its paper's rewards: on hand-written completions, the run's total reward is
+    the sum the paper's reward code gives (Fast-Math-R1: answer given + cosine length + Kimi length)."""
+    from mmpost.rewards.efficiency import CosineLength, kimi_length
+    from mmpost.rewarding import score_rollout
+    from mmpost.types import Rollout
+
+    cfg = mmpost.build_config("arithmetic", recipe=name)
+    rewards = {r: mmpost.REWARDS.get(r) for r in cfg.rewards}
+    for fn in rewards.values():
+        if hasattr(fn, "configure"):
+            fn.configure(cfg)
+    completions = ["2+3=5\n#### 5", "2+3=6\n#### 6", "it is five"]
+    rollout = Rollout(logprobs=torch.zeros(3, 1), mask=torch.ones(3, 1), group=torch.zeros(3, dtype=torch.long),
+                      outputs=completions, prompts=["q"] * 3, columns={"answer": ["5"] * 3}, actions=None)
+    score_rollout(rollout, rewards, {r: 1.0 for r in rewards})
+    if name == "fast_math":
+        cosine = CosineLength(max_len=round(CosineLength.CHARS_PER_CAP_TOKEN * cfg.stages[-1].sampling.max_new_tokens))
+        expected = [g + c + k for g, c, k in zip([1.0, 1.0, 0.0], cosine(["q"] * 3, completions, answer=["5"] * 3),
+                                                 kimi_length(["q"] * 3, completions, answer=["5"] * 3))]
+        assert cfg.stages[-1].kl.coef == 0.04 and cfg.stages[-1].sampling.group_size == 8
+    else:
+        expected = [1.0, 0.0, 0.0]
+    assert rollout.rewards.tolist() == pytest.approx(expected)
+
+
+def test_curriculum_stages_train_on_their_splits(warm_model, tmp_path):
+    """UAV-VL-R1's multi-stage GRPO: after SFT, a GRPO stage on the easier split, then one on the harder
+    (arithmetic: two then three operations), each half the default RL steps."""
+    from mmpost.engine import train
+
+    cfg = mmpost.build_config("arithmetic", recipe="curriculum")
+    default_rl = mmpost.build_config("arithmetic").stages[-1]
+    assert [(s.name, s.kind, s.data) for s in cfg.stages] == [
+        ("sft", "sft", "train"), ("grpo_easy", "rl", "two_step"), ("grpo_hard", "rl", "three_step")]
+    assert cfg.stage("grpo_easy").steps + cfg.stage("grpo_hard").steps == default_rl.steps
+    task = mmpost.TASKS.get("arithmetic")(cfg)
+    assert {r["operations"] for r in task.rows("two_step")} == {2}
+    assert {r["operations"] for r in task.rows("three_step")} == {3}
+    cfg = _quick(mmpost.build_config("arithmetic", recipe="curriculum", model=warm_model, output_dir=str(tmp_path),
+                                     overrides={**QUICK, "sft.steps": 0}), steps=2)
+    train(cfg)
+    trained = {line["stage"] for line in _lines(tmp_path) if "loss/total" in line}
+    assert trained == {"grpo_easy", "grpo_hard"}
+
+
+def test_chord_loss_is_the_mix_of_grpo_and_sft(warm_model, tmp_path):
+    """CHORD: each update's loss is (1 - mu) x the GRPO objective + mu x the SFT term on the prompts'
+    demonstrations, as logged by the mixed stage at every step."""
+    from mmpost.engine import train
+
+    cfg = _quick(mmpost.build_config("arithmetic", recipe="chord", model=warm_model, rewards=["answer_partial", "length"],
+                                     weights=[1.0, 0.1], output_dir=str(tmp_path), overrides={**QUICK, "sft.steps": 0}))
+    for stage in cfg.stages:
+        stage.pg.minibatches = stage.pg.epochs = 1  # one update per step: the logged parts are its loss's
+    train(cfg)
+    lines = [line for line in _lines(tmp_path) if line.get("stage") == "mixed" and "loss/total" in line]
+    assert lines
+    for line in lines:
+        mu = line["mu"]
+        assert mu == pytest.approx(0.1)
+        assert line["loss/total"] == pytest.approx((1 - mu) * line["loss/pg"] + mu * line["loss/sft"], abs=1e-6)

@@ -58,11 +58,17 @@ def log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Te
 def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                     mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
                     aggregation: str = "token_mean", dual_clip: float = 0.0, ratio_level: str = "token",
-                    max_length: int = 0, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    max_length: int = 0, tokens: torch.Tensor | None = None, off_policy: torch.Tensor | None = None,
+                    shaping_gamma: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """``-min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A)`` per action step, aggregated.
 
     With ``dual_clip = c > 1`` (Ye et al. 2020; pi_RL uses 3), steps with ``A < 0`` are further
     bounded by ``-c * A``, so a huge ratio on a bad action cannot dominate the batch.
+
+    With ``shaping_gamma = g > 0``, the steps of ``off_policy`` outputs (demonstrations in a group) are
+    LUFFY's policy shaping instead: ``-A * p / (p + g)`` with ``p`` the current probability, unclipped
+    (``ElliottYan/LUFFY`` ``mix_core_alg.py::compute_token_on_off_policy_loss``, ``p_div_p_0.1``): its
+    gradient ``-A g p / (p + g)^2 grad log p`` keeps low-probability demonstrated tokens learning.
 
     Args:
         logprobs: [N, T] current log-probs (with grad).
@@ -86,6 +92,9 @@ def clipped_pg_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     per_step = -torch.min(ratio * advantages, clipped * advantages)
     if dual_clip:
         per_step = torch.where(advantages < 0, torch.min(per_step, -dual_clip * advantages), per_step)
+    if shaping_gamma and off_policy is not None and bool(off_policy.any()):
+        p = logprobs.exp()
+        per_step = torch.where(off_policy.to(per_step.device)[:, None], -advantages * p / (p + shaping_gamma), per_step)
     with torch.no_grad():
         was_clipped = ((ratio < 1 - clip_low) & (advantages < 0)) | ((ratio > 1 + clip_high) & (advantages > 0))
         n = mask.sum().clamp(min=1.0)

@@ -86,18 +86,23 @@ def ift_loss(logprobs: torch.Tensor, mask: torch.Tensor, gamma: float = 0.95) ->
 
 
 def otr_loss(log_probs: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-             tokens: torch.Tensor | None = None) -> torch.Tensor:
-    """One-Token Rollout (arXiv 2509.26313): every demonstrated position is a one-step episode; the
-    ``K`` candidate tokens sampled there (``candidates`` [B, T, K]) get reward 1 when they equal the
-    demonstrated token, else 0, and REINFORCE with the candidates' mean reward as baseline:
-    ``-mean_k (r_k - mean r) log p(c_k)`` per position, token mean. A position none of whose
-    candidates matches gives no gradient. The reward values follow the paper's summary; its baseline
-    and K are unverified (the paper's code was not available here). ``tokens``: the token-mean
-    normaliser (see :func:`~mmpost.algos.pg.aggregate`)."""
-    rewards = (candidates == targets.unsqueeze(-1)).float()
-    advantages = rewards - rewards.mean(-1, keepdim=True)
+             miss_reward: float = -0.1, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """One-Token Rollout (arXiv 2509.26313): every demonstrated position is a one-step episode whose
+    ``K`` actions are the ``candidates`` [B, T, K] sampled from the temperature-scaled policy (detached);
+    a candidate equal to the demonstrated token earns 1, any other ``miss_reward`` (the paper's beta,
+    slightly negative), and REINFORCE with no baseline gives, per position,
+    ``-(1/K) sum_k R(c_k) log p(c_k)`` under the untempered policy, token-mean over positions:
+    ``-(n/K) log p(gold) - beta sum_{a != gold} (c(a)/K) log p(a)``.
+
+    The gold token is trained in proportion to how often it is sampled (DFT's ``sg(p)`` weight at
+    temperature 1 and K -> inf), and sampled wrong tokens are pushed down, so a position with no hit
+    still has a gradient when beta < 0. (Read from the paper's equations as restated in its ICLR 2026
+    reviews; the authors' code and their beta and temperature values were not available.)
+    ``tokens``: the token-mean normaliser (see :func:`~mmpost.algos.pg.aggregate`)."""
+    hits = (candidates == targets.unsqueeze(-1)).to(log_probs.dtype)
+    rewards = hits + miss_reward * (1 - hits)
     chosen = torch.gather(log_probs, 2, candidates)
-    return aggregate(-(advantages * chosen).mean(-1), mask, "token_mean", tokens=tokens)
+    return aggregate(-(rewards * chosen).mean(-1), mask, "token_mean", tokens=tokens)
 
 
 def sample_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) -> torch.Tensor:

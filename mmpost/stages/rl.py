@@ -67,6 +67,7 @@ class Advantage(StageSection):
 
     # "group" (GRPO) | "gae" (PPO with a value head) | "rloo" | "reinforce_pp" | "reinforce_pp_baseline"
     estimator: str = "group"
+    reward_scale: float = 1.0  # the weighted reward is multiplied by this first (TULU 3 RLVR's verifiable bonus: 10)
     scale_rewards: bool = True  # group: divide by the group std (False: Dr.GRPO)
     gamma: float = 0.99  # gae: discount per transition
     lam: float = 0.95  # gae: lambda
@@ -91,6 +92,7 @@ class GroupFilter(StageSection):
     reward_range: list = field(default_factory=list)  # [low, high] keep groups whose mean reward is inside
     overlong: list = field(default_factory=list)  # [max_length, cache]: DAPO's soft overlong penalty on the reward
     mask_truncated: bool = False  # outputs cut at max_new_tokens get no loss (DAPO's overlong filtering)
+    truncated_reward: float | None = None  # outputs cut at max_new_tokens get this reward (TULU 3's non-stop penalty: -10)
 
     def __post_init__(self):
         if self.reward_range and len(self.reward_range) != 2:
@@ -101,7 +103,8 @@ class GroupFilter(StageSection):
         self.overlong = [int(v) for v in self.overlong]
 
     def requires(self, stage) -> list[tuple[type, str]]:
-        return [(TokenDemos, "filter.mask_truncated")] if self.mask_truncated else []
+        truncation = self.mask_truncated or self.truncated_reward is not None
+        return [(TokenDemos, "filter.mask_truncated / filter.truncated_reward")] if truncation else []
 
 
 @dataclass
@@ -143,7 +146,8 @@ class DemosInRL(StageSection):
 
     mu: list = field(default_factory=lambda: [0.1, 0.1, 0, 0])  # mixed: CHORD's [peak, valley, warmup, decay]
     data: str = ""  # mixed: split the SFT term samples from ("" = this stage's rows; "demos" for a robot)
-    in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf)
+    in_group: bool = False  # rl: the demonstration joins each prompt's group (LUFFY, ViSurf), group_size - 1 samples
+    shaping_gamma: float = 0.0  # rl: LUFFY's policy shaping of the demonstration's tokens, -A p/(p + gamma); 0 = off
     prefix_samples: int = 0  # rl: members of each group that continue a demonstration prefix (Prefix-RFT)
     prefix_ratio: list = field(default_factory=lambda: [0.95, 0.05])  # prefix share, cosine from first to last
     prefix_entropy_top: float = 0.2  # share of prefix tokens (highest entropy) that keep a loss
@@ -159,6 +163,8 @@ class DemosInRL(StageSection):
     def check(self, stage) -> None:
         if self.prefix_samples and not 0 < self.prefix_samples < stage.sampling.group_size:
             raise ValueError("demos.prefix_samples must be between 1 and sampling.group_size - 1")
+        if self.in_group and stage.sampling.group_size < 2:
+            raise ValueError("demos.in_group needs sampling.group_size >= 2 (the demonstration is one member)")
 
     def requires(self, stage) -> list[tuple[type, str]]:
         return ([(TokenDemos, "demos.in_group")] if self.in_group else []) + \
@@ -205,6 +211,18 @@ def compute_advantages(rollout, stage) -> dict[str, float]:
     return metrics
 
 
+def shape_rewards(rollout: Rollout, stage) -> None:
+    """The scored rewards, shaped before advantages: scaled (``advantage.reward_scale``), DAPO's soft
+    overlong penalty added, and TULU 3's non-stop penalty replacing the reward of a truncated output."""
+    rollout.rewards = rollout.rewards * stage.advantage.reward_scale
+    if stage.filter.overlong:
+        rollout.rewards = rollout.rewards + overlong_penalty(rollout.num_steps, *stage.filter.overlong)
+    if stage.filter.truncated_reward is not None and rollout.truncated is not None:
+        rollout.rewards = torch.where(rollout.truncated, torch.tensor(float(stage.filter.truncated_reward)),
+                                      rollout.rewards)
+        rollout.metrics["rl/truncated_fraction"] = float(rollout.truncated.float().mean())
+
+
 def outcome_as_step_rewards(rollout: Rollout, policy, kl_coef: float = 0.0) -> None:
     """Token outputs for GAE (ReFT): each token is a transition, the outcome reward arrives on the last
     real token, ``-kl_coef * (log p_old - log p_ref)`` on every token (KL in the reward), values from
@@ -241,7 +259,8 @@ def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool,
     mask = part.mask.to(device)
     loss, metrics = clipped_pg_loss(logprobs, part.logprobs.to(device), part.advantages.to(device), mask,
                                     stage.pg.clip_low, stage.pg.clip_high, stage.pg.aggregation, stage.pg.dual_clip,
-                                    stage.pg.ratio_level, stage.sampling.max_new_tokens, token_count(mask))
+                                    stage.pg.ratio_level, stage.sampling.max_new_tokens, token_count(mask),
+                                    part.off_policy, stage.demos.shaping_gamma)
     metrics["loss/pg"] = loss.item()
     if stage.advantage.estimator == "gae":
         critic = value_loss(policy.values(part), part.values.to(device), part.returns.to(device),
@@ -278,20 +297,23 @@ def sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> R
 
 
 def _sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> Rollout:
-    """``sampling.group_size`` outputs of the policy per prompt, of which ``demos.prefix_samples`` continue
-    a demonstration prefix (Prefix-RFT), plus the demonstration itself with ``demos.in_group`` (LUFFY)."""
+    """``sampling.group_size`` members per prompt: outputs of the policy, of which ``demos.prefix_samples``
+    continue a demonstration prefix (Prefix-RFT), and with ``demos.in_group`` the demonstration itself
+    as the last member, marked ``off_policy`` (LUFFY: 7 samples + 1 demonstration)."""
     stage, policy = ctx.stage, ctx.policy
+    sampled = stage.sampling.group_size - int(stage.demos.in_group)
     if stage.demos.prefix_samples:
         ratio = cosine(ctx.step, ctx.steps, *stage.demos.prefix_ratio)
         rollout = Rollout.concat([
-            policy.rollout(batch, stage.sampling.group_size - stage.demos.prefix_samples, temperature=temperature),
+            policy.rollout(batch, sampled - stage.demos.prefix_samples, temperature=temperature),
             policy.prefixed_rollout(batch, stage.demos.prefix_samples, ratio, temperature=temperature,
                                     entropy_top=stage.demos.prefix_entropy_top)])
         rollout.metrics["prefix/ratio"] = ratio
     else:
-        rollout = policy.rollout(batch, stage.sampling.group_size, temperature=temperature)
+        rollout = policy.rollout(batch, sampled, temperature=temperature)
     if stage.demos.in_group:
         rollout = Rollout.concat([rollout, policy.demo_rollout(batch, temperature=temperature)])
+        rollout.off_policy = torch.arange(len(rollout)) >= len(rollout) - len(batch)
     return rollout
 
 
@@ -320,8 +342,7 @@ def rl_step(ctx: StageContext, indices: list[int]) -> dict[str, float]:
     waited = time.perf_counter()
     metrics, reward_seconds = scoring.result()
     scored = time.perf_counter()
-    if stage.filter.overlong:
-        rollout.rewards = rollout.rewards + overlong_penalty(rollout.num_steps, *stage.filter.overlong)
+    shape_rewards(rollout, stage)
     if ctx.reference is not None and stage.kl.coef > 0:
         with torch.no_grad():
             rollout.ref_logprobs = ctx.reference.logprobs(rollout).cpu()

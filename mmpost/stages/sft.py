@@ -34,7 +34,9 @@ class DemoLoss(StageSection):
     # their own tokenizers, averaged) is the reference; [] = the start-of-stage model, with which
     # PoFT begins as a rescaled NLL (the paper's references are other, aligned LLMs)
     poft_reference: list = field(default_factory=list)
-    otr_candidates: int = 8  # otr: tokens sampled per demonstrated position (at the stage's temperature)
+    otr_candidates: int = 256  # otr: tokens sampled per demonstrated position (the paper's K)
+    otr_temperature: float = 1.2  # otr: sampling temperature (> 1 in the paper, its value unread)
+    otr_miss_reward: float = -0.1  # otr: reward of a sampled token that is not the demonstrated one (beta)
     ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
     ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight
     fait_alpha: float = 1.0  # fait: extra weight on gold tokens where the model's wrong answer differs
@@ -74,9 +76,9 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
     metrics = {"tokens": float(mask.sum())}
     if terms.weight == "otr":
         log_probs = torch.log_softmax(out[2], dim=-1)
-        candidates = sample_candidates(out[2], terms.otr_candidates, ctx.stage.sampling.temperature)
+        candidates = sample_candidates(out[2], terms.otr_candidates, terms.otr_temperature)
         gold = policy.demo_tokens(batch)[0].to(log_probs.device)
-        loss = otr_loss(log_probs, candidates, gold, mask, token_count(mask))
+        loss = otr_loss(log_probs, candidates, gold, mask, terms.otr_miss_reward, token_count(mask))
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
     elif terms.weight == "qtuning":
         keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, terms.qtuning_quantile, terms.qtuning_token_keep)

@@ -149,6 +149,28 @@ def test_rloo_loss_agrees_with_trl():
     assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_luffy_policy_shaping_by_hand():
+    """LUFFY: a demonstration's tokens lose ``-A p/(p + g)`` (current p, no clip, even at a ratio far
+    outside the clip range) and get the gradient ``-A g p/(p + g)^2`` per log-prob; sampled outputs keep
+    the clipped loss."""
+    from mmpost.algos.pg import clipped_pg_loss
+
+    logprobs = torch.log(torch.tensor([[0.5, 0.02], [0.5, 0.5]])).requires_grad_()
+    old = torch.log(torch.tensor([[0.1, 0.1], [0.5, 0.5]]))  # demo row: ratios 5 and 0.2, outside [0.8, 1.2]
+    advantages = torch.tensor([2.0, -1.0])
+    mask = torch.ones(2, 2)
+    off_policy = torch.tensor([True, False])
+    loss, _ = clipped_pg_loss(logprobs, old, advantages, mask, aggregation="token_mean", off_policy=off_policy,
+                              shaping_gamma=0.1)
+    shaped = [-2.0 * p / (p + 0.1) for p in (0.5, 0.02)]
+    assert loss.item() == pytest.approx((sum(shaped) + 1.0 + 1.0) / 4)  # sampled row: ratio 1, -A = 1 per step
+    loss.backward()
+    expected = [-2.0 * 0.1 * p / (p + 0.1) ** 2 / 4 for p in (0.5, 0.02)]
+    assert logprobs.grad[0].tolist() == pytest.approx(expected)
+    plain, _ = clipped_pg_loss(logprobs, old, advantages, mask, aggregation="token_mean", off_policy=off_policy)
+    assert plain.item() != pytest.approx(loss.item())  # shaping off (gamma 0): the demo is clipped like a sample
+
+
 def test_dual_clip_bounds_negative_advantages():
     logp = torch.log(torch.tensor([[5.0, 5.0]]))  # ratio 5 against old log-prob 0
     old, mask = torch.zeros(1, 2), torch.ones(1, 2)

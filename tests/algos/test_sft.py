@@ -74,18 +74,43 @@ def test_ift_loss_by_hand():
 
 
 def test_otr_loss_by_hand():
+    """One-Token Rollout: reward 1 for a sampled gold token, beta for any other, no baseline; a position
+    with no hit still pushes its sampled wrong tokens down (the term the mean-baseline version lacked)."""
     from mmpost.algos.sft import otr_loss, sample_candidates
 
-    log_probs = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]]))
+    log_probs = torch.log(torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]])).requires_grad_()
     targets = torch.tensor([[0, 2]])
     candidates = torch.tensor([[[0, 1, 0, 2], [1, 1, 0, 0]]])  # position 1: no candidate is the demo token
-    # position 0: rewards 1,0,1,0 -> advantages .5,-.5,.5,-.5: -(0.5 log .5 - 0.5 log .3 + 0.5 log .5 - 0.5 log .2)/4
-    first = -(0.5 * math.log(0.5) * 2 - 0.5 * math.log(0.3) - 0.5 * math.log(0.2)) / 4
-    loss = otr_loss(log_probs, candidates, targets, torch.ones(1, 2))
-    assert loss.item() == pytest.approx(first / 2)  # token mean over the two positions; the second adds 0
+    beta = -0.1
+    first = -(2 * math.log(0.5) + beta * math.log(0.3) + beta * math.log(0.2)) / 4
+    second = -(beta * 2 * math.log(0.1) + beta * 2 * math.log(0.1)) / 4
+    loss = otr_loss(log_probs, candidates, targets, torch.ones(1, 2), miss_reward=beta)
+    assert loss.item() == pytest.approx((first + second) / 2)  # token mean over the two positions
+    loss.backward()
+    assert log_probs.grad[0, 1].abs().sum() > 0  # the no-hit position is trained
+    # with beta = 0 and every candidate a hit, OTR is NLL weighted by the hit rate
+    all_hits = torch.tensor([[[0, 0, 0, 0], [2, 2, 2, 2]]])
+    assert otr_loss(log_probs, all_hits, targets, torch.ones(1, 2), 0.0).item() == pytest.approx(
+        -(math.log(0.5) + math.log(0.8)) / 2)
     torch.manual_seed(0)
     drawn = sample_candidates(torch.log(torch.tensor([[[0.0, 1.0, 0.0]]]) + 1e-30), 5)
     assert drawn.tolist() == [[[1, 1, 1, 1, 1]]]
+
+
+def test_otr_expectation_is_dft_at_temperature_one():
+    """With K -> inf at temperature 1 and beta = 0, OTR's gradient is DFT's, sg(p) grad log p (the
+    paper's section relating the two)."""
+    from mmpost.algos.sft import otr_loss, sample_candidates, weighted_nll
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    targets = torch.tensor([[1, 3, 0]])
+    log_probs = torch.log_softmax(logits, -1)
+    candidates = sample_candidates(logits, 200_000)
+    otr_grad, = torch.autograd.grad(otr_loss(log_probs, candidates, targets, torch.ones(1, 3), 0.0), logits)
+    gold = torch.log_softmax(logits, -1).gather(2, targets.unsqueeze(-1)).squeeze(-1)
+    dft_grad, = torch.autograd.grad(weighted_nll(gold, torch.ones(1, 3), "dft"), logits)
+    assert torch.allclose(otr_grad, dft_grad, atol=2e-3)
 
 
 def test_qtuning_quadrants_by_hand():
