@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_bench_mrc)
     mg = sub.add_parser("merge", help="merge saved models: linear, SLERP or TIES",
                         description="examples:\n  mmpost merge A B --method slerp --t 0.3 --out merged\n"
+                        "  mmpost merge INSTRUCT TUNED --method slerp --t domain_adaptation --out merged\n"
                         "  mmpost merge A B --method ties --base BASE --density 0.2 --out merged\n"
                         "  mmpost merge A B C --method linear --weights 0.5,0.3,0.2 --out merged",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.add_argument("--method", choices=["linear", "slerp", "ties"], default="linear")
     mg.add_argument("--weights", help="linear: comma-separated weights (normalised to sum 1)")
-    mg.add_argument("--t", type=float, default=0.5, help="slerp: 0 = first model, 1 = second")
+    mg.add_argument("--t", default="0.5", help="slerp: 0 = first model, 1 = second; or a per-layer schedule "
+                    "'self_attn=0,0.5,1; mlp=1,0.5,0; 0.5' (mergekit's gradients) or 'domain_adaptation' (arXiv 2409.03444)")
     mg.add_argument("--base", help="ties: the model the others were fine-tuned from")
     mg.add_argument("--density", type=float, default=0.2, help="ties: fraction of each task vector kept")
     mg.add_argument("--scale", type=float, default=1.0, help="ties: lambda on the merged task vector")
@@ -335,7 +338,8 @@ def _merge(args) -> None:
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-        merge_checkpoints(args.models, args.out, args.method, weights=weights, t=args.t, base=args.base,
+        t = float(args.t) if re.fullmatch(r"[-+.\d]+", args.t.strip()) else args.t
+        merge_checkpoints(args.models, args.out, args.method, weights=weights, t=t, base=args.base,
                           density=args.density, scale=args.scale)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         _fail(error)

@@ -7,6 +7,7 @@ safetensors), copying everything else (config, tokenizer, processor) from the fi
 * ``linear``: ``sum_i w_i theta_i`` with weights normalised to sum 1 (mergekit's ``linear``).
 * ``slerp``: per tensor, spherical interpolation ``sin((1-t) W)/sin W a + sin(t W)/sin W b`` with
   ``cos W`` the cosine of the flattened tensors; linear when they are nearly parallel (mergekit).
+  ``t`` is one number or a per-layer schedule (:func:`parse_schedule`, mergekit's gradient lists).
 * ``ties`` (Yadav et al. 2023, TIES-Merging): task vectors ``tau_i = theta_i - theta_base``, each
   trimmed to its top ``density`` fraction by magnitude, sign elected per entry by the sign of the
   summed trimmed vectors, the entries agreeing with it averaged, ``theta_base + lambda * tau``.
@@ -18,6 +19,7 @@ safetensors), copying everything else (config, tokenizer, processor) from the fi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -45,10 +47,58 @@ def slerp_tensor(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) 
     return out.view_as(a).to(a.dtype)
 
 
-def slerp(states: list[dict], t: float = 0.5) -> dict:
+# The schedule of "Fine-tuning LLMs for domain adaptation" (arXiv 2409.03444; lamm-mit/LLM-finetuning
+# README, merge_SLERP_and_save): attention moves from the first model to the second across the layers,
+# the MLPs the other way, everything else halfway.
+SCHEDULES = {"domain_adaptation": "self_attn=0,0.5,0.3,0.7,1; mlp=1,0.5,0.7,0.3,0; 0.5"}
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def parse_schedule(spec) -> list[tuple[str | None, list[float]]]:
+    """A SLERP ``t``: a number, a named schedule (:data:`SCHEDULES`) or ``FILTER=v0,v1,...; ...; DEFAULT``
+    (mergekit's ``parameters: t: [{filter, value}, ..., {value}]``) as ``[(filter or None, values)]``."""
+    if isinstance(spec, (int, float)):
+        return [(None, [float(spec)])]
+    rules = []
+    for part in SCHEDULES.get(spec.strip(), spec).split(";"):
+        name, _, values = part.strip().rpartition("=")
+        try:
+            rules.append((name.strip() or None, [float(v) for v in values.split(",")]))
+        except ValueError:
+            raise ValueError(f"slerp t {spec!r}: expected a number, one of {', '.join(SCHEDULES)} or "
+                             f"'FILTER=v0,v1,...; ...; DEFAULT', e.g. {SCHEDULES['domain_adaptation']!r}") from None
+    return rules
+
+
+def layer_t(name: str, num_layers: int, schedule: list[tuple[str | None, list[float]]]) -> float:
+    """The ``t`` of tensor ``name`` (mergekit ``config.py::evaluate_setting``, ``plan.py::plan_slice``): the
+    first rule whose filter is a substring of the name (or has none) applies; a list of K values spans the
+    layers at equal spacing, linearly interpolated at ``layer / (num_layers - 1)``; a tensor outside the
+    decoder layers (embeddings, final norm, head) is read at position 0."""
+    match = LAYER.search(name)
+    position = int(match.group(1)) / (num_layers - 1) if match and num_layers > 1 else float(bool(match))
+    for pattern, values in schedule:
+        if pattern is None or pattern in name:
+            scaled = position * (len(values) - 1)
+            low = min(int(scaled), len(values) - 1)
+            high = min(low + 1, len(values) - 1)
+            return (1 - (scaled - low)) * values[low] + (scaled - low) * values[high]
+    return 0.5  # mergekit's fallback when no rule matches and none is a default
+
+
+def slerp(states: list[dict], t=0.5, num_layers: int = 0) -> dict:
+    """SLERP of two state dicts; ``t`` a number or a schedule (:func:`parse_schedule`) over ``num_layers``
+    decoder layers (default: counted in these states)."""
     if len(states) != 2:
         raise ValueError(f"slerp merges exactly two models, got {len(states)}")
-    return {k: slerp_tensor(states[0][k], states[1][k], t) for k in states[0]}
+    schedule = parse_schedule(t) if not isinstance(t, list) else t
+    num_layers = num_layers or count_layers(states[0])
+    return {k: slerp_tensor(states[0][k], states[1][k], layer_t(k, num_layers, schedule)) for k in states[0]}
+
+
+def count_layers(names) -> int:
+    """The number of decoder layers named ``...layers.N...`` among ``names``."""
+    return 1 + max((int(m.group(1)) for n in names if (m := LAYER.search(n))), default=-1)
 
 
 def ties(base: dict, states: list[dict], density: float = 0.2, scale: float = 1.0) -> dict:
@@ -145,13 +195,18 @@ def _map_checkpoints(model_dirs: list[Path], out_dir: Path, fn) -> None:
     tmp.rename(out_dir)  # a crash never leaves a half-written model under the final name
 
 
-def merge_checkpoints(model_dirs: list[str], out_dir: str, method: str = "linear", weights=None, t: float = 0.5,
+def merge_checkpoints(model_dirs: list[str], out_dir: str, method: str = "linear", weights=None, t=0.5,
                       base: str | None = None, density: float = 0.2, scale: float = 1.0) -> None:
-    """Merge saved models into ``out_dir`` by ``method`` (``linear`` | ``slerp`` | ``ties``)."""
+    """Merge saved models into ``out_dir`` by ``method`` (``linear`` | ``slerp`` | ``ties``); ``t`` (slerp)
+    is a number or a per-layer schedule (:func:`parse_schedule`), its layers counted over all shards."""
     if method == "linear":
         _map_checkpoints(model_dirs, out_dir, lambda states: linear(states, weights))
     elif method == "slerp":
-        _map_checkpoints(model_dirs, out_dir, lambda states: slerp(states, t))
+        from safetensors import safe_open
+
+        schedule = parse_schedule(t)
+        names = [k for f in _weight_files(Path(model_dirs[0])) for k in safe_open(Path(model_dirs[0]) / f, "pt").keys()]
+        _map_checkpoints(model_dirs, out_dir, lambda states: slerp(states, schedule, count_layers(names)))
     elif method == "ties":
         if not base:
             raise ValueError("ties needs --base: the model the others were fine-tuned from")

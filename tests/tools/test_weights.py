@@ -23,6 +23,38 @@ def test_slerp_by_hand():
     assert torch.allclose(slerp_tensor(a, 3 * a, 0.5), 2 * a)  # parallel: linear
 
 
+def test_layer_schedule_by_hand():
+    """mergekit's gradient lists: K values at equal spacing over the layers, linear in between, first
+    matching filter wins, tensors outside the layers read at position 0 (the worked 32-layer example of
+    ``plan.py::plan_slice`` + ``config.py::evaluate_setting``)."""
+    from mmpost.tools.weights import layer_t, parse_schedule
+
+    schedule = parse_schedule("domain_adaptation")
+    assert schedule == [("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]), (None, [0.5])]
+    attn = "model.layers.{}.self_attn.q_proj.weight"
+    assert layer_t(attn.format(0), 32, schedule) == 0.0
+    assert layer_t(attn.format(31), 32, schedule) == 1.0
+    x = 24 / 31 * 4  # layer 24: between anchors 3 (0.7) and 4 (1.0)
+    assert layer_t(attn.format(24), 32, schedule) == pytest.approx(0.7 + (x - 3) * 0.3)
+    assert layer_t("model.layers.8.mlp.up_proj.weight", 32, schedule) == pytest.approx(
+        0.5 + (8 / 31 * 4 - 1) * 0.2)
+    assert layer_t("model.layers.8.input_layernorm.weight", 32, schedule) == 0.5  # neither filter: default
+    assert layer_t("model.embed_tokens.weight", 32, parse_schedule("embed=0.2,0.9; 0.5")) == 0.2  # position 0
+    with pytest.raises(ValueError, match="domain_adaptation"):
+        parse_schedule("self_attn=a,b")
+
+
+def test_slerp_with_a_schedule_uses_each_layers_t():
+    from mmpost.tools.weights import parse_schedule, slerp
+
+    a = {f"model.layers.{i}.self_attn.o_proj.weight": torch.tensor([1.0, 0.0]) for i in range(3)}
+    b = {k: torch.tensor([0.0, 1.0]) for k in a}
+    merged = slerp([a, b], parse_schedule("self_attn=0,1; 0.5"))
+    for i, t in enumerate([0.0, 0.5, 1.0]):  # 3 layers over the anchors 0 and 1
+        key = f"model.layers.{i}.self_attn.o_proj.weight"
+        assert torch.allclose(merged[key], slerp_tensor(a[key], b[key], t))
+
+
 def test_ties_by_hand():
     base = {"w": torch.zeros(4)}
     one = {"w": torch.tensor([3.0, -1.0, 0.5, 2.0])}
@@ -70,6 +102,13 @@ def test_merge_and_surgery_commands_on_saved_models(tiny_model_dir, tmp_path):
     base = load_file(tiny_model_dir + "/model.safetensors")[key]
     assert torch.allclose(merged[key], slerp_tensor(base, base + 0.01, 0.5))
     AutoModelForImageTextToText.from_pretrained(out)  # still a loadable model
+    result = subprocess.run([sys.executable, "-m", "mmpost.cli", "merge", str(tiny_model_dir), str(other), "--method",
+                             "slerp", "--t", "domain_adaptation", "--out", str(tmp_path / "scheduled")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    scheduled = load_file(tmp_path / "scheduled" / "model.safetensors")
+    first = next(k for k in scheduled if "layers.0." in k and k.endswith("self_attn.q_proj.weight"))
+    assert torch.allclose(scheduled[first], load_file(tiny_model_dir + "/model.safetensors")[first])  # t = 0
     result = subprocess.run([sys.executable, "-m", "mmpost.cli", "merge", str(tiny_model_dir), "--method", "ties",
                              "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert result.returncode == 2 and "needs --base" in result.stderr
