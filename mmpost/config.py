@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mmpost.registry import closest
-from mmpost.stages.spec import RENAMED, STAGE_KINDS, Stage  # noqa: F401  (STAGE_KINDS: re-exported)
+from mmpost.stages.spec import RENAMED, RETIRED, SECTIONS, STAGE_KINDS, Stage  # noqa: F401  (STAGE_KINDS: re-exported)
 
 @dataclass
 class DataConfig:
@@ -282,6 +282,9 @@ def _set_field(obj, parts: list[str], value, full_key: str) -> None:
     if isinstance(obj, Stage) and name in RENAMED and (name not in valid or len(parts) == 1):  # a flat key of old
         new = full_key[:len(full_key) - len(".".join(parts))] + RENAMED[name]
         raise KeyError(f"config key {full_key!r} is now {new!r} (stage fields are grouped in sections)")
+    section = {cls: key for key, cls in SECTIONS.items()}.get(type(obj))
+    if section and f"{section}.{name}" in RETIRED:
+        raise KeyError(f"config key {full_key!r}: {RETIRED[f'{section}.{name}']}")
     if name not in valid:
         raise KeyError(f"unknown config key {full_key!r}.{_suggest(obj, name, valid)} Valid here: {', '.join(valid)}")
     child = getattr(obj, name)

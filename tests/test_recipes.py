@@ -133,7 +133,7 @@ def test_reft_values(warm_model, tmp_path):
 
 def test_prefix_hybrids(warm_model, mmpost_home):
     """Prefix-RFT: hybrids start with the demonstration's first tokens; only the highest-entropy share
-    of those keeps a loss; stored log-probs are the model's own."""
+    of all the call's prefix tokens keeps a loss; stored log-probs are the model's own."""
     from mmpost.adapters.token_policy import TokenPolicy
     from mmpost.config import TrainConfig
     from mmpost.tasks.arithmetic import Arithmetic
@@ -142,12 +142,14 @@ def test_prefix_hybrids(warm_model, mmpost_home):
     policy = TokenPolicy.from_pretrained(warm_model, max_new_tokens=40)
     hybrid = policy.prefixed_rollout(rows, 2, 0.5, entropy_top=0.25)
     demo, demo_mask = policy.demo_tokens(rows, "completion")
+    kept, prefix_tokens = 0, 0
     for i in range(4):
         demo_ids = demo[i // 2][demo_mask[i // 2].bool()]
         k = int(0.5 * len(demo_ids))
         assert torch.equal(hybrid.actions.completion_ids[i, :k], demo_ids[:k])
-        assert int(hybrid.mask[i, :k].sum()) == max(1, round(0.25 * k))  # the entropy-clipped prefix
+        kept, prefix_tokens = kept + int(hybrid.mask[i, :k].sum()), prefix_tokens + k
         assert hybrid.mask[i, k] == 1.0  # the sampled continuation keeps its loss
+    assert kept == max(1, round(0.25 * prefix_tokens))  # the entropy-clipped prefixes, ranked together
     assert torch.allclose(policy.logprobs(hybrid).detach(), hybrid.logprobs, atol=1e-4)
     assert hybrid.group.tolist() == [0, 0, 1, 1]
 

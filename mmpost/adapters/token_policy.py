@@ -272,9 +272,10 @@ class TokenPolicy:
         ``floor(ratio * |y*|)`` tokens (at least one token left to generate) continued by sampling.
 
         The whole output is the action sequence (the prefix is off-policy; its log-probs are the
-        current model's), so group advantages cover hybrids and on-policy samples alike. Of the prefix
-        tokens only the ``entropy_top`` fraction with the highest entropy keep a loss (Prefix-RFT's
-        entropy-based clipping); the rest only condition the continuation.
+        current model's), so group advantages cover hybrids and on-policy samples alike. Of all the
+        prefix tokens of the call only the ``entropy_top`` fraction with the highest entropy keep a loss
+        (Prefix-RFT's entropy-based clipping, ranked over the micro-batch as ``ZeroYuHuang/prefix_rft``
+        ``dp_actor.py``); the rest only condition the continuation.
         """
         demos, demo_mask = self.demo_tokens(batch, "completion")
         prefixes = []
@@ -305,13 +306,14 @@ class TokenPolicy:
                                              torch.tensor([len(c) for c in completions], device=ids.device)[:, None])
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
         logprobs, logits = self._sequence_logprobs(rows, ids, temperature, return_logits=True)
-        step_entropy = entropy(logits)
         trained = mask.clone()
-        for i in range(len(rows)):
-            k = len(prefixes[i // n])
-            if k and entropy_top < 1:
-                low = torch.argsort(step_entropy[i, :k], descending=True)[max(1, int(round(entropy_top * k))):]
-                trained[i, low] = 0.0
+        in_prefix = torch.arange(length, device=ids.device) < torch.tensor(
+            [len(prefixes[i // n]) for i in range(len(rows))], device=ids.device)[:, None]
+        if entropy_top < 1 and bool(in_prefix.any()):
+            where = in_prefix.nonzero()
+            order = torch.argsort(entropy(logits)[in_prefix], descending=True)
+            low = where[order[max(1, int(round(entropy_top * len(order)))):]]
+            trained[low[:, 0], low[:, 1]] = 0.0
         truncated = ~(ids == self.eos_id).any(dim=1)
         columns = {k: [row[k] for row in rows] for k in batch[0] if k not in MEDIA_AND_TEXT}
         return Rollout(logprobs=(logprobs * trained).cpu(), mask=trained.cpu(),

@@ -112,31 +112,46 @@ def sample_candidates(logits: torch.Tensor, k: int, temperature: float = 1.0) ->
     return flat.view(*logits.shape[:2], k)
 
 
-def qtuning_mask(logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, quantile: float = 0.5,
-                 token_keep: float = 0.5, window: int = 1) -> torch.Tensor:
-    """Q-Tuning's (arXiv 2509.23873) sample triage and token pruning on the error-uncertainty plane.
+def qtuning_mask(logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, sample_keep: float = 0.25,
+                 token_keep: float = 0.7, neighbour_weight: float = 0.5) -> torch.Tensor:
+    """Q-Tuning's (arXiv 2509.23873; project page ``Q-tuning/Q-tuning`` ``docs/index.html``) sample triage and
+    token pruning on the error-uncertainty plane. Returns the [B, T] mask of trained tokens.
 
-    Per sample, error = perplexity of the demonstration and uncertainty = mean token entropy, split at
-    the batch's ``quantile`` of each: high error + low uncertainty (confident misconceptions) are kept
-    with only their ``token_keep`` share of most salient tokens (highest NLL averaged over ``window``
-    neighbours on each side); low error + high uncertainty (calibration samples) are kept whole; the
-    other two quadrants (noise, redundancy) are dropped. Returns the [B, T] mask of trained tokens.
-    Thresholds, keep ratio and the salience score follow the abstract and summaries; the paper's
-    exact values are unverified.
+    Per sample, error = perplexity of the demonstration and uncertainty = mean token entropy. A bisection
+    on the quantile ``a`` in (0, 0.5] finds the smallest ``a`` whose quadrants keep at least
+    ``sample_keep`` of the batch: confident misconceptions (perplexity above its ``1 - a`` quantile,
+    entropy below its ``a`` quantile) and calibration samples (perplexity below ``a``, entropy above
+    ``1 - a``); noise and redundant samples are dropped. Calibration samples are kept whole; of each
+    misconception, the ``token_keep`` share of tokens with the highest
+    ``(1 - lambda) PPL_i + lambda (PPL_{i-1} + PPL_{i+1})`` (``PPL_i = 1 / p_i``, ``lambda`` =
+    ``neighbour_weight``). Defaults: the paper's headline budget (25% of samples, 70% of tokens); the
+    exact form of the thresholds inside the bisection and lambda's value are unverified.
     """
-    nll = (-logprobs * mask).detach()
+    nll = (-logprobs * mask).detach().float()
     length = mask.sum(-1).clamp(min=1.0)
     ppl = torch.exp(nll.sum(-1) / length)
-    uncertainty = (entropy.detach() * mask).sum(-1) / length
-    high_error = ppl > torch.quantile(ppl, quantile)
-    high_uncertainty = uncertainty > torch.quantile(uncertainty, quantile)
+    uncertainty = (entropy.detach().float() * mask).sum(-1) / length
+
+    def quadrants(a: float) -> tuple[torch.Tensor, torch.Tensor]:
+        misconception = (ppl > torch.quantile(ppl, 1 - a)) & (uncertainty < torch.quantile(uncertainty, a))
+        calibration = (ppl < torch.quantile(ppl, a)) & (uncertainty > torch.quantile(uncertainty, 1 - a))
+        return misconception, calibration
+
+    target = max(1, round(sample_keep * len(ppl)))
+    low, high = 0.0, 0.5
+    for _ in range(20):  # the kept count grows with a: the smallest a that reaches the target
+        middle = (low + high) / 2
+        if sum(int(q.sum()) for q in quadrants(middle)) >= target:
+            high = middle
+        else:
+            low = middle
+    misconception, calibration = quadrants(high)
     keep = torch.zeros_like(mask)
-    keep[~high_error & high_uncertainty] = mask[~high_error & high_uncertainty]
-    kernel = torch.ones(1, 1, 2 * window + 1, device=nll.device)
-    sums = torch.nn.functional.conv1d(nll.unsqueeze(1), kernel, padding=window).squeeze(1)
-    counts = torch.nn.functional.conv1d(mask.unsqueeze(1), kernel, padding=window).squeeze(1).clamp(min=1.0)
-    salience = (sums / counts).masked_fill(mask == 0, float("-inf"))
-    for i in (high_error & ~high_uncertainty).nonzero().squeeze(1).tolist():
+    keep[calibration] = mask[calibration]
+    token_ppl = torch.exp(nll) * mask
+    neighbours = torch.nn.functional.pad(token_ppl, (1, 0))[:, :-1] + torch.nn.functional.pad(token_ppl, (0, 1))[:, 1:]
+    salience = ((1 - neighbour_weight) * token_ppl + neighbour_weight * neighbours).masked_fill(mask == 0, float("-inf"))
+    for i in misconception.nonzero().squeeze(1).tolist():
         top = torch.topk(salience[i], max(1, int(round(token_keep * float(mask[i].sum()))))).indices
         keep[i, top] = 1.0
     return keep * mask

@@ -28,8 +28,9 @@ class DemoLoss(StageSection):
     kl_coef: float = 0.0  # forward KL(start model || policy) on demonstrations, full vocabulary (Anchored SFT)
     sstoken_ratio: float = 0.6  # sstoken: fraction of each demonstration's tokens trained on
     sstoken_gamma: float = 0.5  # sstoken: weight of the excess loss vs the attention-on-prompt score (1 = loss only)
-    qtuning_quantile: float = 0.5  # qtuning: batch quantile splitting perplexity and entropy
-    qtuning_token_keep: float = 0.5  # qtuning: share of tokens kept in confident-misconception samples
+    qtuning_sample_keep: float = 0.25  # qtuning: share of each batch's samples kept (quadrant thresholds bisected to it)
+    qtuning_token_keep: float = 0.7  # qtuning: share of tokens kept in confident-misconception samples
+    qtuning_neighbour_weight: float = 0.5  # qtuning: lambda, the neighbours' share of a token's salience
     # poft: directories of aligned models whose mean-token log-likelihood of each demonstration (under
     # their own tokenizers, averaged) is the reference; [] = the start-of-stage model, with which
     # PoFT begins as a rescaled NLL (the paper's references are other, aligned LLMs)
@@ -81,7 +82,8 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         loss = otr_loss(log_probs, candidates, gold, mask, terms.otr_miss_reward, token_count(mask))
         metrics["otr/hit_rate"] = float((candidates == gold.unsqueeze(-1)).float().mean(-1)[mask.bool()].mean())
     elif terms.weight == "qtuning":
-        keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, terms.qtuning_quantile, terms.qtuning_token_keep)
+        keep = qtuning_mask(logprobs, entropy(out[2].detach()), mask, terms.qtuning_sample_keep,
+                            terms.qtuning_token_keep, terms.qtuning_neighbour_weight)
         loss = nll_loss(logprobs, keep, tokens=token_count(keep))
         metrics["sft/kept_tokens"] = float(keep.sum())
     elif terms.weight == "fait":

@@ -21,6 +21,7 @@ loads (:meth:`Stage.from_dict` with ``upgrade=True``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 from mmpost.data_hooks import Rows
@@ -33,6 +34,9 @@ from mmpost.types import StageSection
 
 STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft")
 SCHEDULES = ("cosine", "linear", "constant")
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,18 +156,31 @@ class Stage:
                 raise KeyError(f"{where}unknown stage key {key!r}.{closest(key, valid)} Valid: {', '.join(valid)}")
         for name, section_cls in SECTIONS.items():
             if name in nested:
-                nested[name] = _section(section_cls, nested[name], f"{where}{name}")
+                nested[name] = _section(name, nested[name], f"{where}{name}", upgrade)
         return cls(**nested)
 
 
-def _section(section_cls, values: dict, where: str):
+def _section(name: str, values: dict, where: str, upgrade: bool):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping of its fields, got {values!r}")
+    section_cls = SECTIONS[name]
     valid = [f.name for f in dataclasses.fields(section_cls)]
-    for key in values:
-        if key not in valid:
+    values = dict(values)
+    for key in list(values):
+        if f"{name}.{key}" in RETIRED:
+            if not upgrade:
+                raise KeyError(f"{where}.{key} is retired: {RETIRED[f'{name}.{key}']}")
+            log.warning("%s.%s is retired and ignored (now %s)", where, key, RETIRED[f"{name}.{key}"])
+            del values[key]
+        elif key not in valid:
             raise KeyError(f"unknown key {where}.{key}.{closest(key, valid)} Valid: {', '.join(valid)}")
     return section_cls(**values)
+
+
+# Knobs removed when a method was made faithful to its paper: a saved config.yaml that has them still
+# loads (they are dropped with a warning); in a recipe or --set they fail with what replaced them.
+RETIRED = {"demo_loss.qtuning_quantile": "use demo_loss.qtuning_sample_keep (Q-Tuning's quadrant thresholds are "
+                                         "bisected to a share of the batch, as the paper)"}
 
 
 SECTIONS = {"optim": Optim, "sampling": Sampling, "pg": PolicyGradient, "advantage": Advantage,

@@ -123,8 +123,28 @@ def test_qtuning_quadrants_by_hand():
                       [0.1, 0.1, 0.1, 0.1]])    # high error, high uncertainty: noise -> dropped
     entropy = torch.tensor([[0.1] * 4, [2.0] * 4, [0.1] * 4, [2.0] * 4])
     mask = torch.ones(4, 4)
-    keep = qtuning_mask(torch.log(p), entropy, mask, quantile=0.5, token_keep=0.5, window=0)
+    # half the batch kept: the bisection ends at the median split; tokens by perplexity alone (lambda 0)
+    keep = qtuning_mask(torch.log(p), entropy, mask, sample_keep=0.5, token_keep=0.5, neighbour_weight=0.0)
     assert keep.tolist() == [[0, 0, 0, 0], [1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0]]
+    # lambda 0.5: token perplexities 10, 1.1, 20, 1.1 -> scores 5.56, 15.56, 11.11, 10.56: the tokens
+    # between the two errors are the salient ones
+    keep = qtuning_mask(torch.log(p), entropy, mask, sample_keep=0.5, token_keep=0.5, neighbour_weight=0.5)
+    assert keep[2].tolist() == [0, 1, 1, 0]
+
+
+def test_qtuning_bisects_its_thresholds_to_the_sample_budget():
+    """A quarter of 16 samples: the bisection narrows the quadrants until about 4 are kept, and only
+    from the misconception and calibration corners."""
+    from mmpost.algos.sft import qtuning_mask
+
+    torch.manual_seed(0)
+    logprobs = -torch.rand(16, 6) * 3
+    entropy = torch.rand(16, 6) * 2
+    mask = torch.ones(16, 6)
+    kept = (qtuning_mask(logprobs, entropy, mask, sample_keep=0.25).sum(-1) > 0).sum().item()
+    assert kept == 4
+    wide = (qtuning_mask(logprobs, entropy, mask, sample_keep=1.0).sum(-1) > 0).sum().item()
+    assert 4 < wide < 16  # even the median split drops the noise and redundant corners
 
 
 def test_poft_weights_each_sample_by_how_likely_the_reference_finds_it():

@@ -23,12 +23,16 @@ NOW_REFUSED_EARLY = {"multiview3d:reft"}
 # Changed on purpose after the redesign (issue 24, method fidelity), checked in their own tests:
 # SuperHF keeps the top-1 of every prompt, solved or not (stages/test_rft.py), One-Token Rollout samples
 # the paper's 256 tokens per position with a negative reward for misses (algos/test_sft.py), LUFFY
-# shapes the demonstration's loss in a 7 + 1 group (algos/test_pg.py, test_recipes.py).
-CHANGED_SINCE = {"superhf", "otr", "luffy"}
+# shapes the demonstration's loss in a 7 + 1 group (algos/test_pg.py, test_recipes.py), Q-Tuning bisects
+# its thresholds to a sample budget (algos/test_sft.py).
+CHANGED_SINCE = {"superhf", "otr", "luffy", "qtuning"}
 ADDED_SINCE = {"rejection.require_solved": True, "demo_loss.poft_reference": [],  # new field -> the value
                "demo_loss.otr_temperature": 1.2, "demo_loss.otr_miss_reward": -0.1,  # every other config keeps
-               "demos.shaping_gamma": 0.0, "advantage.reward_scale": 1.0, "filter.truncated_reward": None}
-DEFAULT_CHANGED = {"otr_candidates": (8, 256)}  # a default changed on purpose: old name -> (before, now)
+               "demos.shaping_gamma": 0.0, "advantage.reward_scale": 1.0, "filter.truncated_reward": None,
+               "demo_loss.qtuning_sample_keep": 0.25, "demo_loss.qtuning_neighbour_weight": 0.5}
+# defaults changed on purpose: old name -> (before, now); knobs retired (mmpost.stages.spec.RETIRED)
+DEFAULT_CHANGED = {"otr_candidates": (8, 256), "qtuning_token_keep": (0.5, 0.7)}
+REMOVED_SINCE = {"qtuning_quantile"}
 # library recipes added since the baseline (tests/test_recipes.py runs them)
 ADDED_RECIPES = {"visurf", "tulu3_rlvr", "fast_math", "curriculum"}
 TIMING = ("seconds", "time/")
@@ -69,6 +73,8 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
         for stage in config.get("stages", []):
             for key, (old, new) in DEFAULT_CHANGED.items():
                 stage[key] = new if stage[key] == old else stage[key]
+            for key in REMOVED_SINCE:
+                del stage[key]
     for key, config in after.items():  # a field added since the baseline keeps its default...
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
