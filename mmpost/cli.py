@@ -24,9 +24,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -134,6 +136,41 @@ def _eval(args) -> None:
     for mode in ("greedy", "sampled"):
         for key, value in sorted(results.get(mode, {}).items()):
             print(f"{mode + ' ' + key:<40}{value:10.3f}" if value is not None else f"{mode + ' ' + key:<40}{'-':>10}")
+
+
+def _icl(args) -> None:
+    import mmpost
+    from mmpost.config import parse_set
+    from mmpost.tools.icl import self_ensembled_icl
+
+    try:
+        cfg = mmpost.build_config(args.task, model=args.model, overrides=parse_set(args.set or []))
+        results = self_ensembled_icl(cfg, args.shots, args.members, args.combine, args.limit)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    print(f"{args.task}: {results['rows']} held-out rows, {args.shots}-shot, {args.members} prompts, {args.combine}")
+    for name in ("one_prompt", "ensemble"):
+        print(f"  {name:<11} {results['metric_name']} {results[name]['metric']:.3f}   ECE {results[name]['ece']:.3f}")
+    _write_json(results, args.json)
+
+
+def _damo(args) -> None:
+    import mmpost
+    from mmpost.config import parse_set
+    from mmpost.tools.damo import damo
+
+    try:
+        cfg = mmpost.build_config(args.task, model=args.model, overrides=parse_set(args.set or []))
+        report = damo(cfg, args.stage, args.splits.split(",") if args.splits else None, args.trials, args.trial_steps,
+                      args.batch, args.out)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    print(f"predictor R^2 on the {len(report['trials'])} trials: {report['predictor_r2']:.3f}")
+    for entry in report["ranking"][:3]:
+        print(f"  {entry['mixture']}  predicted mean {entry['predicted_mean']:.3f}")
+    sets = " ".join("--set " + shlex.quote(f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, dict) else v}")
+                    for k, v in report["overrides"].items())
+    print(f"train it: mmpost train --task {args.task} {sets}")
 
 
 def _export(args) -> None:
@@ -254,6 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (eval.*, data.*, ...)")
     ev.add_argument("--out", help="write results.json and the samples here")
     ev.set_defaults(func=_eval)
+    ic = sub.add_parser("icl", help="self-ensembled in-context learning: the no-training baseline, with calibration",
+                        description="examples: mmpost icl --task arithmetic --model runs/arithmetic-X/final --shots 2 "
+                                    "--members 5; mmpost icl --task audio_qa --combine vote --limit 50")
+    ic.add_argument("--task", default="arithmetic")
+    ic.add_argument("--model", default="", help="a saved model directory (default: the task's own start model)")
+    ic.add_argument("--shots", type=int, default=2, help="solved training rows shown before each question")
+    ic.add_argument("--members", type=int, default=5, help="prompts (draws of examples) per question")
+    ic.add_argument("--combine", choices=["max", "mean", "vote"], default="max")
+    ic.add_argument("--limit", type=int, default=0, help="evaluate the first N held-out rows (0: all)")
+    ic.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (seed, threads, ...)")
+    ic.add_argument("--json", help="also write the results to this file")
+    ic.set_defaults(func=_icl)
+    dm = sub.add_parser("damo", help="DaMo: learn which mixture of a stage's row splits trains best, from short trials",
+                        description="examples: mmpost damo --task arithmetic --trials 8; mmpost damo --task arithmetic "
+                                    "--splits three_step,two_step --trial-steps 300 --out runs/damo")
+    dm.add_argument("--task", default="arithmetic")
+    dm.add_argument("--model", default="")
+    dm.add_argument("--stage", default="sft", help="the stage whose rows are mixed")
+    dm.add_argument("--splits", help="comma-separated row splits (default: the task's abilities)")
+    dm.add_argument("--trials", type=int, default=8, help="short runs on random mixtures")
+    dm.add_argument("--trial-steps", type=int, default=0, help="steps of each trial (default: the stage's / 4)")
+    dm.add_argument("--batch", type=int, default=16, help="mixtures are compositions of this many rows")
+    dm.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    dm.add_argument("--out", default="", help="trial runs and damo.json (default: runs/damo-TASK)")
+    dm.set_defaults(func=_damo)
     ex = sub.add_parser("export", help="merge a LoRA adapter into its base model and save it",
                         description="example: mmpost export runs/arithmetic-X/final/adapter --out merged/")
     ex.add_argument("adapter", help="a PEFT adapter directory (adapter_config.json)")

@@ -42,7 +42,7 @@ from mmpost.data_hooks import stage_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.optim import adamw, build_scheduler, optimizer_groups, select_trainable
-from mmpost.policy import Critic, GenerationLength, check_capabilities
+from mmpost.policy import Critic, GenerationLength, check_capabilities, eval_mode
 from mmpost.registry import REWARDS, TASKS
 from mmpost.tools.report import write_model_card
 from mmpost.rewarding import RunConfigured, set_error_mode as set_reward_error_mode
@@ -133,6 +133,13 @@ class Run:
         """The held-out evaluation as ``results[key]``, written with its samples (main process)."""
         self.results[key] = evaluate(self.policy, self.rows["heldout"], self.eval_rewards, self.weights,
                                      self.cfg.eval, self.task.metric, task_member(self.task, "breakdown"))
+        rerank = next((s.rerank for s in self.cfg.stages if s.kind == "rerank"), None)
+        if rerank is not None:  # a reranker is judged on ranking held-out candidates, beside the task's metric
+            from mmpost.stages.rerank import rerank_evaluation
+
+            with eval_mode(self.policy.model):
+                self.results[key]["greedy"].update(rerank_evaluation(self.policy, self.rows["heldout"], rerank,
+                                                                     self.cfg.seed, self.cfg.eval.batch_size))
         self.save_results(key)
 
     def save_results(self, key: str | None = None) -> None:

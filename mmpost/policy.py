@@ -136,6 +136,14 @@ class ImageResizing(Protocol):
         """Resize every image to about ``pixels`` pixels."""
 
 
+@runtime_checkable
+class NextTokenChoice(Protocol):
+    """Scores of a few words as the next token after each prompt (a reranker's yes / no)."""
+
+    def choice_logits(self, batch: list[dict], words: tuple[str, ...]) -> torch.Tensor:
+        """[B, len(words)] logits (with grad) of each word's first token after each row's prompt."""
+
+
 WHAT_PROVIDES = {  # each capability in a user's words, for the error that names a missing one
     TokenDemos: "a token policy (demonstrations as token sequences)",
     Critic: "a policy with a value head (Critic)",
@@ -144,6 +152,7 @@ WHAT_PROVIDES = {  # each capability in a user's words, for the error that names
     VLLMSampling: "a token policy (vLLM samples token models)",
     GenerationLength: "a token policy (a completion length cap)",
     ImageResizing: "a policy with an image processor",
+    NextTokenChoice: "a token policy (yes / no as next-token logits)",
 }
 
 # The policy class behind each task ``policy_kind``, so capabilities are checked before any model is built.

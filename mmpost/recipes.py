@@ -310,6 +310,19 @@ RECIPES: dict[str, Recipe] = {
                          fidelity="approximation: stages by difficulty (number of operations); UAV-VL-R1's"
                                   " stages are by question type and its per-stage settings were not "
                                   "readable"),
+    "rerank_sft": Recipe("SFT or Contrastive Learning? MLLM reranking (2510.14824)", "the model judges (query, "
+                         "candidate) by yes / no: pointwise cross-entropy, 1 own + 3 other demonstrations per query",
+                         {"sft.kind": "rerank", "sft.rerank.objective": "sft"}, keep=("sft",), rename={"sft": "rerank"},
+                         tests="algos/test_rerank, test_recipes::test_rerank_recipes_train_a_reranker",
+                         fidelity="unverified: formulas from a transcription of the method section (the authors' "
+                                  "code was not available); candidates are the task's own demonstrations"),
+    "rerank_contrastive": Recipe("SFT or Contrastive Learning? MLLM reranking (2510.14824)", "InfoNCE on the yes "
+                                 "logit over 1 own + 3 other demonstrations per query (the paper's weaker objective)",
+                                 {"sft.kind": "rerank", "sft.rerank.objective": "contrastive"}, keep=("sft",),
+                                 rename={"sft": "rerank"},
+                                 tests="algos/test_rerank, test_recipes::test_rerank_recipes_train_a_reranker",
+                                 fidelity="unverified: formulas from a transcription of the method section; the "
+                                          "temperature 1 is not confirmed"),
     "dpo": _preference("DPO (2305.18290); pairs as CheXalign (2410.07025)", "sigmoid loss, beta 0.1; best vs worst "
                        "of 4 samples by reward", "dpo", "test_dpo_family_agrees_with_trl[sigmoid]"),
     "cdpo": _preference("cDPO (conservative DPO)", "DPO with label smoothing 0.1", "dpo",

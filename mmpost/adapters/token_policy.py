@@ -377,6 +377,15 @@ class TokenPolicy:
         logprobs, logits = self._sequence_logprobs(batch, ids, temperature=1.0, return_logits=True)
         return (logprobs * mask, mask, logits) if return_logits else (logprobs * mask, mask)
 
+    def choice_logits(self, batch: list[dict], words: tuple[str, ...]) -> torch.Tensor:
+        """[B, len(words)] logits (with grad) of each word's first token as the next token after each
+        row's prompt (a reranker's "yes" / "no")."""
+        ids = [self.tokenizer.encode(word, add_special_tokens=False)[:1] for word in words]
+        if any(not i for i in ids) or len({i[0] for i in ids}) < len(ids):
+            raise ValueError(f"choice words {words} need distinct first tokens in this tokenizer, got {ids}")
+        logits = self.model(**self.encode_prompts(batch), use_cache=False).logits[:, -1]  # left-padded: last = next
+        return logits[:, [i[0] for i in ids]]
+
     @torch.no_grad()
     def prompt_embeddings(self, batch: list[dict]) -> torch.Tensor:
         """[B, D] each prompt's mean last-layer hidden state over its real tokens (Middo's sentence

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from mmpost.stages.context import StageContext
 from mmpost.stages.preference import preference_step
+from mmpost.stages.rerank import rerank_step
 from mmpost.stages.rft import rft_step
 from mmpost.stages.rl import compute_advantages, rl_step
 from mmpost.stages.sft import sft_step
 from mmpost.stages.spec import Stage
 
 STEPS = {"sft": sft_step, "rl": rl_step, "mixed": rl_step, "dpo": preference_step, "spin": preference_step,
-         "rft": rft_step}
+         "rft": rft_step, "rerank": rerank_step}
 
 __all__ = ["STEPS", "Stage", "StageContext", "compute_advantages"]

@@ -314,6 +314,7 @@ def _sample_groups(ctx: StageContext, batch: list[dict], temperature: float) -> 
     if stage.demos.in_group:
         rollout = Rollout.concat([rollout, policy.demo_rollout(batch, temperature=temperature)])
         rollout.off_policy = torch.arange(len(rollout)) >= len(rollout) - len(batch)
+        rollout.metrics["demos/in_group"] = float(len(batch))
     return rollout
 
 

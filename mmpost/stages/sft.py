@@ -87,7 +87,9 @@ def demo_loss(ctx: StageContext, batch: list[dict]) -> tuple[torch.Tensor, dict[
         loss = nll_loss(logprobs, keep, tokens=token_count(keep))
         metrics["sft/kept_tokens"] = float(keep.sum())
     elif terms.weight == "fait":
-        loss = aggregate(-_fait_weights(ctx, batch, mask) * logprobs, mask, "token_mean", tokens=token_count(mask))
+        weights = _fait_weights(ctx, batch, mask)
+        loss = aggregate(-weights * logprobs, mask, "token_mean", tokens=token_count(mask))
+        metrics["fait/upweighted"] = float(((weights > 1) * mask).sum() / mask.sum().clamp(min=1))
     elif terms.weight == "sstoken":
         with torch.no_grad():
             ref_logprobs = ctx.reference.demo_logprobs(batch)[0]

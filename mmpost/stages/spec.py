@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from mmpost.data_hooks import Rows
 from mmpost.registry import check_choice, closest
 from mmpost.stages.preference import Preference
+from mmpost.stages.rerank import Rerank
 from mmpost.stages.rft import Rejection
 from mmpost.stages.rl import KL, Advantage, DemosInRL, GroupFilter, PolicyGradient
 from mmpost.stages.sft import DemoLoss
 from mmpost.types import StageSection
 
-STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft")
+STAGE_KINDS = ("sft", "rl", "mixed", "dpo", "spin", "rft", "rerank")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -81,7 +82,7 @@ class Stage:
     """One stage of a recipe: its kind, data and length, and a section per concern."""
 
     name: str = "sft"
-    kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft
+    kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft | rerank
     data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
     steps: int = 100  # optimiser steps in this stage
     batch_size: int = 16  # sft: demonstrations per step; rl: prompts per step
@@ -96,6 +97,7 @@ class Stage:
     demos: DemosInRL = field(default_factory=DemosInRL)  # rl, mixed
     preference: Preference = field(default_factory=Preference)  # dpo, spin
     rejection: Rejection = field(default_factory=Rejection)  # rft
+    rerank: Rerank = field(default_factory=Rerank)  # rerank
     rows: Rows = field(default_factory=Rows)  # data hooks
 
     def __post_init__(self):
@@ -185,7 +187,7 @@ RETIRED = {"demo_loss.qtuning_quantile": "use demo_loss.qtuning_sample_keep (Q-T
 
 SECTIONS = {"optim": Optim, "sampling": Sampling, "pg": PolicyGradient, "advantage": Advantage,
             "filter": GroupFilter, "kl": KL, "demo_loss": DemoLoss, "demos": DemosInRL, "preference": Preference,
-            "rejection": Rejection, "rows": Rows}
+            "rejection": Rejection, "rerank": Rerank, "rows": Rows}
 
 # Keys of the earlier flat stage -> their place now (error messages, and loading an old config.yaml).
 RENAMED = {

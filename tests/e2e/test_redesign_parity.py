@@ -29,12 +29,13 @@ CHANGED_SINCE = {"superhf", "otr", "luffy", "qtuning"}
 ADDED_SINCE = {"rejection.require_solved": True, "demo_loss.poft_reference": [],  # new field -> the value
                "demo_loss.otr_temperature": 1.2, "demo_loss.otr_miss_reward": -0.1,  # every other config keeps
                "demos.shaping_gamma": 0.0, "advantage.reward_scale": 1.0, "filter.truncated_reward": None,
-               "demo_loss.qtuning_sample_keep": 0.25, "demo_loss.qtuning_neighbour_weight": 0.5}
+               "demo_loss.qtuning_sample_keep": 0.25, "demo_loss.qtuning_neighbour_weight": 0.5,
+               "rerank.objective": "sft", "rerank.negatives": 3, "rerank.temperature": 1.0}
 # defaults changed on purpose: old name -> (before, now); knobs retired (mmpost.stages.spec.RETIRED)
 DEFAULT_CHANGED = {"otr_candidates": (8, 256), "qtuning_token_keep": (0.5, 0.7)}
 REMOVED_SINCE = {"qtuning_quantile"}
 # library recipes added since the baseline (tests/test_recipes.py runs them)
-ADDED_RECIPES = {"visurf", "tulu3_rlvr", "fast_math", "curriculum"}
+ADDED_RECIPES = {"visurf", "tulu3_rlvr", "fast_math", "curriculum", "rerank_sft", "rerank_contrastive"}
 TIMING = ("seconds", "time/")
 
 
