@@ -59,7 +59,7 @@ SIGNATURE = {
     "chord": "mu", "chord_mu": "mu", "luffy": "demos/in_group", "visurf": "demos/in_group",
     "prefix_rft": "prefix/ratio", "relift": "relift/buffer", "sasr": "sasr/sft_probability",
     "rft": "rft/kept_fraction", "superhf": "rft/kept_fraction", "s3ft": "rft/demo_fallback",
-    "fast_math": "reward/kimi_length/mean", "entropy_bonus": "entropy/full", "grpo_kl": "kl",
+    "entropy_bonus": "entropy/full", "grpo_kl": "kl",  # (fast_math's rewards: test_recipe_rewards_are_its_papers)
     "acereason": lambda lines: len({line["temperature"] for line in lines if "temperature" in line}) > 1,
     "donod": lambda lines: True,  # checked on the run directory below
 }
@@ -416,11 +416,12 @@ def test_chord_loss_is_the_mix_of_grpo_and_sft(warm_model, tmp_path):
 def test_rerank_recipes_train_a_reranker(name, mmpost_home, tmp_path):
     """The reranking recipes train the policy to judge its task's (query, candidate) pairs: the held-out
     evaluation adds MRR and recall@1 over 1 + 3 candidates, and the pointwise SFT objective (the
-    paper's better one) raises MRR within 100 steps from the untrained model."""
+    paper's better one) raises MRR within 150 steps from the untrained model (0.527 -> 0.650 here)."""
     from mmpost.engine import train
 
     cfg = mmpost.build_config("arithmetic", recipe=name, output_dir=str(tmp_path),
-                              overrides={**QUICK, "data.eval_size": 40, "rerank.steps": 100, "rerank.batch_size": 8})
+                              overrides={**QUICK, "data.train_size": 2000, "data.eval_size": 40, "rerank.batch_size": 8,
+                                         "rerank.steps": 150 if name == "rerank_sft" else 10})
     assert [(s.name, s.kind) for s in cfg.stages] == [("rerank", "rerank")]
     results = train(cfg)
     before, after = results["before"]["greedy"], results["after"]["greedy"]
