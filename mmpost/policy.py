@@ -77,6 +77,9 @@ class TokenDemos(Protocol):
     def demo_prompt_attention(self, batch: list[dict]) -> torch.Tensor:
         """[B, T] last-layer attention of each demonstrated token's position on the prompt (ssToken)."""
 
+    def token_lines(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] the text line each token is on (FAIT's line-level differences)."""
+
     def prompt_embeddings(self, batch: list[dict]) -> torch.Tensor:
         """[B, D] mean last-layer hidden state of each prompt (Middo)."""
 

@@ -213,13 +213,14 @@ RECIPES: dict[str, Recipe] = {
                   "future loss (gamma 0.95)", {"sft.demo_loss.weight": "ift"}, keep=("sft",),
                   tests="algos/test_sft::test_ift_loss_by_hand",
                   fidelity="faithful: the authors' get_cumsum_weight"),
-    "fait": Recipe("FAIT (fault-aware fine-tuning)", "after SFT, SFT with weight 2 on gold tokens where the "
-                   "model's own wrong greedy answer differs", lambda t: {"rl.kind": "sft", "rl.demo_loss.weight": "fait",
+    "fait": Recipe("FAIT (2503.16913)", "after SFT, SFT weighting the gold lines the model's own wrong greedy "
+                   "answer changes (1.5) and the tokens that differ in them (2.5)", lambda t: {"rl.kind": "sft", "rl.demo_loss.weight": "fait",
                                                                         "rl.solved_threshold": _solved(t)},
-                   rename={"rl": "fait"}, tests="algos/test_sft::test_fait_weights_by_hand",
-                   fidelity="approximation: token-level difflib differences of the model's own wrong "
-                            "greedy answer, constant weight 2; the paper's line-level diffs, "
-                            "teacher-written faulty variants and dynamic weighting were not readable"),
+                   rename={"rl": "fait"}, tests="algos/test_sft::test_fait_weights_by_hand, "
+                   "adapters/test_token_policy::test_token_lines_follow_the_newlines_of_the_text",
+                   fidelity="approximation: line then token differences as the paper's method is summarised, "
+                            "against the model's own wrong answer (the paper: a teacher's near-miss variants); "
+                            "weights constant (its dynamic rule and values were not readable)"),
     "dmt": Recipe("DMT (How Abilities in LLMs are Affected by SFT Data Composition)", "SFT on the specialist split, then on the general split "
                   "+ 1/16 of the specialist rows", _dmt, rename={"sft": "specialist", "rl": "general"},
                   tests="data_hooks/test_mixing::test_mixed_rows_by_hand",

@@ -369,6 +369,14 @@ class TokenPolicy:
             mask[i, :len(e)] = 1.0
         return ids, mask
 
+    def token_lines(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] the line each token of ``ids`` is on: the newlines in the text of the tokens before it."""
+        newlines = {}
+        for token in ids.unique().tolist():
+            newlines[token] = self.tokenizer.decode([token]).count("\n")
+        counts = torch.tensor([[newlines[t] for t in row] for row in ids.tolist()], dtype=torch.long).view_as(ids)
+        return torch.cumsum(counts, dim=1) - counts  # a token ending a line still belongs to it
+
     def demo_logprobs(self, batch: list[dict], return_logits: bool = False):
         """Teacher-forced log-probs of each row's ``completion`` followed by EOS; prompt tokens excluded.
         Returns ``(logprobs, mask)``, plus the [B, T, V] logits when ``return_logits``."""

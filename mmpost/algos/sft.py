@@ -49,22 +49,40 @@ def weighted_nll(logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "unifor
     return aggregate(-token_weights(logprobs, kind) * logprobs, mask, aggregation, tokens=tokens)
 
 
-def fait_weights(gold: torch.Tensor, gold_mask: torch.Tensor, faulty: torch.Tensor, faulty_mask: torch.Tensor,
-                 alpha: float = 1.0) -> torch.Tensor:
-    """FAIT's error-sensitive tokens: ``1 + alpha`` on gold tokens outside the longest matching blocks
-    between the gold answer and a faulty one (``difflib`` over token ids), 1 elsewhere. [B, T] like
-    ``gold``. The paper up-weights the differing lines and tokens with a dynamically adjusted weight;
-    its schedule is unverified (abstract only), so ``alpha`` is constant here."""
+def fait_weights(gold: torch.Tensor, gold_mask: torch.Tensor, gold_lines: torch.Tensor, faulty: torch.Tensor,
+                 faulty_mask: torch.Tensor, faulty_lines: torch.Tensor, alpha: float = 1.0,
+                 line_alpha: float = 0.5) -> torch.Tensor:
+    """FAIT's error-sensitive weights on a gold answer against a faulty one, at two levels (arXiv
+    2503.16913, as its method is summarised; no code was available): the gold lines that differ from
+    the faulty answer's (``difflib`` over lines of token ids; ``*_lines`` [B, T] give each token's line)
+    weigh ``1 + line_alpha``, and inside them the tokens that differ from the faulty line they replace
+    (``difflib`` over tokens) ``1 + line_alpha + alpha``; unchanged lines weigh 1. [B, T] like ``gold``.
+    The paper adjusts the weights during training by a rule that could not be read; they are constant here."""
     import difflib
+
+    def lines(ids, mask, line_of):
+        out: dict[int, list[int]] = {}
+        for token, real, line in zip(ids.tolist(), mask.tolist(), line_of.tolist()):
+            if real:
+                out.setdefault(line, []).append(token)
+        return [tuple(v) for _, v in sorted(out.items())]
 
     weights = torch.ones_like(gold_mask, dtype=torch.float32)
     for i in range(len(gold)):
-        a = gold[i][gold_mask[i].bool()].tolist()
-        b = faulty[i][faulty_mask[i].bool()].tolist()
-        differs = torch.ones(len(a), dtype=torch.bool)
-        for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
-            differs[block.a:block.a + block.size] = False
-        weights[i, :len(a)] = 1.0 + alpha * differs.float()
+        ours, theirs = lines(gold[i], gold_mask[i], gold_lines[i]), lines(faulty[i], faulty_mask[i], faulty_lines[i])
+        row = []
+        for tag, a0, a1, b0, b1 in difflib.SequenceMatcher(None, ours, theirs, autojunk=False).get_opcodes():
+            for k in range(a0, a1):
+                line = ours[k]
+                if tag == "equal":
+                    row += [1.0] * len(line)
+                    continue
+                counterpart = theirs[b0 + k - a0] if tag == "replace" and b0 + k - a0 < b1 else ()
+                differs = [True] * len(line)
+                for block in difflib.SequenceMatcher(None, line, counterpart, autojunk=False).get_matching_blocks():
+                    differs[block.a:block.a + block.size] = [False] * block.size
+                row += [1.0 + line_alpha + alpha * d for d in differs]
+        weights[i, :len(row)] = torch.tensor(row)
     return weights
 
 

@@ -161,8 +161,10 @@ class DemosInRL(StageSection):
         self.prefix_ratio = [float(v) for v in self.prefix_ratio]
 
     def check(self, stage) -> None:
-        if self.prefix_samples and not 0 < self.prefix_samples < stage.sampling.group_size:
-            raise ValueError("demos.prefix_samples must be between 1 and sampling.group_size - 1")
+        sampled = stage.sampling.group_size - int(self.in_group)  # the demonstration takes one member's place
+        if self.prefix_samples and not 0 < self.prefix_samples < sampled:
+            raise ValueError(f"demos.prefix_samples must be between 1 and {sampled - 1} (sampling.group_size - 1"
+                             f"{', less the demonstration in the group' if self.in_group else ''})")
         if self.in_group and stage.sampling.group_size < 2:
             raise ValueError("demos.in_group needs sampling.group_size >= 2 (the demonstration is one member)")
 

@@ -41,6 +41,7 @@ class DemoLoss(StageSection):
     ift_lambda: float = 0.2  # ift: share of the predicted token in each input embedding
     ift_gamma: float = 0.95  # ift: discount of future losses in a token's weight
     fait_alpha: float = 1.0  # fait: extra weight on gold tokens where the model's wrong answer differs
+    fait_line_alpha: float = 0.5  # fait: extra weight on every token of a gold line the wrong answer changed
 
     def __post_init__(self):
         check_choice("demo_loss.weight", self.weight, SFT_WEIGHTS)
@@ -129,15 +130,18 @@ def _poft_reference_scores(ctx: StageContext, batch: list[dict]) -> torch.Tensor
 
 def _fait_weights(ctx: StageContext, batch: list[dict], mask: torch.Tensor) -> torch.Tensor:
     """FAIT: the policy's own greedy answer is the faulty solution where it scores below
-    ``solved_threshold``; the gold tokens it gets wrong are up-weighted by ``demo_loss.fait_alpha``."""
+    ``solved_threshold``; the gold lines it changes and the tokens it gets wrong in them are up-weighted
+    (``demo_loss.fait_line_alpha``, ``demo_loss.fait_alpha``)."""
     from mmpost.rewarding import score_rollout
 
     attempt = ctx.policy.rollout(batch, 1, greedy=True)
     score_rollout(attempt, ctx.rewards, ctx.weights)
     wrong = torch.nan_to_num(attempt.rewards, nan=float("-inf")) < ctx.stage.solved_threshold
     gold, gold_mask = ctx.policy.demo_tokens(batch)
-    weights = fait_weights(gold, gold_mask, attempt.actions.completion_ids,
-                           attempt.mask, ctx.stage.demo_loss.fait_alpha)
+    faulty = attempt.actions.completion_ids.cpu()
+    terms = ctx.stage.demo_loss
+    weights = fait_weights(gold, gold_mask, ctx.policy.token_lines(gold), faulty, attempt.mask,
+                           ctx.policy.token_lines(faulty), terms.fait_alpha, terms.fait_line_alpha)
     weights[~wrong] = 1.0  # a right answer's differences are not errors
     return weights.to(mask.device)
 

@@ -111,6 +111,9 @@ def damo(cfg, stage: str = "sft", splits: list[str] | None = None, trials: int =
     if not base.stages:
         raise ValueError(f"damo: no stage {stage!r}; stages: {', '.join(s.name for s in cfg.stages)}")
     base.stages[0].steps = trial_steps or max(1, base.stages[0].steps // 4)
+    if math.comb(batch + len(splits) - 1, len(splits) - 1) > 200_000:
+        raise ValueError(f"damo: {len(splits)} splits in batches of {batch} make more than 200,000 candidate mixtures; "
+                         "use a smaller --batch (the authors' 12 datasets x 16 rows is 1.3e7)")
     task = task_cls(base)
     sizes = {split: len(task.rows(split)) for split in splits}
     root = Path(out_dir or f"runs/damo-{cfg.task}")

@@ -270,3 +270,16 @@ def test_sampled_eos_then_padding_with_the_same_id_is_masked_after_the_first_eos
     e = policy.eos_id
     ids = torch.tensor([[5, 6, e, e, e], [5, e, e, e, e], [5, 6, 7, 8, 9]])
     assert policy._completion_mask(ids).tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_token_lines_follow_the_newlines_of_the_text(eos_padded_policy):
+    """FAIT's line index: each token is on the line of the text before it; a token with a newline ends
+    its line."""
+    policy, rows = eos_padded_policy
+    ids, mask = policy.demo_tokens(rows)
+    lines = policy.token_lines(ids)
+    for i, row in enumerate(rows):
+        real = ids[i][mask[i].bool()]
+        for line in range(int(lines[i][mask[i].bool()].max()) + 1):
+            text = policy.tokenizer.decode(real[lines[i][mask[i].bool()] == line], skip_special_tokens=True)
+            assert text.strip("\n") == row["completion"].split("\n")[line].strip("\n")

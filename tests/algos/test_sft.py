@@ -51,13 +51,27 @@ def test_poft_by_hand():
 
 
 def test_fait_weights_by_hand():
+    """Two levels: a gold line the faulty answer changed weighs 1 + line_alpha, the tokens in it that
+    differ 1 + line_alpha + alpha; a line both share weighs 1 even where its position moved."""
     from mmpost.algos.sft import fait_weights
 
-    gold = torch.tensor([[5, 6, 7, 8, 0]])
-    faulty = torch.tensor([[5, 9, 7, 8, 4, 0]])  # token 6 replaced by 9, one token appended
-    weights = fait_weights(gold, torch.tensor([[1.0, 1, 1, 1, 0]]), faulty, torch.tensor([[1.0, 1, 1, 1, 1, 0]]),
-                           alpha=2.0)
-    assert weights.tolist() == [[1.0, 3.0, 1.0, 1.0, 1.0]]  # padding keeps weight 1 (and mask 0)
+    # gold lines: (5, 6, 10) (7, 8, 10) (3, 0); the faulty answer changes token 6 -> 9 in line 0 and
+    # inserts a line before the last one
+    gold = torch.tensor([[5, 6, 10, 7, 8, 10, 3, 0]])
+    gold_lines = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2]])
+    faulty = torch.tensor([[5, 9, 10, 7, 8, 10, 4, 10, 3, 0]])
+    faulty_lines = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 2, 3, 3]])
+    weights = fait_weights(gold, torch.ones(1, 8), gold_lines, faulty, torch.ones(1, 10), faulty_lines,
+                           alpha=2.0, line_alpha=0.5)
+    assert weights.tolist() == [[1.5, 3.5, 1.5, 1.0, 1.0, 1.0, 1.0, 1.0]]
+    # a gold line with no counterpart (deleted in the faulty answer): every token differs
+    weights = fait_weights(gold[:, :6], torch.ones(1, 6), gold_lines[:, :6], gold[:, :3], torch.ones(1, 3),
+                           gold_lines[:, :3], alpha=2.0, line_alpha=0.5)
+    assert weights.tolist() == [[1.0, 1.0, 1.0, 3.5, 3.5, 3.5]]
+    # padding keeps weight 1 (its mask is 0)
+    padded = fait_weights(torch.tensor([[5, 0]]), torch.tensor([[1.0, 0.0]]), torch.zeros(1, 2, dtype=torch.long),
+                          torch.tensor([[9]]), torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long))
+    assert padded.tolist() == [[2.5, 1.0]]
 
 
 def test_ift_loss_by_hand():
