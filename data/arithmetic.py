@@ -2,7 +2,8 @@
 
 A problem chains two or three operations on small numbers; its solution writes one line per
 operation and ends with ``#### ANSWER`` as GSM8K does, so answer extraction is a rule. Held-out
-problems use seeds the training split never draws.
+problems use seeds the training split never draws; the out-of-distribution split (``ood``) chains
+four operations, more than any training problem.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import random
 import re
 
 HELDOUT_OFFSET = 10_000_000
+OOD_OFFSET = 20_000_000
+OOD_OPERATIONS = 4
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fay", "Gus", "Hana"]
 THINGS = ["apples", "books", "coins", "stamps", "shells", "cards"]
 
 
-def problem(seed: int) -> dict:
-    """``{"question", "solution", "answer"}`` for ``seed``; every intermediate value stays in 0..199."""
+def problem(seed: int, operations: int = 0) -> dict:
+    """``{"question", "solution", "answer"}`` for ``seed``: 2 or 3 operations drawn from the seed, or
+    ``operations`` of them; every intermediate value stays in 0..199 with 2-3 operations (0..219 with 4)."""
     rng = random.Random(seed)
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     value = rng.randint(5, 60)
     sentences = [f"{name} has {value} {thing}."]
     lines = []
-    for _ in range(rng.choice([2, 3])):
+    drawn = rng.choice([2, 3])
+    for _ in range(operations or drawn):
         if rng.random() < 0.5 or value < 6:
             amount = rng.randint(2, 40)
             sentences.append(f"{name} gets {amount} more.")
@@ -39,11 +44,11 @@ def problem(seed: int) -> dict:
 
 
 def split_seeds(split: str, size: int) -> list[int]:
-    """Seeds of a split: ``train`` 0.., ``heldout`` from 10M (disjoint by construction)."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'heldout'")
-    start = 0 if split == "train" else HELDOUT_OFFSET
-    return list(range(start, start + size))
+    """Seeds of a split: ``train`` 0.., ``heldout`` from 10M, ``ood`` from 20M (disjoint by construction)."""
+    starts = {"train": 0, "heldout": HELDOUT_OFFSET, "ood": OOD_OFFSET}
+    if split not in starts:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(starts)}")
+    return list(range(starts[split], starts[split] + size))
 
 
 _OPENING = re.compile(r"^(\w+) has (\d+) (\w+)\.$")

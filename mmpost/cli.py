@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,8 +132,11 @@ def _eval(args) -> None:
         _fail(error)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = evaluate_saved(cfg, out=args.out)
-    print(f"held-out evaluation of {args.model} on {args.task}")
+    try:
+        results = evaluate_saved(cfg, out=args.out, split=args.split)
+    except ValueError as error:
+        _fail(error)
+    print(f"{'held-out' if args.split == 'heldout' else 'out-of-distribution'} evaluation of {args.model} on {args.task}")
     for mode in ("greedy", "sampled"):
         for key, value in sorted(results.get(mode, {}).items()):
             print(f"{mode + ' ' + key:<40}{value:10.3f}" if value is not None else f"{mode + ' ' + key:<40}{'-':>10}")
@@ -152,6 +156,21 @@ def _icl(args) -> None:
     for name in ("one_prompt", "ensemble"):
         print(f"  {name:<11} {results['metric_name']} {results[name]['metric']:.3f}   ECE {results[name]['ece']:.3f}")
     _write_json(results, args.json)
+
+
+def _study(args) -> None:
+    from mmpost.config import parse_set
+    from mmpost.tools.study import markdown, study
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        report = study(args.task, seeds, args.arms.split(",") if args.arms else None, args.root, args.jobs,
+                       args.quick, parse_set(args.set or []))
+    except (KeyError, ValueError) as error:
+        _fail(error)
+    except subprocess.CalledProcessError as error:
+        _fail(f"a study run failed ({' '.join(error.cmd[3:8])} ...); its log is beside its run directory")
+    print(markdown(report))
 
 
 def _damo(args) -> None:
@@ -290,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default="chart2code")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (eval.*, data.*, ...)")
     ev.add_argument("--out", help="write results.json and the samples here")
+    ev.add_argument("--split", choices=["heldout", "ood"], default="heldout",
+                    help="ood: the task's out-of-distribution rows (README: out-of-distribution splits)")
     ev.set_defaults(func=_eval)
     ic = sub.add_parser("icl", help="self-ensembled in-context learning: the no-training baseline, with calibration",
                         description="examples: mmpost icl --task arithmetic --model runs/arithmetic-X/final --shots 2 "
@@ -303,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (seed, threads, ...)")
     ic.add_argument("--json", help="also write the results to this file")
     ic.set_defaults(func=_icl)
+    st = sub.add_parser("study", help="SFT vs SFT+RL vs the blends, same start and budget, several seeds, ID and OOD",
+                        description="examples: mmpost study --task arithmetic --seeds 0,1,2 --jobs 2; "
+                                    "mmpost study --task reach --arms sft,sft_rl --seeds 0,1,2; "
+                                    "mmpost study --task arithmetic --quick")
+    st.add_argument("--task", default="arithmetic")
+    st.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    st.add_argument("--arms", help="comma-separated among sft, sft_rl, chord, luffy, relift (default: all)")
+    st.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses --set threads=N torch threads)")
+    st.add_argument("--root", default="", help="the runs and study.json (default: runs/study-TASK)")
+    st.add_argument("--quick", action="store_true", help="a few steps per run (the test suite's version)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override passed to every run")
+    st.set_defaults(func=_study)
     dm = sub.add_parser("damo", help="DaMo: learn which mixture of a stage's row splits trains best, from short trials",
                         description="examples: mmpost damo --task arithmetic --trials 8; mmpost damo --task arithmetic "
                                     "--splits three_step,two_step --trial-steps 300 --out runs/damo")

@@ -83,17 +83,20 @@ def build_task(cfg: TrainConfig):
     return task_cls(cfg, reward=eval_rewards[task_cls.metric]), rewards, weights, eval_rewards
 
 
-def evaluate_saved(cfg: TrainConfig, out: Path | None = None) -> dict:
+def evaluate_saved(cfg: TrainConfig, out: Path | None = None, split: str = "heldout") -> dict:
     """``mmpost eval``: the held-out evaluation of ``cfg.model`` (any saved or local model) on
-    ``cfg.task``, the same one a training run reports before and after; samples to ``out``."""
+    ``cfg.task``, the same one a training run reports before and after; samples to ``out``. ``split``
+    "ood": the task's out-of-distribution rows (the task's ``ood`` member says what they are)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     task, _, weights, eval_rewards = build_task(cfg)
+    if split == "ood" and not task_member(task, "ood"):
+        raise ValueError(f"task {cfg.task!r} declares no out-of-distribution split")
     policy = task.policy()
     if cfg.image_pixels:
         policy.set_image_pixels(cfg.image_pixels)
     with contextlib.closing(policy):
-        results = evaluate(policy, task.rows("heldout"), eval_rewards, weights, cfg.eval, task.metric,
+        results = evaluate(policy, task.rows(split), eval_rewards, weights, cfg.eval, task.metric,
                            task_member(task, "breakdown"))
     samples = results.pop("samples")
     if out:

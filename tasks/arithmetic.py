@@ -13,7 +13,7 @@ import random
 
 from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
-from mmpost.data.arithmetic import HELDOUT_OFFSET, problem, refine_problem, split_seeds
+from mmpost.data.arithmetic import HELDOUT_OFFSET, OOD_OPERATIONS, problem, refine_problem, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
@@ -39,6 +39,7 @@ class Arithmetic:
     solved_threshold = 1.0  # a sample counts as solved when its answer is right
     abilities = ("three_step", "two_step")  # specialist, general: row splits for data-mixture recipes (DMT)
     breakdown = "operations"  # held-out accuracy is also reported per number of operations (2, 3)
+    ood = "problems of 4 operations (training and held-out problems have 2 or 3)"
 
     @staticmethod
     def default_config() -> TrainConfig:
@@ -79,7 +80,7 @@ class Arithmetic:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column.
         ``two_step`` / ``three_step``: the training problems with that many operations (two
-        abilities for data-mixture recipes such as DMT)."""
+        abilities for data-mixture recipes such as DMT). ``ood``: problems of 4 operations."""
         if split in OPERATION_SPLITS:
             return [r for r in self.rows("train") if r["completion"].count("\n") == OPERATION_SPLITS[split]]
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
@@ -88,8 +89,10 @@ class Arithmetic:
                                    columns=self.cfg.data.columns))
             rows = split_user_rows(rows, split)
             return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
+        if split == "ood" and self.cfg.data.path:
+            raise ValueError("arithmetic: a user's data file has no out-of-distribution split")
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
-        problems = [problem(s) for s in split_seeds(split, size)]
+        problems = [problem(s, OOD_OPERATIONS if split == "ood" else 0) for s in split_seeds(split, size)]
         rows = [make_row(**p, operations=p["solution"].count("\n")) for p in problems]
         if split == "train" and self.cfg.data.noise:  # noisy demonstrations, for data-quality methods
             rng = random.Random(f"noise:{self.cfg.seed}")

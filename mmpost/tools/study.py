@@ -1,0 +1,163 @@
+"""``mmpost study``: SFT vs RL and their blends on one task, same start, same budget, several seeds.
+
+Arms (token tasks): ``sft`` (the task's SFT stage for as many optimiser steps as SFT + RL take in the
+other arms), ``sft_rl`` (the task's default recipe: SFT then its RL stage), and the blends ``chord``,
+``luffy`` and ``relift`` (the library's recipes: SFT, then their mixed RL stage). The budget is equal
+optimiser steps from the same untrained start model; each arm's wall time and training samples
+(demonstrations + sampled completions) are logged beside it, since the blends and RL spend more
+per step. Every arm is evaluated greedily on the held-out split (in distribution) and, where the task
+declares one, on its out-of-distribution split (``ood``). The report gives, per arm, the mean and
+standard deviation over seeds and the paired difference to ``sft`` with its standard error
+(``std(d) / sqrt(n)`` over seeds), as a table and ``study.json``.
+
+Each run is ``mmpost train`` in ``ROOT/ARM-seedS`` and is skipped when it already finished (a study
+resumes where it stopped). ``--quick`` shrinks every run to a few steps for the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ARMS = {"sft": None, "sft_rl": None, "chord": "chord", "luffy": "luffy", "relift": "relift"}
+QUICK = {"data.train_size": 64, "data.eval_size": 8, "eval.sampled": "false", "eval.samples_to_save": 0}
+
+
+def arm_overrides(task_cls, arm: str, quick: bool) -> tuple[str | None, dict]:
+    """The recipe and ``--set`` overrides of ``arm``: equal optimiser steps across arms."""
+    default = task_cls.default_config()
+    sft, rl = default.stages[0], default.stages[-1]
+    sft_steps, rl_steps = (6, 3) if quick else (sft.steps, rl.steps)
+    updates = rl.updates_per_step()
+    if arm == "sft":  # the same optimiser steps as SFT + RL (an RL step may hold several updates)
+        return "sft", {f"{sft.name}.steps": sft_steps + rl_steps * updates}
+    sets = {f"{sft.name}.steps": sft_steps, f"{rl.name}.steps": rl_steps}
+    if arm == "sft_rl":
+        return None, sets
+    renamed = {"chord": "mixed"}.get(arm, rl.name)  # the name the recipe gives the RL stage
+    return ARMS[arm], {f"{sft.name}.steps": sft_steps, f"{renamed}.steps": rl_steps}
+
+
+def _train(task: str, recipe: str | None, seed: int, run_dir: Path, sets: dict, extra: list[str]) -> None:
+    results = run_dir / "results.json"
+    if results.exists() and "after" in json.loads(results.read_text()):
+        return
+    command = [sys.executable, "-m", "mmpost.cli", "train", "--task", task, "--seed", str(seed),
+               *(["--recipe", recipe] if recipe else []),
+               *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], *extra]
+    command += ["--resume", str(run_dir)] if (run_dir / "config.yaml").exists() else ["--output-dir", str(run_dir)]
+    start = time.perf_counter()
+    with open(run_dir.with_suffix(".log"), "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    run_dir.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+
+
+def _ood(task: str, run_dir: Path, extra: list[str]) -> float | None:
+    """The final model's greedy metric on the task's OOD split (cached in ``ood.json``)."""
+    cache = run_dir / "ood.json"
+    if not cache.exists():
+        command = [sys.executable, "-m", "mmpost.cli", "eval", "--task", task, "--model", str(run_dir / "final"),
+                   "--split", "ood", "--set", "eval.sampled=false", "--out", str(run_dir / "ood"), *extra]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        cache.write_text((run_dir / "ood" / "results.json").read_text())
+    return json.loads(cache.read_text())["greedy"]
+
+
+def _samples(run_dir: Path) -> int:
+    """Training samples the run's stages draw: demonstrations, or prompts x group size for RL kinds."""
+    import yaml
+
+    stages = yaml.safe_load((run_dir / "config.yaml").read_text())["stages"]
+    return sum(s["steps"] * s["batch_size"] * (s["sampling"]["group_size"] if s["kind"] in ("rl", "mixed") else 1)
+               for s in stages)
+
+
+def paired(values: dict[int, float], base: dict[int, float]) -> dict:
+    """Mean paired difference to ``base`` over the seeds both have, and its standard error.
+
+    >>> paired({0: 0.5, 1: 0.7}, {0: 0.4, 1: 0.4})
+    {'diff': 0.2, 'se': 0.1, 'seeds': 2}
+    """
+    diffs = [values[s] - base[s] for s in sorted(values) if s in base]
+    if not diffs:
+        return {"diff": None, "se": None, "seeds": 0}
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return {"diff": round(statistics.fmean(diffs), 6), "se": None if se is None else round(se, 6), "seeds": len(diffs)}
+
+
+def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str = "", jobs: int = 1,
+          quick: bool = False, sets: dict | None = None) -> dict:
+    """Train every arm on every seed (resumable), evaluate ID and OOD, write ``ROOT/study.json``."""
+    import mmpost
+    from mmpost.types import task_member
+
+    task_cls = mmpost.TASKS.get(task)
+    arms = arms or list(ARMS)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown study arm(s) {unknown}; expected some of {', '.join(ARMS)}")
+    if task_member(task_cls, "policy_kind") != "token" and set(arms) - {"sft", "sft_rl"}:
+        raise ValueError(f"task {task!r} trains a {task_member(task_cls, 'policy_kind')} policy: the blends need a "
+                         "token policy; use --arms sft,sft_rl")
+    root_dir = Path(root or f"runs/study-{task}")
+    root_dir.mkdir(parents=True, exist_ok=True)
+    extra = [a for k, v in {**(QUICK if quick else {}), **(sets or {})}.items() for a in ("--set", f"{k}={v}")]
+    metric, has_ood = task_cls.metric, bool(task_member(task_cls, "ood"))
+
+    def job(arm: str, seed: int) -> dict:
+        recipe, arm_sets = arm_overrides(task_cls, arm, quick)
+        run_dir = root_dir / f"{arm}-seed{seed}"
+        _train(task, recipe, seed, run_dir, arm_sets, extra)
+        results = json.loads((run_dir / "results.json").read_text())
+        return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric],
+                "ood": _ood(task, run_dir, extra)[metric] if has_ood else None,
+                "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
+                "samples": _samples(run_dir), "steps": sum(arm_sets.values())}
+
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = list(pool.map(lambda pair: job(*pair), [(a, s) for a in arms for s in seeds]))
+    table = {}
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        row = {"runs": len(mine), "seconds": statistics.fmean(r["seconds"] or 0.0 for r in mine),
+               "samples": statistics.fmean(r["samples"] for r in mine), "steps": mine[0]["steps"]}
+        for split in ("id", "ood"):
+            values = {r["seed"]: r[split] for r in mine if r[split] is not None}
+            if not values:
+                continue
+            base = {r["seed"]: r[split] for r in runs if r["arm"] == "sft" and r[split] is not None}
+            row[split] = {"mean": statistics.fmean(values.values()),
+                          "std": statistics.stdev(values.values()) if len(values) > 1 else 0.0,
+                          "vs_sft": paired(values, base) if arm != "sft" else None}
+        table[arm] = row
+    report = {"task": task, "metric": metric, "ood": task_member(task_cls, "ood"), "seeds": seeds,
+              "budget": "equal optimiser steps from the same untrained model; seconds and samples logged",
+              "quick": quick, "arms": table, "runs": runs}
+    (root_dir / "study.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def markdown(report: dict) -> str:
+    """The study as a Markdown table: ID and OOD mean ± std, paired difference to SFT ± its SE."""
+    def cell(entry):
+        if not entry:
+            return "-"
+        text = f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+        vs = entry.get("vs_sft")
+        if vs and vs["diff"] is not None:
+            text += f" ({vs['diff']:+.3f}" + (f" ± {vs['se']:.3f})" if vs["se"] is not None else ")")
+        return text
+
+    lines = [f"{report['task']}: greedy {report['metric']}, seeds {report['seeds']} "
+             f"(OOD: {report['ood'] or 'none declared'}); in brackets the paired difference to sft ± its SE",
+             "| arm | steps | samples | minutes | in-distribution | out-of-distribution |", "|---|---|---|---|---|---|"]
+    for arm, row in report["arms"].items():
+        lines.append(f"| `{arm}` | {row['steps']} | {row['samples']:.0f} | {row['seconds'] / 60:.1f} | "
+                     f"{cell(row.get('id'))} | {cell(row.get('ood'))} |")
+    return "\n".join(lines)

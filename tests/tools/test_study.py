@@ -1,0 +1,47 @@
+"""``mmpost study``: equal budgets per arm, the paired statistics by hand, and a quick study end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import mmpost
+from mmpost.tools.study import arm_overrides, paired
+
+
+def test_paired_difference_and_its_standard_error_by_hand():
+    # differences 0.1, 0.3, 0.2: mean 0.2, sample std 0.1, SE 0.1 / sqrt(3)
+    got = paired({0: 0.5, 1: 0.6, 2: 0.4}, {0: 0.4, 1: 0.3, 2: 0.2})
+    assert got["diff"] == pytest.approx(0.2) and got["se"] == pytest.approx(0.1 / 3 ** 0.5, abs=1e-6)
+    assert paired({0: 0.5}, {1: 0.4}) == {"diff": None, "se": None, "seeds": 0}  # no seed in common
+
+
+def test_every_arm_gets_the_same_optimiser_steps():
+    task = mmpost.TASKS.get("arithmetic")
+    default = task.default_config()
+    total = default.stages[0].steps + default.stages[-1].steps * default.stages[-1].updates_per_step()
+    for arm in ("sft", "sft_rl", "chord", "luffy", "relift"):
+        recipe, sets = arm_overrides(task, arm, quick=False)
+        cfg = mmpost.build_config("arithmetic", recipe=recipe, overrides=sets)
+        assert sum(s.steps * s.updates_per_step() for s in cfg.stages) == total, arm
+
+
+def test_quick_study_reports_in_and_out_of_distribution(mmpost_home, tmp_path):
+    root = tmp_path / "study"
+    result = subprocess.run([sys.executable, "-m", "mmpost.cli", "study", "--task", "arithmetic", "--quick",
+                             "--seeds", "0,1", "--arms", "sft,sft_rl", "--root", str(root), "--set", "threads=1"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((root / "study.json").read_text())
+    assert len(report["runs"]) == 4 and report["ood"].startswith("problems of 4 operations")
+    for arm in ("sft", "sft_rl"):
+        row = report["arms"][arm]
+        assert 0 <= row["id"]["mean"] <= 1 and 0 <= row["ood"]["mean"] <= 1 and row["samples"] > 0
+    assert report["arms"]["sft_rl"]["samples"] > report["arms"]["sft"]["samples"]  # RL samples groups
+    assert report["arms"]["sft_rl"]["id"]["vs_sft"]["seeds"] == 2
+    assert "| `sft_rl` |" in result.stdout and "out-of-distribution" in result.stdout
+    for run in report["runs"]:  # the OOD evaluation ran on 4-operation problems
+        ood = json.loads((root / f"{run['arm']}-seed{run['seed']}" / "ood.json").read_text())
+        assert "answer_match" in ood["greedy"] and ood["by"] == {"greedy": {"4": ood["greedy"]["answer_match"]},
+                                                                 "column": "operations"}
