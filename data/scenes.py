@@ -73,10 +73,10 @@ def scene(seed: int, split: str = "train") -> dict:
 
     Objects are dicts of shape, colour, size word and pixel box; ``target`` indexes ``objects``.
     Training scenes never target a ``NOVEL_PAIRS`` combination; held-out scenes with an even seed
-    always do.
+    and every out-of-distribution (``ood``) scene always do.
     """
     rng = random.Random(seed)
-    want_novel = split == "heldout" and seed % 2 == 0
+    want_novel = (split == "heldout" and seed % 2 == 0) or split == "ood"
     while True:
         objects: list[dict] = []
         for _ in range(rng.randint(1, 4)):

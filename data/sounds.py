@@ -42,7 +42,8 @@ def clip(seed: int, split: str = "train") -> dict:
     turns them into the waveform.
     """
     rng = random.Random(seed)
-    shifted = split == "heldout" and seed % 2 == 0  # parameters outside the training ranges
+    # parameters outside the training ranges: half the held-out clips, every out-of-distribution one
+    shifted = (split == "heldout" and seed % 2 == 0) or split == "ood"
     qtype = QUESTION_TYPES[rng.randrange(len(QUESTION_TYPES))]
     base = rng.uniform(500, 700) if shifted else rng.choice([rng.uniform(200, 480), rng.uniform(720, 1000)])
     loud = rng.uniform(0.15, 0.25) if shifted else rng.uniform(0.3, 0.6)

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from mmpost.data.splits import OOD_SEED_OFFSET
 from mmpost.envs.base import HELDOUT_SEED_OFFSET
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -78,7 +79,8 @@ def episode_spec(seed: int) -> dict:
             targets.append(point)
     goal = int(rng.integers(len(COLORS)))
     templates = TRAIN_TEMPLATES
-    if seed >= HELDOUT_SEED_OFFSET and rng.random() < 0.5:
+    # a phrasing never trained: half the held-out episodes, every out-of-distribution one
+    if seed >= HELDOUT_SEED_OFFSET and (rng.random() < 0.5 or seed >= OOD_SEED_OFFSET):
         templates = HELDOUT_TEMPLATES
     template = templates[int(rng.integers(len(templates)))]
     return {"qpos": np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-2.0, 2.0)]),

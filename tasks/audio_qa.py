@@ -44,6 +44,7 @@ class AudioQA:
     rewards = ["choice_accuracy", "answer_format"]
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type
+    ood = "clips whose pitch, loudness and event lengths all lie outside the training ranges (half the held-out ones do)"
     solved_threshold = 1.0
     # R1-AQA's comparison: the second stage spends the GRPO stage's budget (steps x 64 completions)
     # on 64 demonstrations a step instead, at the SFT stage's final learning-rate scale
@@ -80,6 +81,8 @@ class AudioQA:
 
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: the question prompt, the waveform, the ``answer`` and ``choices``."""
+        if split == "ood" and self.cfg.data.path:
+            raise ValueError("audio_qa: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)

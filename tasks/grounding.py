@@ -54,6 +54,7 @@ class Grounding:
         "architecture[=WEIGHTS])")
     rewards = ["grounding_iou"]
     metric = "grounding_iou"
+    ood = "scenes whose target is always a colour-shape pair never trained (half the held-out scenes are)"
     eval_rewards = ["grounding_hit"]
     solved_threshold = 0.5  # an answer counts as solved (ReLIFT, rejection sampling) from IoU 0.5
 
@@ -103,7 +104,9 @@ class Grounding:
     # ------------------------------------------------------------------ data
 
     def rows(self, split: str) -> list[dict]:
-        """Rows of ``split`` ("train" or "heldout"): prompt, image, answer and the gold ``box``."""
+        """Rows of ``split`` ("train", "heldout" or "ood"): prompt, image, answer and the gold ``box``."""
+        if split == "ood" and self.cfg.data.path:
+            raise ValueError("grounding: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)

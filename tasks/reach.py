@@ -41,6 +41,7 @@ class Reach:
     policy_kind = "flow"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["success"]
     metric = "success"
+    ood = "episodes whose instruction uses a phrasing never trained (half the held-out ones do)"
     recipes = {
         "flow_sde_ppo": {"flow.noise_method": "flow_sde"},
         "flow_noise_ppo": {**_FLOW_NOISE},
@@ -91,7 +92,7 @@ class Reach:
     # ------------------------------------------------------------------ data
 
     def rows(self, split: str) -> list[dict]:
-        """``train`` / ``heldout`` initial states, or ``demos`` (expert (observation, chunk) pairs)."""
+        """``train`` / ``heldout`` / ``ood`` initial states, or ``demos`` (expert (observation, chunk) pairs)."""
         if split == "demos":
             return self.demonstrations()
         if split == "train":  # the env derives everything from the seed

@@ -44,6 +44,13 @@ def arm_overrides(task_cls, arm: str, quick: bool) -> tuple[str | None, dict]:
     return ARMS[arm], {f"{sft.name}.steps": sft_steps, f"{renamed}.steps": rl_steps}
 
 
+def optimiser_steps(task: str, recipe: str | None, sets: dict) -> int:
+    """Optimiser updates the arm's stages take (an RL step holds ``epochs x minibatches`` of them)."""
+    import mmpost
+
+    return sum(s.steps * s.updates_per_step() for s in mmpost.build_config(task, recipe=recipe, overrides=sets).stages)
+
+
 def _train(task: str, recipe: str | None, seed: int, run_dir: Path, sets: dict, extra: list[str]) -> None:
     results = run_dir / "results.json"
     if results.exists() and "after" in json.loads(results.read_text()):
@@ -118,7 +125,7 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
         return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric],
                 "ood": _ood(task, run_dir, extra)[metric] if has_ood else None,
                 "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
-                "samples": _samples(run_dir), "steps": sum(arm_sets.values())}
+                "samples": _samples(run_dir), "steps": optimiser_steps(task, recipe, arm_sets)}
 
     with ThreadPoolExecutor(jobs) as pool:
         runs = list(pool.map(lambda pair: job(*pair), [(a, s) for a in arms for s in seeds]))

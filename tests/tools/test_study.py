@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import mmpost
-from mmpost.tools.study import arm_overrides, paired
+from mmpost.tools.study import arm_overrides, optimiser_steps, paired
 
 
 def test_paired_difference_and_its_standard_error_by_hand():
@@ -23,8 +23,10 @@ def test_every_arm_gets_the_same_optimiser_steps():
     total = default.stages[0].steps + default.stages[-1].steps * default.stages[-1].updates_per_step()
     for arm in ("sft", "sft_rl", "chord", "luffy", "relift"):
         recipe, sets = arm_overrides(task, arm, quick=False)
-        cfg = mmpost.build_config("arithmetic", recipe=recipe, overrides=sets)
-        assert sum(s.steps * s.updates_per_step() for s in cfg.stages) == total, arm
+        assert optimiser_steps("arithmetic", recipe, sets) == total, arm
+    recipe, sets = arm_overrides(mmpost.TASKS.get("reach"), "sft", quick=True)  # RL steps of 4 updates each
+    assert optimiser_steps("reach", recipe, sets) == optimiser_steps("reach", *arm_overrides(mmpost.TASKS.get("reach"),
+                                                                                              "sft_rl", quick=True))
 
 
 def test_quick_study_reports_in_and_out_of_distribution(mmpost_home, tmp_path):

@@ -1,0 +1,45 @@
+"""Every task that declares an out-of-distribution split (its ``ood`` member) holds there only what
+training never shows, from seeds no other split draws."""
+
+import pytest
+
+import mmpost
+from mmpost.data.splits import split_seeds
+from mmpost.types import task_member
+
+# task -> what marks an OOD row, checked on the rows of each split
+MARK = {
+    "arithmetic": lambda row: row["operations"] == 4,
+    "grounding": lambda row: row["novel"],
+    "audio_qa": lambda row: row["shifted"],
+    "reach": lambda row: row["instruction"].startswith("go to the"),  # the held-out phrasing
+}
+
+
+def test_ood_seeds_are_disjoint_from_train_and_heldout():
+    ood = set(split_seeds("ood", 1000))
+    assert not ood & set(split_seeds("train", 1000)) and not ood & set(split_seeds("heldout", 1000))
+
+
+@pytest.mark.parametrize("name", sorted(MARK))
+def test_ood_rows_are_all_out_of_distribution(name, mmpost_home):
+    task_cls = mmpost.TASKS.get(name)
+    assert task_member(task_cls, "ood"), f"{name} declares no ood split"
+    task = task_cls(mmpost.build_config(name, overrides={"data.eval_size": 20, "data.train_size": 40}))
+    assert all(MARK[name](row) for row in task.rows("ood"))
+    heldout = [MARK[name](row) for row in task.rows("heldout")]
+    assert any(heldout) or name == "arithmetic"  # the held-out split mixes in some (arithmetic: none)
+    if name == "reach":  # training episodes carry no instruction row field; their specs never use the phrasing
+        from mmpost.envs.reach import episode_spec
+
+        assert not any(episode_spec(r["seed"])["instruction"].startswith("go to the") for r in task.rows("train"))
+    else:
+        assert not any(MARK[name](row) for row in task.rows("train"))
+
+
+def test_a_user_file_has_no_ood_split(tmp_path, mmpost_home):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"question": "1+1?", "solution": "1+1=2\\n#### 2", "answer": "2"}\n' * 4)
+    task = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic", overrides={"data.path": str(data)}))
+    with pytest.raises(ValueError, match="no out-of-distribution split"):
+        task.rows("ood")
