@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from mmpost.data.splits import HELDOUT_SEED_OFFSET, split_seeds  # noqa: F401 (re-exported)
+from mmpost.data.splits import HELDOUT_SEED_OFFSET, OOD_SEED_OFFSET, split_seeds  # noqa: F401 (re-exported)
 
 CHART_TYPES = ("line", "multiline", "bar", "grouped_bar", "barh", "scatter", "pie", "hist", "area")
 COLORS = ("red", "blue", "green", "orange", "purple", "black")
@@ -30,11 +30,14 @@ def chart_program(seed: int) -> dict:
 
     The program uses either the pyplot state machine or the ``fig, ax`` API (chosen at random),
     integer data 1..9 with 3..8 points, a 1-3 word title, axis labels and named colours.
+    Out-of-distribution seeds (from ``OOD_SEED_OFFSET``) draw more data than any trained: 9..12 points
+    (pie: 6 slices, not 3..5; histogram: 17..24 values in 7..9 bins, not 10..16 in 3..6).
     """
     rng = random.Random(seed)
+    ood = seed >= OOD_SEED_OFFSET
     kind = rng.choice(CHART_TYPES)
     style = rng.choice(STYLES)
-    n = rng.randint(3, 8)
+    n = rng.randint(9, 12) if ood else rng.randint(3, 8)
     values = lambda k=n: [rng.randint(1, 9) for _ in range(k)]  # noqa: E731
     colors = rng.sample(COLORS, 3)
     on = "ax." if style == "axes" else "plt."
@@ -62,11 +65,11 @@ def chart_program(seed: int) -> dict:
         lines.append(f"{on}bar(x + 0.2, b, width=0.4, color='{colors[1]}', label='{labels[1]}')")
         lines.append(f"{on}legend()")
     elif kind == "pie":
-        k = rng.randint(3, 5)
+        k = rng.randint(6, 6) if ood else rng.randint(3, 5)
         lines += [f"sizes = {values(k)}", f"{on}pie(sizes, colors={rng.sample(COLORS, k)})"]
     elif kind == "hist":
-        lines += [f"data = {values(rng.randint(10, 16))}",
-                  f"{on}hist(data, bins={rng.randint(3, 6)}, color='{colors[0]}')"]
+        lines += [f"data = {values(rng.randint(17, 24) if ood else rng.randint(10, 16))}",
+                  f"{on}hist(data, bins={rng.randint(7, 9) if ood else rng.randint(3, 6)}, color='{colors[0]}')"]
 
     title = " ".join(rng.sample(TITLE_WORDS, rng.randint(1, 3)))
     if style == "axes":

@@ -11,6 +11,8 @@ large coloured shapes and, per question type, one event to reason about over tim
 Each clip also has a ``caption`` (what happens, in the words a reasoning trace would use), the
 text the semantic-consistency reward compares with the frames. Held-out clips use seeds the
 training split never draws (new shapes, colours, positions, paths and timings in combination).
+Out-of-distribution clips (``ood``) draw every shape smaller than any trained (``OOD_SIZES``) and
+move the shape of a direction question at a speed never trained (``OOD_STEP``, between slow and fast).
 
 The scenes are deliberately plain: with four similar backgrounds, a still distractor and 12-18 px
 shapes, the tiny models trained from scratch here stayed at the input-blind accuracy (README,
@@ -29,16 +31,18 @@ SHAPES = ("circle", "square", "triangle")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (235, 205, 40)}
 BACKGROUND = (235, 235, 235)
 SIZES = (20, 28)  # shape sizes in pixels
+OOD_SIZES = (12, 16)  # never trained
+OOD_STEP = (3.0, 4.5)  # pixels a frame of a direction clip's shape: trained ones move 6-7.2
 QUESTION_TYPES = ("direction", "order", "count", "speed")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-def _object(rng: random.Random, used: set) -> dict:
+def _object(rng: random.Random, used: set, sizes: tuple = SIZES) -> dict:
     while True:
         color, shape = rng.choice(sorted(COLORS)), rng.choice(SHAPES)
         if (color, shape) not in used:
             used.add((color, shape))
-            return {"color": color, "shape": shape, "size": rng.randint(*SIZES)}
+            return {"color": color, "shape": shape, "size": rng.randint(*sizes)}
 
 
 def video(seed: int, split: str = "train") -> dict:
@@ -48,9 +52,11 @@ def video(seed: int, split: str = "train") -> dict:
     hidden; :func:`render` draws them.
     """
     rng = random.Random(seed)
+    ood = split == "ood"
+    sizes = OOD_SIZES if ood else SIZES
     qtype = QUESTION_TYPES[rng.randrange(len(QUESTION_TYPES))]
     used: set = set()
-    target = _object(rng, used)
+    target = _object(rng, used, sizes)
     name = f"the {target['color']} {target['shape']}"
     size = target["size"]
     still = lambda: [(rng.randint(0, SIDE - SIZES[1]), rng.randint(0, SIDE - SIZES[1]))] * FRAMES  # noqa: E731
@@ -58,6 +64,8 @@ def video(seed: int, split: str = "train") -> dict:
         direction = rng.choice(sorted(DIRECTIONS)) if qtype == "direction" else rng.choice(["left", "right"])
         fast = rng.random() < 0.5 if qtype == "speed" else True
         step = rng.uniform(6, 7.2) if fast else rng.uniform(1, 2)  # fast: across most of the frame
+        if ood and qtype == "direction":  # the same draw, rescaled into the never-trained speeds
+            step = OOD_STEP[0] + (step - 6) / 1.2 * (OOD_STEP[1] - OOD_STEP[0])
         dx, dy = DIRECTIONS[direction]
         travel = step * (FRAMES - 1)
         x0 = SIDE - size - 2 - travel if dx > 0 else 2 + travel if dx < 0 else rng.uniform(2, SIDE - size - 2)
@@ -78,7 +86,7 @@ def video(seed: int, split: str = "train") -> dict:
             question, choices, answer = f"Does {name} move fast or slow?", ["fast", "slow"], speed
             caption = f"{name} moves {speed} to the {direction}."
     elif qtype == "order":
-        other = _object(rng, used)
+        other = _object(rng, used, sizes)
         first_at, second_at = rng.randint(0, 2), rng.randint(4, 6)
         a, b = (target, other) if rng.random() < 0.5 else (other, target)
         place = still()

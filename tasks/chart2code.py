@@ -43,6 +43,7 @@ class Chart2Code:
         "directory / hub id")
     solved_threshold = 0.8  # a chart counts as solved (ReLIFT, rejection sampling) from this reward
     rewards = ["chart_render"]
+    ood = "charts with more data than any trained: 9-12 points, 6-slice pies, 17-24-value histograms in 7-9 bins"
     metric = "chart_render"
 
     @staticmethod
@@ -81,6 +82,8 @@ class Chart2Code:
 
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
+        if split == "ood" and self.cfg.data.path:
+            raise ValueError("chart2code: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = list(read_jsonl(self.cfg.data.path, required={"image": str, "code": str},
                                    skip_bad_rows=self.cfg.data.skip_bad_rows,

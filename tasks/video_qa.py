@@ -81,6 +81,8 @@ class VideoQA:
         "--model: tiny-qwen2vl (a tiny Qwen2-VL fed the video through qwen-vl-utils, built offline), a "
         "Qwen2-VL-family directory / hub id (video input), an image-only VLM, or composed[:TOWER[:LM_DIR]]")
     rewards = ["choice_accuracy", "format", "video_semantic"]
+    ood = ("clips whose shapes are smaller than any trained (12-16 px) and whose direction-question shape moves at "
+           "a never-trained speed")
     metric = "choice_accuracy"
     breakdown = "qtype"  # held-out accuracy also per question type
     solved_threshold = 1.0
@@ -132,6 +134,8 @@ class VideoQA:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: question, the clip (``videos``, or a frame grid in ``images``), ``answer``,
         ``choices`` and ``caption``."""
+        if split == "ood" and self.cfg.data.path:
+            raise ValueError("video_qa: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns,
                                   as_grid=not self.takes_video)
