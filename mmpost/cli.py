@@ -158,6 +158,23 @@ def _icl(args) -> None:
     _write_json(results, args.json)
 
 
+def _headroom(args) -> None:
+    import mmpost
+    from mmpost.config import parse_set
+    from mmpost.tools.headroom import headroom
+
+    try:
+        cfg = mmpost.build_config(args.task, model=args.model, overrides=parse_set(args.set or []))
+        report = headroom(cfg, args.prompts, args.samples, args.temperature)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    print(f"{args.task}: {report['prompts']} training prompts x {report['samples']} samples at T={args.temperature}")
+    print("  " + "  ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@")))
+    print(f"  prompts whose samples all agree (zero reward variance in a group of {report['samples']}): "
+          f"{report['zero_variance_share']:.3f}; never solved: {report['never_solved_share']:.3f}")
+    _write_json(report, args.json)
+
+
 def _study(args) -> None:
     from mmpost.config import parse_set
     from mmpost.tools.study import markdown, study
@@ -324,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (seed, threads, ...)")
     ic.add_argument("--json", help="also write the results to this file")
     ic.set_defaults(func=_icl)
+    hr = sub.add_parser("headroom", help="pass@k vs pass@1 of a model on training prompts: what RL can sharpen",
+                        description="examples: mmpost headroom --task arithmetic --model runs/arithmetic-X/final; "
+                                    "mmpost headroom --task audio_qa --model DIR --prompts 128 --samples 16")
+    hr.add_argument("--task", default="arithmetic")
+    hr.add_argument("--model", default="", help="a saved model directory (default: the task's start model)")
+    hr.add_argument("--prompts", type=int, default=64, help="training prompts sampled")
+    hr.add_argument("--samples", type=int, default=8, help="samples per prompt (n; pass@k for k <= n)")
+    hr.add_argument("--temperature", type=float, default=1.0)
+    hr.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    hr.add_argument("--json", help="also write the results to this file")
+    hr.set_defaults(func=_headroom)
     st = sub.add_parser("study", help="SFT vs SFT+RL vs the blends, same start and budget, several seeds, ID and OOD",
                         description="examples: mmpost study --task arithmetic --seeds 0,1,2 --jobs 2; "
                                     "mmpost study --task reach --arms sft,sft_rl --seeds 0,1,2; "

@@ -6,7 +6,8 @@ other arms), ``sft_rl`` (the task's default recipe: SFT then its RL stage), and 
 optimiser steps from the same untrained start model; each arm's wall time and training samples
 (demonstrations + sampled completions) are logged beside it, since the blends and RL spend more
 per step. Every arm is evaluated greedily on the held-out split (in distribution) and, where the task
-declares one, on its out-of-distribution split (``ood``). The report gives, per arm, the mean and
+declares one, on its out-of-distribution split (``ood``); the ``sft`` arm's model is also measured for
+the headroom RL can sharpen (:mod:`mmpost.tools.headroom`). The report gives, per arm, the mean and
 standard deviation over seeds and the paired difference to ``sft`` with its standard error
 (``std(d) / sqrt(n)`` over seeds), as a table and ``study.json``.
 
@@ -85,6 +86,17 @@ def _samples(run_dir: Path) -> int:
                for s in stages)
 
 
+def _headroom(task: str, run_dir: Path, extra: list[str], quick: bool) -> dict:
+    """The SFT model's pass@k vs pass@1 on training prompts (cached in ``headroom.json``)."""
+    cache = run_dir / "headroom.json"
+    if not cache.exists():
+        size = ["--prompts", "8", "--samples", "4"] if quick else ["--prompts", "64", "--samples", "8"]
+        command = [sys.executable, "-m", "mmpost.cli", "headroom", "--task", task, "--model", str(run_dir / "final"),
+                   *size, "--json", str(cache), *extra]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(cache.read_text())
+
+
 def paired(values: dict[int, float], base: dict[int, float]) -> dict:
     """Mean paired difference to ``base`` over the seeds both have, and its standard error.
 
@@ -123,6 +135,7 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
         _train(task, recipe, seed, run_dir, arm_sets, extra)
         results = json.loads((run_dir / "results.json").read_text())
         return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric],
+                "headroom": _headroom(task, run_dir, extra, quick) if arm == "sft" else None,
                 "ood": _ood(task, run_dir, extra)[metric] if has_ood else None,
                 "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
                 "samples": _samples(run_dir), "steps": optimiser_steps(task, recipe, arm_sets)}
@@ -143,7 +156,10 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
                           "std": statistics.stdev(values.values()) if len(values) > 1 else 0.0,
                           "vs_sft": paired(values, base) if arm != "sft" else None}
         table[arm] = row
-    report = {"task": task, "metric": metric, "ood": task_member(task_cls, "ood"), "seeds": seeds,
+    sft_headroom = [r["headroom"] for r in runs if r["headroom"]]
+    headroom = {k: statistics.fmean(h[k] for h in sft_headroom) for k in sft_headroom[0]
+                if isinstance(sft_headroom[0][k], float)} if sft_headroom else None
+    report = {"task": task, "metric": metric, "ood": task_member(task_cls, "ood"), "seeds": seeds, "headroom": headroom,
               "budget": "equal optimiser steps from the same untrained model; seconds and samples logged",
               "quick": quick, "arms": table, "runs": runs}
     (root_dir / "study.json").write_text(json.dumps(report, indent=1))
@@ -167,4 +183,9 @@ def markdown(report: dict) -> str:
     for arm, row in report["arms"].items():
         lines.append(f"| `{arm}` | {row['steps']} | {row['samples']:.0f} | {row['seconds'] / 60:.1f} | "
                      f"{cell(row.get('id'))} | {cell(row.get('ood'))} |")
+    if report.get("headroom"):
+        room = report["headroom"]
+        lines.append("headroom of the sft arm's model on training prompts (mean over seeds): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in room.items() if k.startswith("pass@"))
+                     + f"; zero-variance groups {room['zero_variance_share']:.3f}")
     return "\n".join(lines)

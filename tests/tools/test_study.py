@@ -43,7 +43,18 @@ def test_quick_study_reports_in_and_out_of_distribution(mmpost_home, tmp_path):
     assert report["arms"]["sft_rl"]["samples"] > report["arms"]["sft"]["samples"]  # RL samples groups
     assert report["arms"]["sft_rl"]["id"]["vs_sft"]["seeds"] == 2
     assert "| `sft_rl` |" in result.stdout and "out-of-distribution" in result.stdout
+    room = report["headroom"]  # the SFT model's pass@k on training prompts (4 samples each in quick mode)
+    assert 0 <= room["pass@1"] <= room["pass@2"] <= room["pass@4"] <= 1 and 0 <= room["zero_variance_share"] <= 1
     for run in report["runs"]:  # the OOD evaluation ran on 4-operation problems
         ood = json.loads((root / f"{run['arm']}-seed{run['seed']}" / "ood.json").read_text())
         assert "answer_match" in ood["greedy"] and ood["by"] == {"greedy": {"4": ood["greedy"]["answer_match"]},
                                                                  "column": "operations"}
+
+
+def test_pass_at_k_by_hand():
+    from mmpost.tools.headroom import pass_at_k
+
+    # 8 samples, 2 right: pass@1 = 2/8; pass@4 = 1 - C(6, 4) / C(8, 4) = 1 - 15/70
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)
+    assert pass_at_k(8, 0, 8) == 0.0 and pass_at_k(8, 7, 2) == 1.0

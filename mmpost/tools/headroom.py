@@ -1,0 +1,57 @@
+"""The headroom RL can sharpen: a model's pass@k against its pass@1 on training prompts.
+
+RL with group advantages (GRPO and its relatives) learns only from groups whose samples differ in
+reward: a prompt the model always solves, or never does, teaches it nothing. Before blaming the
+algorithm for a flat reward curve, measure what the SFT model leaves to sharpen: the chance one
+sample solves a training prompt (pass@1), the chance one of ``k`` does (pass@k, the unbiased estimator
+of Chen et al. 2021 from ``n >= k`` samples), and the share of prompts whose ``n`` samples all agree
+(all solved or none: zero reward variance in a GRPO group of that size). ``mmpost headroom``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """``1 - C(n - c, k) / C(n, k)``: the chance that one of ``k`` of ``n`` samples, ``c`` of them right, is right.
+
+    >>> pass_at_k(8, 0, 4), pass_at_k(8, 8, 1), round(pass_at_k(4, 1, 2), 3)
+    (0.0, 1.0, 0.5)
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0, split: str = "train") -> dict:
+    """pass@1, pass@k for k = 1, 2, 4, ... up to ``samples``, and the zero-variance share, of ``cfg.model``
+    on the first ``prompts`` rows of ``split``; a sample counts as solved at the task's ``solved_threshold``."""
+    from mmpost.engine import build_task
+    from mmpost.rewarding import score_rollout
+    from mmpost.types import task_member
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    task, rewards, weights, eval_rewards = build_task(cfg)
+    rows = task.rows(split)[:prompts]
+    threshold = float(task_member(task, "solved_threshold"))
+    metric = {task.metric: eval_rewards[task.metric]}
+    policy = task.policy()
+    solved = []
+    with contextlib.closing(policy):
+        for start in range(0, len(rows), cfg.eval.batch_size):
+            chunk = rows[start:start + cfg.eval.batch_size]
+            rollout = policy.rollout(chunk, samples, temperature=temperature)
+            score_rollout(rollout, metric, {task.metric: 1.0})
+            hits = torch.nan_to_num(rollout.rewards, nan=float("-inf")) >= threshold
+            solved += [int(hits[rollout.group == g].sum()) for g in range(len(chunk))]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
+    report = {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in solved) / len(solved) for k in ks}
+    report.update({"prompts": len(solved), "samples": samples, "temperature": temperature, "split": split,
+                   "zero_variance_share": sum(c in (0, samples) for c in solved) / len(solved),
+                   "never_solved_share": sum(c == 0 for c in solved) / len(solved)})
+    return report
