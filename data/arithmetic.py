@@ -44,8 +44,9 @@ def problem(seed: int, operations: int = 0) -> dict:
 
 
 def split_seeds(split: str, size: int) -> list[int]:
-    """Seeds of a split: ``train`` 0.., ``heldout`` from 10M, ``ood`` from 20M (disjoint by construction)."""
-    starts = {"train": 0, "heldout": HELDOUT_OFFSET, "ood": OOD_OFFSET}
+    """Seeds of a split: ``train`` 0.., ``validation`` from 5M (the training distribution, for choosing
+    settings), ``heldout`` from 10M, ``ood`` from 20M (disjoint by construction)."""
+    starts = {"train": 0, "validation": 5_000_000, "heldout": HELDOUT_OFFSET, "ood": OOD_OFFSET}
     if split not in starts:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(starts)}")
     return list(range(starts[split], starts[split] + size))

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mmpost.registry import closest
+from mmpost.registry import check_choice, closest
 from mmpost.stages.spec import RENAMED, RETIRED, SECTIONS, STAGE_KINDS, Stage  # noqa: F401  (STAGE_KINDS: re-exported)
 
 @dataclass
@@ -145,9 +145,15 @@ class RolloutConfig:
 
 @dataclass
 class EvalConfig:
+    # the rows a run is evaluated on: "heldout", or "validation" (unseen rows of the training distribution,
+    # to choose settings without looking at the held-out split) where the task's generator has one
+    split: str = "heldout"
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
     samples_to_save: int = 8  # held-out samples written to the run directory
     batch_size: int = 50
+
+    def __post_init__(self):
+        check_choice("eval.split", self.split, ("heldout", "validation"))
 
 
 @dataclass

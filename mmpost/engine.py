@@ -202,7 +202,7 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
     torch.manual_seed(cfg.seed)
 
     task, rewards, weights, eval_rewards = build_task(cfg)
-    rows = {"heldout": task.rows("heldout")}
+    rows = {"heldout": task.rows(cfg.eval.split)}  # what the run reports on (eval.split: heldout | validation)
     check_trackers(cfg.trackers)
     # find_unused_parameters: a VLM on a text-only task never uses its vision tower; DDP must not wait for it
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,

@@ -82,8 +82,6 @@ class Chart2Code:
 
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
-        if split == "ood" and self.cfg.data.path:
-            raise ValueError("chart2code: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = list(read_jsonl(self.cfg.data.path, required={"image": str, "code": str},
                                    skip_bad_rows=self.cfg.data.skip_bad_rows,

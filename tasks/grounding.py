@@ -105,8 +105,6 @@ class Grounding:
 
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train", "heldout" or "ood"): prompt, image, answer and the gold ``box``."""
-        if split == "ood" and self.cfg.data.path:
-            raise ValueError("grounding: a user's data file has no out-of-distribution split")
         if self.cfg.data.path:
             rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
             return split_user_rows(rows, split)

@@ -57,9 +57,24 @@ def test_ood_rows_are_all_out_of_distribution(name, mmpost_home):
         assert not any(MARK[name](row) for row in task.rows("train"))
 
 
+@pytest.mark.parametrize("name", sorted(MARK))
+def test_validation_rows_are_unseen_rows_of_the_training_distribution(name, mmpost_home):
+    """``eval.split=validation`` chooses settings on rows no split shares, drawn as training rows are."""
+    from mmpost.engine import build_task
+
+    cfg = mmpost.build_config(name, overrides={"data.eval_size": 20, "data.train_size": 40, "sandbox_workers": 1,
+                                               "eval.split": "validation"})
+    task = build_task(cfg)[0]
+    rows = task.rows("validation")
+    assert len(rows) == 20 and not any(MARK[name](row) for row in rows if name != "reach")
+    seeds = set(split_seeds("validation", 20))
+    assert not seeds & set(split_seeds("heldout", 20)) and not seeds & set(split_seeds("train", 40))
+
+
 def test_a_user_file_has_no_ood_split(tmp_path, mmpost_home):
     data = tmp_path / "rows.jsonl"
     data.write_text('{"question": "1+1?", "solution": "1+1=2\\n#### 2", "answer": "2"}\n' * 4)
     task = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic", overrides={"data.path": str(data)}))
-    with pytest.raises(ValueError, match="no out-of-distribution split"):
-        task.rows("ood")
+    for split in ("ood", "validation"):
+        with pytest.raises(ValueError, match=f"has no '{split}' split"):
+            task.rows(split)
