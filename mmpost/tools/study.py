@@ -9,7 +9,7 @@ per step. Every arm is evaluated greedily on the held-out split (in distribution
 declares one, on its out-of-distribution split (``ood``); the ``sft`` arm's model is also measured for
 the headroom RL can sharpen (:mod:`mmpost.tools.headroom`). The report gives, per arm, the mean and
 standard deviation over seeds and the paired difference to ``sft`` with its standard error
-(``std(d) / sqrt(n)`` over seeds), as a table and ``study.json``.
+(``std(d) / sqrt(n)`` over seeds), as a table, ``study.json`` and a bar chart ``study.png``.
 
 Each run is ``mmpost train`` in ``ROOT/ARM-seedS`` and is skipped when it already finished (a study
 resumes where it stopped). ``--quick`` shrinks every run to a few steps for the test suite.
@@ -163,7 +163,38 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
               "budget": "equal optimiser steps from the same untrained model; seconds and samples logged",
               "quick": quick, "arms": table, "runs": runs}
     (root_dir / "study.json").write_text(json.dumps(report, indent=1))
+    plot(report, root_dir / "study.png")
     return report
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bars of each arm's in- and out-of-distribution metric (mean over seeds, std as error bars), with
+    every seed's value as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(report["arms"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(arms) + 2, 3.2))
+    for offset, split, color in ((-0.2, "id", "#4477aa"), (0.2, "ood", "#ee6677")):
+        if not any(split in report["arms"][a] for a in arms):
+            continue
+        means = [report["arms"][a].get(split, {}).get("mean", float("nan")) for a in arms]
+        stds = [report["arms"][a].get(split, {}).get("std", 0.0) for a in arms]
+        x = [i + offset for i in range(len(arms))]
+        ax.bar(x, means, 0.38, yerr=stds, color=color, alpha=0.8, capsize=3,
+               label="in distribution" if split == "id" else "out of distribution")
+        for i, arm in enumerate(arms):
+            dots = [r[split] for r in report["runs"] if r["arm"] == arm and r[split] is not None]
+            ax.plot([x[i]] * len(dots), dots, "k.", markersize=4)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel(f"greedy {report['metric']}")
+    ax.set_title(f"{report['task']}: seeds {report['seeds']}, equal optimiser steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def markdown(report: dict) -> str:

@@ -43,6 +43,7 @@ def test_quick_study_reports_in_and_out_of_distribution(mmpost_home, tmp_path):
     assert report["arms"]["sft_rl"]["samples"] > report["arms"]["sft"]["samples"]  # RL samples groups
     assert report["arms"]["sft_rl"]["id"]["vs_sft"]["seeds"] == 2
     assert "| `sft_rl` |" in result.stdout and "out-of-distribution" in result.stdout
+    assert (root / "study.png").stat().st_size > 1000
     room = report["headroom"]  # the SFT model's pass@k on training prompts (4 samples each in quick mode)
     assert 0 <= room["pass@1"] <= room["pass@2"] <= room["pass@4"] <= 1 and 0 <= room["zero_variance_share"] <= 1
     for run in report["runs"]:  # the OOD evaluation ran on 4-operation problems
