@@ -60,6 +60,9 @@ def build_config(task: str = "chart2code", *, model: str = "", recipe: str | Non
     check_capabilities(cfg, policy_class(task_member(task_cls, "policy_kind")))  # before any model is built
     for name in cfg.rewards:
         REWARDS.get(name)  # unknown reward names fail before any work starts
+    if any(s.rows.answer_only for s in cfg.stages) and not task_member(task_cls, "answer_only"):
+        raise ValueError(f"rows.answer_only: task {task!r} has no reasoning-free form of its demonstrations "
+                         "(arithmetic and video_qa have)")
     return cfg
 
 

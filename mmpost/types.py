@@ -121,6 +121,7 @@ TASK_OPTIONAL = {
     "abilities": (),  # (specialist split, general split) for DMT
     "refine": None,  # refine(row, axis, rng) -> row: the task's rule-based row rewriter (Middo)
     "blind_completions": None,  # blind_completions(train_rows, heldout_rows) -> answers a model without input would give
+    "answer_only": None,  # answer_only(row) -> row: its demonstration without the reasoning (rows.answer_only)
     "ood": "",  # what rows("ood") holds: held-out rows outside the training distribution ("" = no such split)
 }
 

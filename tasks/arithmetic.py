@@ -77,6 +77,11 @@ class Arithmetic:
         new = refine_problem(row["prompt"][0]["content"], axis, rng)
         return {**row, **make_row(new["question"], new["solution"], new["answer"])} if new else None
 
+    @staticmethod
+    def answer_only(row: dict) -> dict:
+        """The demonstration without its worked lines: ``#### N`` alone."""
+        return {**row, "completion": f"#### {row['answer']}"}
+
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: a chat prompt, the worked ``completion`` and the ``answer`` column.
         ``two_step`` / ``three_step``: the training problems with that many operations (two

@@ -131,6 +131,11 @@ class VideoQA:
         return [r["question"] + " " + " ".join(r["choices"]) + "\n" + completion_for(r["caption"], r["answer"])
                 for r in records]
 
+    @staticmethod
+    def answer_only(row: dict) -> dict:
+        """The demonstration without its reasoning (what happens in the clip): ``<answer>X</answer>`` alone."""
+        return {**row, "completion": f"<answer>{row['answer']}</answer>"}
+
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: question, the clip (``videos``, or a frame grid in ``images``), ``answer``,
         ``choices`` and ``caption``."""

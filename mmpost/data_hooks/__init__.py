@@ -28,6 +28,9 @@ class Rows(StageSection):
     select: str = ""  # sft: "uds" picks each batch from select_pool x batch_size rows (utility x diversity)
     select_pool: int = 4  # candidates per trained row when select is on
     middo: list = field(default_factory=list)  # sft: [every, m] diagnose and rewrite the rows every N steps (Middo)
+    # demonstrations without their reasoning, the answer alone (the task's answer_only; "Debunk the Myth of
+    # SFT Generalization" compares SFT with and without reasoning demonstrations)
+    answer_only: bool = False
 
     def __post_init__(self):
         if any(not isinstance(k, str) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for k, v in self.mix.items()):
@@ -63,7 +66,8 @@ class Rows(StageSection):
 
 def stage_rows(stage, task, rows: dict, policy, rewards: dict, weights: dict, seed: int,
                run_dir: Path) -> list[dict]:
-    """The rows ``stage`` trains on: its split, plus shares of others (``mix``, DMT), then narrowed
+    """The rows ``stage`` trains on: its split, plus shares of others (``mix``, DMT), their answers alone
+    (``answer_only``), then narrowed
     to the prompts the model does worst on (``curate``, Carve3D) or the best share by DONOD
     (``donod``). Choices that depend on the model are recorded in the run directory (resume)."""
     from mmpost.data_hooks.curation import lowest_reward_rows
@@ -75,6 +79,8 @@ def stage_rows(stage, task, rows: dict, policy, rewards: dict, weights: dict, se
         if split not in rows:
             rows[split] = task.rows(split)
     train_rows = mixed_rows(rows[stage.data], rows, hooks.mix, seed) if hooks.mix else rows[stage.data]
+    if hooks.answer_only:
+        train_rows = [task.answer_only(row) for row in train_rows]
     if stage.kind == "rl" and hooks.curate:
         train_rows = lowest_reward_rows(policy, train_rows, rewards, weights, *hooks.curate,
                                         stage.sampling.group_size, stage.batch_size,

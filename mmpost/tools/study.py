@@ -1,7 +1,8 @@
 """``mmpost study``: SFT vs RL and their blends on one task, same start, same budget, several seeds.
 
 Arms (token tasks): ``sft`` (the task's SFT stage for as many optimiser steps as SFT + RL take in the
-other arms), ``sft_rl`` (the task's default recipe: SFT then its RL stage), and the blends ``chord``,
+other arms), ``sft_answer_only`` (the same on demonstrations without their reasoning, where the task's
+demonstrations reason: "Debunk the Myth of SFT Generalization"), ``sft_rl`` (the task's default recipe: SFT then its RL stage), and the blends ``chord``,
 ``luffy`` and ``relift`` (the library's recipes: SFT, then their mixed RL stage). The budget is equal
 optimiser steps from the same untrained start model; each arm's wall time and training samples
 (demonstrations + sampled completions) are logged beside it, since the blends and RL spend more
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ARMS = {"sft": None, "sft_rl": None, "chord": "chord", "luffy": "luffy", "relift": "relift"}
+ARMS = {"sft": None, "sft_answer_only": None, "sft_rl": None, "chord": "chord", "luffy": "luffy", "relift": "relift"}
 QUICK = {"data.train_size": 64, "data.eval_size": 8, "eval.sampled": "false", "eval.samples_to_save": 0}
 
 
@@ -36,8 +37,9 @@ def arm_overrides(task_cls, arm: str, quick: bool) -> tuple[str | None, dict]:
     sft, rl = default.stages[0], default.stages[-1]
     sft_steps, rl_steps = (6, 3) if quick else (sft.steps, rl.steps)
     updates = rl.updates_per_step()
-    if arm == "sft":  # the same optimiser steps as SFT + RL (an RL step may hold several updates)
-        return "sft", {f"{sft.name}.steps": sft_steps + rl_steps * updates}
+    if arm in ("sft", "sft_answer_only"):  # the same optimiser steps as SFT + RL (an RL step may hold several)
+        sets = {f"{sft.name}.steps": sft_steps + rl_steps * updates}
+        return "sft", {**sets, f"{sft.name}.rows.answer_only": True} if arm == "sft_answer_only" else sets
     sets = {f"{sft.name}.steps": sft_steps, f"{rl.name}.steps": rl_steps}
     if arm == "sft_rl":
         return None, sets
@@ -117,7 +119,8 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
     from mmpost.types import task_member
 
     task_cls = mmpost.TASKS.get(task)
-    arms = arms or list(ARMS)
+    reasoning = task_member(task_cls, "answer_only") is not None  # demonstrations with reasoning to take away
+    arms = arms or [a for a in ARMS if a != "sft_answer_only" or reasoning]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ValueError(f"unknown study arm(s) {unknown}; expected some of {', '.join(ARMS)}")

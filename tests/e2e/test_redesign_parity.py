@@ -31,7 +31,7 @@ ADDED_SINCE = {"rejection.require_solved": True, "demo_loss.poft_reference": [],
                "demos.shaping_gamma": 0.0, "advantage.reward_scale": 1.0, "filter.truncated_reward": None,
                "demo_loss.qtuning_sample_keep": 0.25, "demo_loss.qtuning_neighbour_weight": 0.5,
                "rerank.objective": "sft", "rerank.negatives": 3, "rerank.temperature": 1.0,
-               "demo_loss.fait_line_alpha": 0.5}
+               "demo_loss.fait_line_alpha": 0.5, "rows.answer_only": False}
 # defaults changed on purpose: old name -> (before, now); knobs retired (mmpost.stages.spec.RETIRED)
 DEFAULT_CHANGED = {"otr_candidates": (8, 256), "qtuning_token_keep": (0.5, 0.7)}
 REMOVED_SINCE = {"qtuning_quantile"}

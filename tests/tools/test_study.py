@@ -21,7 +21,7 @@ def test_every_arm_gets_the_same_optimiser_steps():
     task = mmpost.TASKS.get("arithmetic")
     default = task.default_config()
     total = default.stages[0].steps + default.stages[-1].steps * default.stages[-1].updates_per_step()
-    for arm in ("sft", "sft_rl", "chord", "luffy", "relift"):
+    for arm in ("sft", "sft_answer_only", "sft_rl", "chord", "luffy", "relift"):
         recipe, sets = arm_overrides(task, arm, quick=False)
         assert optimiser_steps("arithmetic", recipe, sets) == total, arm
     recipe, sets = arm_overrides(mmpost.TASKS.get("reach"), "sft", quick=True)  # RL steps of 4 updates each
