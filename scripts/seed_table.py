@@ -18,23 +18,15 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
 def run(task: str, recipe: str, seed: int, run_dir: Path, extra: list[str]) -> None:
-    if (run_dir / "results.json").exists() and "after" in json.loads((run_dir / "results.json").read_text()):
-        return
-    command = [sys.executable, "-m", "mmpost.cli", "train", "--task", task, "--recipe", recipe,
-               "--seed", str(seed), *extra]
-    command += ["--resume", str(run_dir)] if (run_dir / "config.yaml").exists() else ["--output-dir", str(run_dir)]
-    start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
-    run_dir.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+    """One resumable run (:func:`mmpost.tools.study.train_once`)."""
+    from mmpost.tools.study import train_once
+
+    train_once(task, recipe, seed, run_dir, {}, extra)
 
 
 def mean_std(values: list[float]) -> str:

@@ -40,11 +40,8 @@ def arm_overrides(task_cls, arm: str, quick: bool) -> tuple[str | None, dict]:
     if arm in ("sft", "sft_answer_only"):  # the same optimiser steps as SFT + RL (an RL step may hold several)
         sets = {f"{sft.name}.steps": sft_steps + rl_steps * updates}
         return "sft", {**sets, f"{sft.name}.rows.answer_only": True} if arm == "sft_answer_only" else sets
-    sets = {f"{sft.name}.steps": sft_steps, f"{rl.name}.steps": rl_steps}
-    if arm == "sft_rl":
-        return None, sets
-    renamed = {"chord": "mixed"}.get(arm, rl.name)  # the name the recipe gives the RL stage
-    return ARMS[arm], {f"{sft.name}.steps": sft_steps, f"{renamed}.steps": rl_steps}
+    rl_name = {"chord": "mixed"}.get(arm, rl.name)  # the name the recipe gives the RL stage
+    return ARMS[arm], {f"{sft.name}.steps": sft_steps, f"{rl_name}.steps": rl_steps}
 
 
 def optimiser_steps(task: str, recipe: str | None, sets: dict) -> int:
@@ -54,7 +51,9 @@ def optimiser_steps(task: str, recipe: str | None, sets: dict) -> int:
     return sum(s.steps * s.updates_per_step() for s in mmpost.build_config(task, recipe=recipe, overrides=sets).stages)
 
 
-def _train(task: str, recipe: str | None, seed: int, run_dir: Path, sets: dict, extra: list[str]) -> None:
+def train_once(task: str, recipe: str | None, seed: int, run_dir: Path, sets: dict, extra: list[str]) -> None:
+    """``mmpost train`` into ``run_dir`` unless it finished there (then nothing; if it stopped, resumed);
+    its output to ``RUN_DIR.log`` and its wall time to ``RUN_DIR.seconds``."""
     results = run_dir / "results.json"
     if results.exists() and "after" in json.loads(results.read_text()):
         return
@@ -135,7 +134,7 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
     def job(arm: str, seed: int) -> dict:
         recipe, arm_sets = arm_overrides(task_cls, arm, quick)
         run_dir = root_dir / f"{arm}-seed{seed}"
-        _train(task, recipe, seed, run_dir, arm_sets, extra)
+        train_once(task, recipe, seed, run_dir, arm_sets, extra)
         results = json.loads((run_dir / "results.json").read_text())
         return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric],
                 "headroom": _headroom(task, run_dir, extra, quick) if arm == "sft" else None,
