@@ -198,9 +198,9 @@ def compute_advantages(rollout, stage) -> dict[str, float]:
         # the action steps of a transition are contiguous: one advantage per transition, repeated
         rollout.advantages = advantages.repeat_interleave(rollout.mask.shape[1] // advantages.shape[1], dim=1)
         metrics["value/mean"] = float((rollout.values * rollout.alive).sum() / rollout.alive.sum().clamp(min=1))
-    if len(torch.unique(rollout.group)) < len(rollout):  # groups of several outputs: how many teach nothing
+    groups = torch.unique(rollout.group)
+    if len(groups) < rollout.group.shape[0]:  # groups of several outputs: how many teach nothing
         spread = uniform_group_mask(rollout.rewards, rollout.group)
-        groups = torch.unique(rollout.group)
         metrics["rl/zero_variance_groups"] = float(sum(not bool(spread[rollout.group == g].any()) for g in groups)
                                                    / len(groups))
     keep = torch.ones(rollout.rewards.shape[0], dtype=torch.bool)
