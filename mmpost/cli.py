@@ -358,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "mmpost study --task arithmetic --quick")
     st.add_argument("--task", default="arithmetic")
     st.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    st.add_argument("--arms", help="comma-separated among sft, sft_rl, chord, luffy, relift (default: all)")
+    st.add_argument("--arms", help="comma-separated among sft, sft_answer_only, sft_rl, chord, luffy, relift (default: "
+                    "every arm the task can run: the blends need a token policy, sft_answer_only reasoning "
+                    "demonstrations)")
     st.add_argument("--jobs", type=int, default=1, help="runs at a time (each uses --set threads=N torch threads)")
     st.add_argument("--root", default="", help="the runs and study.json (default: runs/study-TASK)")
     st.add_argument("--quick", action="store_true", help="a few steps per run (the test suite's version)")

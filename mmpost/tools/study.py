@@ -119,11 +119,12 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
 
     task_cls = mmpost.TASKS.get(task)
     reasoning = task_member(task_cls, "answer_only") is not None  # demonstrations with reasoning to take away
-    arms = arms or [a for a in ARMS if a != "sft_answer_only" or reasoning]
+    token = task_member(task_cls, "policy_kind") == "token"
+    arms = arms or [a for a in ARMS if (a != "sft_answer_only" or reasoning) and (token or a in ("sft", "sft_rl"))]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ValueError(f"unknown study arm(s) {unknown}; expected some of {', '.join(ARMS)}")
-    if task_member(task_cls, "policy_kind") != "token" and set(arms) - {"sft", "sft_rl"}:
+    if not token and set(arms) - {"sft", "sft_rl"}:
         raise ValueError(f"task {task!r} trains a {task_member(task_cls, 'policy_kind')} policy: the blends need a "
                          "token policy; use --arms sft,sft_rl")
     root_dir = Path(root or f"runs/study-{task}")
