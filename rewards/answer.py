@@ -7,6 +7,7 @@ import re
 from mmpost.registry import reward
 
 ANSWER = re.compile(r"####\s*(-?\d+)")
+LINE_RESULT = re.compile(r"=\s*(-?\d+)\s*$")  # the result of a worked line "a+b=c"
 
 
 def extract_answer(text: str) -> str | None:
@@ -48,3 +49,36 @@ def answer_given(prompts, completions, **columns) -> list[float]:
     [1.0, 0.0]
     """
     return [0.0 if extract_answer(c) is None else 1.0 for c in completions]
+
+
+def line_results(text: str) -> list[str]:
+    """The result of every worked line (``a+b=c`` gives ``c``), in order.
+
+    >>> line_results("7-4=3\\n3+21=24\\n#### 24")
+    ['3', '24']
+    """
+    return [m.group(1) for line in text.splitlines() if (m := LINE_RESULT.search(line.strip()))]
+
+
+@reward("step_match")
+def step_match(prompts, completions, steps=None, **columns) -> list[float | None]:
+    """A step-level reward: the share of the reference's intermediate results (the ``steps`` column, one
+    per worked line) that the completion's lines reach at the same position, minus 0.25 for every line
+    beyond the reference's count (so padding with extra lines does not pay). ``None`` (not applicable)
+    for rows without ``steps``. Used with ``answer_match`` to credit a chain that slipped in one line.
+
+    >>> step_match(["q"] * 3, ["7-4=3\\n3+21=24\\n#### 24", "7-4=3\\n3+21=25\\n#### 25", "7-4=3\\n3+21=24\\n1+1=2"],
+    ...            steps=[["3", "24"]] * 3)
+    [1.0, 0.5, 0.75]
+    """
+    if steps is None:
+        return [None] * len(completions)
+    scores = []
+    for completion, gold in zip(completions, steps):
+        if not gold:
+            scores.append(None)
+            continue
+        got = line_results(completion if isinstance(completion, str) else completion[-1]["content"])
+        hits = sum(1 for i, value in enumerate(gold) if i < len(got) and got[i] == str(value))
+        scores.append(hits / len(gold) - 0.25 * max(0, len(got) - len(gold)))
+    return scores

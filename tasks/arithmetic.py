@@ -23,8 +23,11 @@ OPERATION_SPLITS = {"two_step": 2, "three_step": 3}  # split -> operations (solu
 
 
 def make_row(question: str, solution: str, answer: str, **columns) -> dict:
+    """A chat row; ``steps``: the worked lines' results (for the step-level reward ``step_match``)."""
+    from mmpost.rewards.answer import line_results
+
     return {"prompt": [{"role": "user", "content": question}], "completion": solution, "answer": str(answer),
-            **columns}
+            "steps": line_results(solution), **columns}
 
 
 class Arithmetic:

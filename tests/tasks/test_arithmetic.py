@@ -46,3 +46,20 @@ def test_arithmetic_data_and_rewards(tmp_path):
     cfg.data.skip_bad_rows = True
     rows = Arithmetic(cfg).rows("train")
     assert len(rows) == 8 and rows[0]["answer"] == "2" and rows[0]["completion"].endswith("#### 2")
+
+
+def test_step_match_scores_each_worked_line_against_the_reference_by_hand():
+    from mmpost.config import TrainConfig
+    from mmpost.rewards.answer import step_match
+    from mmpost.tasks.arithmetic import Arithmetic
+
+    row = Arithmetic(TrainConfig(task="arithmetic")).rows("train")[0]
+    assert row["steps"] == [line.split("=")[1] for line in row["completion"].splitlines()[:-1]]
+    steps = [["3", "24", "12"]] * 5
+    completions = ["7-4=3\n3+21=24\n24-12=12\n#### 12",  # every line: 3/3
+                   "7-4=3\n3+21=25\n25-12=13\n#### 13",  # a slip in line 2: 1/3
+                   "7-4=3\n3+21=24\n24-12=12\n12+0=12\n#### 12",  # one line too many: 1 - 0.25
+                   "#### 12",  # the answer alone: no worked line reaches a step
+                   "7 - 4 = 3\n#### 3"]  # spaces are fine: 1/3
+    assert step_match(None, completions, steps=steps) == pytest.approx([1.0, 1 / 3, 0.75, 0.0, 1 / 3])
+    assert step_match(None, ["#### 1"], answer=["1"]) == [None]  # rows without a steps column: not applicable
