@@ -151,9 +151,17 @@ class EvalConfig:
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
     samples_to_save: int = 8  # held-out samples written to the run directory
     batch_size: int = 50
+    # > 0: also a greedy evaluation every N optimiser updates of the run (across stages), logged in
+    # metrics.jsonl as eval/SPLIT/METRIC beside "updates": the learning curve (mmpost study plots it)
+    every: int = 0
+    curve: list[str] = field(default_factory=list)  # the splits of those evaluations; [] = the run's split
 
     def __post_init__(self):
         check_choice("eval.split", self.split, ("heldout", "validation"))
+        if self.every < 0:
+            raise ValueError(f"eval.every must be >= 0 (0: no learning curve), got {self.every}")
+        for split in self.curve:
+            check_choice("eval.curve", split, ("heldout", "validation", "ood"))
 
 
 @dataclass

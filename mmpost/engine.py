@@ -26,7 +26,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -35,8 +35,8 @@ import torch
 
 from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint_state, has_adapters, restart_adapters,
                                  restore_state)
-from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, save_checkpoint, set_rng_state,
-                               write_json_atomic)
+from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
+                               set_rng_state, write_json_atomic)
 from mmpost.config import TrainConfig
 from mmpost.data_hooks import stage_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
@@ -144,6 +144,22 @@ class Run:
                 self.results[key]["greedy"].update(rerank_evaluation(self.policy, self.rows["heldout"], rerank,
                                                                      self.cfg.seed, self.cfg.eval.batch_size))
         self.save_results(key)
+
+    def curve_point(self, updates: int) -> dict[str, float]:
+        """The greedy metric on each ``eval.curve`` split after ``updates`` optimiser updates (``eval.every``).
+        The random state is put back afterwards, so a run with a learning curve trains exactly as one without."""
+        state, metric = rng_state(), self.task.metric
+        point = {"updates": float(updates)}
+        for split in self.cfg.eval.curve or [self.cfg.eval.split]:
+            key = "heldout" if split == self.cfg.eval.split else f"curve:{split}"
+            rows = self.rows[key] if key in self.rows else self.rows.setdefault(key, self.task.rows(split))
+            result = evaluate(self.policy, rows, self.eval_rewards, self.weights,
+                              replace(self.cfg.eval, sampled=False, samples_to_save=0), metric)
+            if result["greedy"].get(metric) is not None:
+                point[f"eval/{split}/{metric}"] = result["greedy"][metric]
+        set_rng_state(state)
+        self.policy.model.train()
+        return point
 
     def save_results(self, key: str | None = None) -> None:
         """Write ``results.json`` (and the samples of evaluation ``key``); main process only."""
@@ -298,6 +314,8 @@ def run_stage(run: Run, ctx: StageContext, start: int) -> None:
 
     cfg, stage = run.cfg, ctx.stage
     steps_before = sum(stage_steps(s, cfg.max_steps) for s in cfg.stages[:ctx.stage_index])  # one axis across stages
+    updates_before = sum(stage_steps(s, cfg.max_steps) * s.updates_per_step() for s in cfg.stages[:ctx.stage_index])
+    per_step = stage.updates_per_step()
     ctx.policy.model.train()
     bar = tqdm(range(start, ctx.steps), desc=f"[{stage.name}:{stage.kind}]", initial=start, total=ctx.steps,
                unit="step")
@@ -314,6 +332,9 @@ def run_stage(run: Run, ctx: StageContext, start: int) -> None:
                         f"{unit}_per_s": metrics.get(unit, 0.0) / seconds})
         if ctx.state.get("nonfinite_total"):
             metrics["skipped/nonfinite_updates"] = float(ctx.state["nonfinite_total"])
+        updates = updates_before + (step + 1) * per_step
+        if cfg.eval.every and updates // cfg.eval.every > (updates - per_step) // cfg.eval.every:
+            metrics.update(run.curve_point(updates))  # a learning-curve point: this step crossed a multiple
         metrics = mean_over_processes(metrics)
         run.log.log({"stage": stage.name, "stage_index": ctx.stage_index, "step": step + 1, **metrics})
         if cfg.trackers:

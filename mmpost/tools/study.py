@@ -10,7 +10,9 @@ per step. Every arm is evaluated greedily on the held-out split (in distribution
 declares one, on its out-of-distribution split (``ood``); the ``sft`` arm's model is also measured for
 the headroom RL can sharpen (:mod:`mmpost.tools.headroom`). The report gives, per arm, the mean and
 standard deviation over seeds and the paired difference to ``sft`` with its standard error
-(``std(d) / sqrt(n)`` over seeds), as a table, ``study.json`` and a bar chart ``study.png``.
+(``std(d) / sqrt(n)`` over seeds), as a table, ``study.json``, a bar chart ``study.png`` and the
+learning curves ``study_curves.png`` (each run evaluates greedily, ID and OOD, at ~8 equal budgets:
+``eval.every``).
 
 Each run is ``mmpost train`` in ``ROOT/ARM-seedS`` and is skipped when it already finished (a study
 resumes where it stopped). ``--quick`` shrinks every run to a few steps for the test suite.
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ARMS = {"sft": None, "sft_answer_only": None, "sft_rl": None, "chord": "chord", "luffy": "luffy", "relift": "relift"}
+CURVE_POINTS = 8
 QUICK = {"data.train_size": 64, "data.eval_size": 8, "eval.sampled": "false", "eval.samples_to_save": 0}
 
 
@@ -76,6 +79,14 @@ def _ood(task: str, run_dir: Path, extra: list[str]) -> float | None:
         subprocess.run(command, check=True, capture_output=True, text=True)
         cache.write_text((run_dir / "ood" / "results.json").read_text())
     return json.loads(cache.read_text())["greedy"]
+
+
+def _curve(run_dir: Path, metric: str) -> dict:
+    """The run's learning curve from ``metrics.jsonl``: optimiser updates and the greedy metric, ID and OOD
+    (empty for a run trained without ``eval.every``)."""
+    points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"updates"' in line]
+    return {"updates": [p["updates"] for p in points], "id": [p.get(f"eval/heldout/{metric}") for p in points],
+            "ood": [p.get(f"eval/ood/{metric}") for p in points]}
 
 
 def _samples(run_dir: Path) -> int:
@@ -134,10 +145,13 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
 
     def job(arm: str, seed: int) -> dict:
         recipe, arm_sets = arm_overrides(task_cls, arm, quick)
+        # a learning curve: ~8 greedy evaluations of each run, ID and OOD, at the same budgets in every arm
+        curve = {"eval.every": max(1, optimiser_steps(task, recipe, arm_sets) // CURVE_POINTS),
+                 "eval.curve": "[heldout,ood]" if has_ood else "[heldout]"}
         run_dir = root_dir / f"{arm}-seed{seed}"
-        train_once(task, recipe, seed, run_dir, arm_sets, extra)
+        train_once(task, recipe, seed, run_dir, {**arm_sets, **curve}, extra)
         results = json.loads((run_dir / "results.json").read_text())
-        return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric],
+        return {"arm": arm, "seed": seed, "id": results["after"]["greedy"][metric], "curve": _curve(run_dir, metric),
                 "headroom": _headroom(task, run_dir, extra, quick) if arm == "sft" else None,
                 "ood": _ood(task, run_dir, extra)[metric] if has_ood else None,
                 "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
@@ -167,6 +181,7 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
               "quick": quick, "arms": table, "runs": runs}
     (root_dir / "study.json").write_text(json.dumps(report, indent=1))
     plot(report, root_dir / "study.png")
+    plot_curves(report, root_dir / "study_curves.png")
     return report
 
 
@@ -195,6 +210,39 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel(f"greedy {report['metric']}")
     ax.set_title(f"{report['task']}: seeds {report['seeds']}, equal optimiser steps")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """Held-out metric against optimiser updates, one colour per arm (mean over seeds): in distribution
+    solid, out of distribution dashed. Nothing is drawn for runs trained without a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    drawn = False
+    for colour, arm in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], report["arms"]):
+        curves = [r["curve"] for r in report["runs"] if r["arm"] == arm and r.get("curve", {}).get("updates")]
+        if not curves:
+            continue
+        updates = curves[0]["updates"]
+        for split, style in (("id", "-"), ("ood", "--")):
+            columns = [c[split] for c in curves if len(c[split]) == len(updates) and None not in c[split]]
+            if columns:
+                ax.plot(updates, [statistics.fmean(v) for v in zip(*columns)], style, color=colour,
+                        label=f"{arm} ({'in distribution' if split == 'id' else 'OOD'})")
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return
+    ax.set_xlabel("optimiser updates")
+    ax.set_ylabel(f"greedy {report['metric']}")
+    ax.set_title(f"{report['task']}: held-out metric vs training budget (mean of seeds {report['seeds']})")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -43,7 +43,13 @@ def test_quick_study_reports_in_and_out_of_distribution(mmpost_home, tmp_path):
     assert report["arms"]["sft_rl"]["samples"] > report["arms"]["sft"]["samples"]  # RL samples groups
     assert report["arms"]["sft_rl"]["id"]["vs_sft"]["seeds"] == 2
     assert "| `sft_rl` |" in result.stdout and "out-of-distribution" in result.stdout
-    assert (root / "study.png").stat().st_size > 1000
+    assert (root / "study.png").stat().st_size > 1000 and (root / "study_curves.png").stat().st_size > 1000
+    total = report["arms"]["sft"]["steps"]  # 15 updates in quick mode: a point every 15 // 8 = 1 update
+    for run in report["runs"]:  # the learning curve: ID and OOD at the same budgets in every arm
+        assert run["curve"]["updates"] == [float(u) for u in range(1, total + 1)]
+        assert all(0 <= v <= 1 for v in run["curve"]["id"] + run["curve"]["ood"])
+    final = next(r for r in report["runs"] if r["arm"] == "sft")  # the last point is the final model's
+    assert final["curve"]["id"][-1] == pytest.approx(final["id"]) and final["curve"]["ood"][-1] == pytest.approx(final["ood"])
     room = report["headroom"]  # the SFT model's pass@k on training prompts (4 samples each in quick mode)
     assert 0 <= room["pass@1"] <= room["pass@2"] <= room["pass@4"] <= 1 and 0 <= room["zero_variance_share"] <= 1
     for run in report["runs"]:  # the OOD evaluation ran on 4-operation problems
