@@ -21,6 +21,7 @@ CURVES = {  # file -> (title, metric-name predicate)
                 and k.count("/") == 2),
     "components": ("Reward components", lambda k: k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 3),
     "kl_entropy": ("KL and entropy", lambda k: k.startswith(("kl", "entropy"))),
+    "heldout": ("Held-out greedy metric during training (eval.every)", lambda k: k.startswith("eval/")),
 }
 
 

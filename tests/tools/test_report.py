@@ -13,7 +13,7 @@ from mmpost.tools.report import write_report
 
 QUICK = {"data.train_size": 8, "data.eval_size": 3, "sft.steps": 4, "sft.batch_size": 2, "rl.steps": 2,
          "rl.batch_size": 2, "rl.sampling.group_size": 2, "rl.sampling.max_new_tokens": 8, "threads": 1, "eval.sampled": False,
-         "trackers": []}
+         "trackers": [], "eval.every": 2}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def run_dir(mmpost_home, tmp_path_factory):
 def test_report_has_curves_table_and_samples(run_dir):
     page = write_report(run_dir)
     text = page.read_text()
-    for name in ("losses.png", "rewards.png", "kl_entropy.png"):
+    for name in ("losses.png", "rewards.png", "kl_entropy.png", "heldout.png"):  # heldout: the eval.every curve
         assert f'src="{name}"' in text
         pixels = np.asarray(Image.open(page.parent / name).convert("L"), dtype=float)
         assert pixels.std() > 5  # a drawn plot, not a blank image
