@@ -152,8 +152,9 @@ class Run:
         point = {"updates": float(updates)}
         for split in self.cfg.eval.curve or [self.cfg.eval.split]:
             key = "heldout" if split == self.cfg.eval.split else f"curve:{split}"
-            rows = self.rows[key] if key in self.rows else self.rows.setdefault(key, self.task.rows(split))
-            result = evaluate(self.policy, rows, self.eval_rewards, self.weights,
+            if key not in self.rows:
+                self.rows[key] = self.task.rows(split)
+            result = evaluate(self.policy, self.rows[key], self.eval_rewards, self.weights,
                               replace(self.cfg.eval, sampled=False, samples_to_save=0), metric)
             if result["greedy"].get(metric) is not None:
                 point[f"eval/{split}/{metric}"] = result["greedy"][metric]
