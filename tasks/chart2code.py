@@ -102,7 +102,8 @@ class Chart2Code:
         with tqdm(total=len(missing), desc="rendering charts", unit="chart", disable=not missing) as bar:
             for start in range(0, len(missing), batch):
                 chunk = [chart_program(s) for s in missing[start:start + batch]]
-                for program, rendered in zip(chunk, self.reward.execute([p["code"] for p in chunk])):
+                # our own programs: a deadline passed only because the machine is busy, so try again
+                for program, rendered in zip(chunk, self.reward.execute([p["code"] for p in chunk], retries=2)):
                     if not isinstance(rendered, tuple):
                         raise RuntimeError(f"generator program for seed {program['seed']} failed: {rendered}")
                     record = {**program, "features": rendered[0], "png": rendered[2]}
