@@ -65,8 +65,13 @@ def train_once(task: str, recipe: str | None, seed: int, run_dir: Path, sets: di
                *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], *extra]
     command += ["--resume", str(run_dir)] if (run_dir / "config.yaml").exists() else ["--output-dir", str(run_dir)]
     start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
+    log_path = run_dir.with_suffix(".log")
+    with open(log_path, "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"run {run_dir} failed (exit {code}): {tail[0][:300]} (whole log: {log_path}); "
+                           "the same command again resumes it and skips the finished runs")
     run_dir.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
 
 

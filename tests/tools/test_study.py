@@ -65,3 +65,12 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
     assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)
     assert pass_at_k(8, 0, 8) == 0.0 and pass_at_k(8, 7, 2) == 1.0
+
+
+def test_a_failed_run_names_its_log_and_how_to_resume(tmp_path):
+    from mmpost.tools.study import train_once
+
+    run_dir = tmp_path / "sft-seed0"
+    run_dir.mkdir()
+    with pytest.raises(RuntimeError, match=r"failed \(exit 2\): .*unknown config key 'sft.stepz'.*sft-seed0.log.*resumes"):
+        train_once("arithmetic", None, 0, run_dir, {"sft.stepz": 3}, [])
