@@ -79,8 +79,9 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
             for key in REMOVED_SINCE:
                 del stage[key]
     for key, config in after.items():  # a field added since the baseline keeps its default...
-        if "eval" in config:
-            assert config["eval"].pop("split") == "heldout", key  # eval.split (issue 25) keeps its default
+        if "eval" in config:  # eval.split and the learning curve (issue 25) keep their defaults
+            assert (config["eval"].pop("split"), config["eval"].pop("every"), config["eval"].pop("curve")) == (
+                "heldout", 0, []), key
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
                 value = stage.pop(f"+{path}")
