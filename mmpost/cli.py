@@ -183,10 +183,8 @@ def _study(args) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         report = study(args.task, seeds, args.arms.split(",") if args.arms else None, args.root, args.jobs,
                        args.quick, parse_set(args.set or []))
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, RuntimeError) as error:
         _fail(error)
-    except subprocess.CalledProcessError as error:
-        _fail(f"a study run failed ({' '.join(error.cmd[3:8])} ...); its log is beside its run directory")
     print(markdown(report))
 
 

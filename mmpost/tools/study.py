@@ -162,8 +162,17 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
                 "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
                 "samples": _samples(run_dir), "steps": optimiser_steps(task, recipe, arm_sets)}
 
+    def attempt(arm: str, seed: int) -> dict | str:  # one failed run must not cancel the others
+        try:
+            return job(arm, seed)
+        except Exception as error:  # noqa: BLE001 - reported with the others' results below
+            return f"{arm}-seed{seed}: {type(error).__name__}: {error}"
+
     with ThreadPoolExecutor(jobs) as pool:
-        runs = list(pool.map(lambda pair: job(*pair), [(a, s) for a in arms for s in seeds]))
+        runs = list(pool.map(lambda pair: attempt(*pair), [(a, s) for a in arms for s in seeds]))
+    failed = [r for r in runs if isinstance(r, str)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(runs)} study runs failed; the others finished:\n" + "\n".join(failed))
     table = {}
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]

@@ -74,3 +74,20 @@ def test_a_failed_run_names_its_log_and_how_to_resume(tmp_path):
     run_dir.mkdir()
     with pytest.raises(RuntimeError, match=r"failed \(exit 2\): .*unknown config key 'sft.stepz'.*sft-seed0.log.*resumes"):
         train_once("arithmetic", None, 0, run_dir, {"sft.stepz": 3}, [])
+
+
+def test_one_failed_run_does_not_cancel_the_others(mmpost_home, tmp_path, monkeypatch):
+    """A run that fails (here: a typo in its arm's settings) is reported at the end; every other run finishes."""
+    import mmpost.tools.study as study_module
+
+    real = study_module.arm_overrides
+
+    def broken_sft(task_cls, arm, quick):
+        recipe, sets = real(task_cls, arm, quick)
+        return recipe, ({**sets, "sft.stepz": 1} if arm == "sft" else sets)
+
+    monkeypatch.setattr(study_module, "arm_overrides", broken_sft)
+    with pytest.raises(RuntimeError, match=r"1 of 2 study runs failed; the others finished:\n.*sft-seed0.*stepz"):
+        study_module.study("arithmetic", [0], ["sft", "sft_rl"], root=str(tmp_path), jobs=1, quick=True,
+                           sets={"threads": 1})
+    assert "after" in json.loads((tmp_path / "sft_rl-seed0" / "results.json").read_text())
