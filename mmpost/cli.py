@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
