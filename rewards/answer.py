@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from mmpost.registry import reward
+from mmpost.rewards.text import completion_text
 
 ANSWER = re.compile(r"####\s*(-?\d+)")
 LINE_RESULT = re.compile(r"=\s*(-?\d+)\s*$")  # the result of a worked line "a+b=c"
@@ -12,7 +13,7 @@ LINE_RESULT = re.compile(r"=\s*(-?\d+)\s*$")  # the result of a worked line "a+b
 
 def extract_answer(text: str) -> str | None:
     """The number after the last ``####``, or ``None`` when there is none."""
-    found = ANSWER.findall(text if isinstance(text, str) else text[-1]["content"])
+    found = ANSWER.findall(completion_text(text))
     return found[-1] if found else None
 
 
@@ -78,7 +79,7 @@ def step_match(prompts, completions, steps=None, **columns) -> list[float | None
         if not gold:
             scores.append(None)
             continue
-        got = line_results(completion if isinstance(completion, str) else completion[-1]["content"])
+        got = line_results(completion_text(completion))
         hits = sum(1 for i, value in enumerate(gold) if i < len(got) and got[i] == str(value))
         scores.append(hits / len(gold) - 0.25 * max(0, len(got) - len(gold)))
     return scores

@@ -28,6 +28,7 @@ from collections import Counter
 import numpy as np
 
 from mmpost.registry import reward
+from mmpost.rewards.text import completion_text
 
 WEIGHTS = {"type": 0.25, "text": 0.15, "layout": 0.05, "color": 0.20, "data": 0.25, "ssim": 0.10}
 COMPONENTS = ("exec", *WEIGHTS)
@@ -319,7 +320,7 @@ class ChartRender:
         return [self._gold_cache[c] if c in self._gold_cache else fresh[c] for c in codes]
 
     def __call__(self, prompts, completions, *, code, **columns) -> Scores:
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        texts = [completion_text(c) for c in completions]
         programs = [extract_code(t) for t in texts]
         golds = self.gold(list(code))
         rendered = self.render([p if p else "raise SystemExit('no code')" for p in programs])

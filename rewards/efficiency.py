@@ -15,10 +15,7 @@ import math
 
 from mmpost.registry import reward
 from mmpost.rewards.answer import extract_answer
-
-
-def _text(completion) -> str:
-    return completion if isinstance(completion, str) else completion[-1]["content"]
+from mmpost.rewards.text import completion_text
 
 
 def _correct(completions, answer) -> list[bool]:
@@ -48,7 +45,7 @@ class CosineLength:
         scores = []
         for completion, right in zip(completions, _correct(completions, answer)):
             lo, hi = self.correct if right else self.wrong  # hi is the value of an empty answer
-            progress = min(1.0, len(_text(completion)) / self.max_len)
+            progress = min(1.0, len(completion_text(completion)) / self.max_len)
             scores.append(lo + 0.5 * (hi - lo) * (1.0 + math.cos(math.pi * progress)))
         return scores
 
@@ -65,7 +62,7 @@ def kimi_length(prompts, completions, answer, **columns) -> list[float]:
     >>> kimi_length(["q"] * 3, ["#### 3", "xxxx #### 3", "xxxxxxxxx #### 4"], answer=["3"] * 3)
     [0.5, 0.0, -0.5]
     """
-    lengths = [len(_text(c)) for c in completions]
+    lengths = [len(completion_text(c)) for c in completions]
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(repr(prompt), []).append(i)

@@ -12,13 +12,14 @@ THINK_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTAL
 ANSWER_ONLY = re.compile(r"<answer>.*?</answer>", re.DOTALL)
 
 
-def _text(completion) -> str:
+def completion_text(completion) -> str:
+    """A completion's text: the string itself, or the last message's content of a conversational one."""
     return completion if isinstance(completion, str) else completion[-1]["content"]
 
 
 def answer_text(completion) -> str:
     """The inside of the last ``<answer>...</answer>``, or the whole completion without one."""
-    text = _text(completion)
+    text = completion_text(completion)
     found = ANSWER.findall(text)
     return found[-1] if found else text
 
@@ -30,7 +31,7 @@ def length(prompts, completions, target: int = 200, **columns) -> list[float]:
     >>> length(["p"], ["abcd"], target=8)
     [0.5]
     """
-    return [min(len(_text(c)), target) / target for c in completions]
+    return [min(len(completion_text(c)), target) / target for c in completions]
 
 
 @reward("code_block")
@@ -40,7 +41,7 @@ def code_block(prompts, completions, **columns) -> list[float]:
     >>> code_block(["p", "p"], ["```python\\nx = 1\\n```", "x = 1"])
     [1.0, 0.0]
     """
-    return [1.0 if re.search(r"```[a-z]*\n.*?```", _text(c), re.DOTALL) else 0.0 for c in completions]
+    return [1.0 if re.search(r"```[a-z]*\n.*?```", completion_text(c), re.DOTALL) else 0.0 for c in completions]
 
 
 @reward("format")
@@ -50,7 +51,7 @@ def think_format(prompts, completions, **columns) -> list[float]:
     >>> think_format(["p", "p"], ["<think>a</think>\\n<answer>b</answer>", "<answer>b</answer>"])
     [1.0, 0.0]
     """
-    return [1.0 if THINK_ANSWER.fullmatch(_text(c).strip()) else 0.0 for c in completions]
+    return [1.0 if THINK_ANSWER.fullmatch(completion_text(c).strip()) else 0.0 for c in completions]
 
 
 @reward("answer_format")
@@ -60,4 +61,4 @@ def answer_format(prompts, completions, **columns) -> list[float]:
     >>> answer_format(["p", "p"], ["<answer>B</answer>", "so <answer>B</answer>"])
     [1.0, 0.0]
     """
-    return [1.0 if ANSWER_ONLY.fullmatch(_text(c).strip()) else 0.0 for c in completions]
+    return [1.0 if ANSWER_ONLY.fullmatch(completion_text(c).strip()) else 0.0 for c in completions]

@@ -18,6 +18,7 @@ import re
 
 from mmpost.registry import reward
 from mmpost.rewards.choice import choice_accuracy
+from mmpost.rewards.text import completion_text
 
 THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 W_SCALE = 2.0
@@ -29,7 +30,7 @@ def reasoning_after_first_sentence(completion) -> str:
     >>> reasoning_after_first_sentence("<think>I watch it. The ball moves left.</think><answer>left</answer>")
     'The ball moves left.'
     """
-    text = completion if isinstance(completion, str) else completion[-1]["content"]
+    text = completion_text(completion)
     found = THINK.search(text)
     if not found:
         return ""

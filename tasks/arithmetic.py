@@ -17,6 +17,7 @@ from mmpost.data.arithmetic import HELDOUT_OFFSET, OOD_OPERATIONS, problem, refi
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
+from mmpost.rewards.answer import line_results
 
 TRAIN_SIZE = 4000
 OPERATION_SPLITS = {"two_step": 2, "three_step": 3}  # split -> operations (solution lines before "#### N")
@@ -24,8 +25,6 @@ OPERATION_SPLITS = {"two_step": 2, "three_step": 3}  # split -> operations (solu
 
 def make_row(question: str, solution: str, answer: str, **columns) -> dict:
     """A chat row; ``steps``: the worked lines' results (for the step-level reward ``step_match``)."""
-    from mmpost.rewards.answer import line_results
-
     return {"prompt": [{"role": "user", "content": question}], "completion": solution, "answer": str(answer),
             "steps": line_results(solution), **columns}
 

@@ -150,8 +150,9 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
 
     def job(arm: str, seed: int) -> dict:
         recipe, arm_sets = arm_overrides(task_cls, arm, quick)
+        steps = optimiser_steps(task, recipe, arm_sets)
         # a learning curve: ~8 greedy evaluations of each run, ID and OOD, at the same budgets in every arm
-        curve = {"eval.every": max(1, optimiser_steps(task, recipe, arm_sets) // CURVE_POINTS),
+        curve = {"eval.every": max(1, steps // CURVE_POINTS),
                  "eval.curve": "[heldout,ood]" if has_ood else "[heldout]"}
         run_dir = root_dir / f"{arm}-seed{seed}"
         train_once(task, recipe, seed, run_dir, {**arm_sets, **curve}, extra)
@@ -160,7 +161,7 @@ def study(task: str, seeds: list[int], arms: list[str] | None = None, root: str 
                 "headroom": _headroom(task, run_dir, extra, quick) if arm == "sft" else None,
                 "ood": _ood(task, run_dir, extra)[metric] if has_ood else None,
                 "seconds": float(run_dir.with_suffix(".seconds").read_text()) if run_dir.with_suffix(".seconds").exists() else None,
-                "samples": _samples(run_dir), "steps": optimiser_steps(task, recipe, arm_sets)}
+                "samples": _samples(run_dir), "steps": steps}
 
     def attempt(arm: str, seed: int) -> dict | str:  # one failed run must not cancel the others
         try:
