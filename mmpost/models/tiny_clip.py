@@ -43,14 +43,16 @@ def train_tiny_clip(out_dir: Path, pairs: list, *, image_size: int, steps: int =
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     rng = random.Random(seed)
-    for _ in tqdm(range(steps), desc="training the semantic CLIP", unit="step"):
-        batch = rng.sample(pairs, min(batch_size, len(pairs)))
-        images = torch.stack([preprocess(image) for image, _ in batch])
-        image_features, text_features, scale = model(images, tokenizer([caption for _, caption in batch]))
-        loss = loss_fn(image_features, text_features, scale)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    # built on first use, which is often inside an evaluation's or a reward's no_grad: training needs grad
+    with torch.enable_grad():
+        for _ in tqdm(range(steps), desc="training the semantic CLIP", unit="step"):
+            batch = rng.sample(pairs, min(batch_size, len(pairs)))
+            images = torch.stack([preprocess(image) for image, _ in batch])
+            image_features, text_features, scale = model(images, tokenizer([caption for _, caption in batch]))
+            loss = loss_fn(image_features, text_features, scale)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return save_built(out_dir, [lambda d: (d / f"{TINY_NAME}.json").write_text(json.dumps(config, indent=1)),
                                 lambda d: torch.save(model.state_dict(), d / "open_clip_model.pt")],
                       {"pairs": len(pairs), "steps": steps, "final_loss": loss.item(), "seed": seed})

@@ -1,5 +1,7 @@
 """The semantic-consistency video reward: reasoning parsed, captions ranked, scoring rules."""
 
+import json
+
 import pytest
 
 from mmpost.data.motion import render, split_seeds, video
@@ -50,3 +52,19 @@ def test_semantic_reward_rules(semantic):
     assert scores[1] == 0.0 and scores[2] == 0.0  # a wrong answer or no reasoning earns nothing
     expected = min(1.0, 2 * max(0.0, semantic.similarity(frames, record["caption"])))
     assert scores[0] == pytest.approx(expected) and scores[0] > 0
+
+
+def test_the_tiny_clip_trains_when_first_used_inside_no_grad(tmp_path):
+    """Evaluation and rewards run under no_grad, and the CLIP is built on first use there: training
+    must still get gradients (it once failed with "element 0 of tensors does not require grad")."""
+    import torch
+
+    from mmpost.data.motion import SIDE
+    from mmpost.models.tiny_clip import load_clip, train_tiny_clip
+
+    record = video(1)
+    pairs = [(frame, record["caption"]) for frame in render(record)[:4]]
+    with torch.no_grad():
+        path = train_tiny_clip(tmp_path / "clip", pairs, image_size=SIDE, steps=2, batch_size=4)
+    model, _, _ = load_clip(str(path))
+    assert json.loads((path / "mmpost_build.json").read_text())["steps"] == 2 and model is not None
