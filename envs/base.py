@@ -43,6 +43,17 @@ class ChunkEnv(Protocol):
     def close(self) -> None: ...
 
 
+def keep_live(old: dict, new: dict, live: np.ndarray) -> dict:
+    """Observations of ``live`` envs from ``new``; finished envs keep their last view from ``old``."""
+    out = {}
+    for key, value in new.items():
+        if isinstance(value, list):
+            out[key] = [n if alive else o for n, o, alive in zip(value, old[key], live)]
+        else:
+            out[key] = np.where(live.reshape(-1, *[1] * (value.ndim - 1)), value, old[key])
+    return out
+
+
 def split_seeds(split: str, n: int) -> list[int]:
     """Episode seeds of a split: train from 0, held-out from :data:`HELDOUT_SEED_OFFSET`."""
     return list(data_split_seeds(split, n))
@@ -65,3 +76,40 @@ def make_env(cfg, num_envs: int | None = None):
 
         return SubprocChunkEnv(env_cls, num_envs, cfg.workers, **kwargs)
     return env_cls(num_envs, **kwargs)
+
+
+def expert_demonstrations(env_cfg, n: int, horizon: int, noise: float, seed: int, first_episode_seed: int) -> list[dict]:
+    """(observation, next ``horizon`` expert actions) rows at every control step of ``n`` episodes of
+    the env ``env_cfg`` names, acted by its scripted expert (``env.expert()``) with Gaussian noise of
+    std ``noise`` on the executed actions (imperfect demonstrations); episodes from seeds
+    ``first_episode_seed ...``. After an episode ends the expert holds still."""
+    from dataclasses import replace
+
+    steps = env_cfg.chunk_len * env_cfg.max_chunks
+    env = make_env(replace(env_cfg, chunk_len=1, max_chunks=steps, workers=1), num_envs=n)
+    if not hasattr(env, "expert"):
+        env.close()
+        raise ValueError(f"env {env_cfg.name!r} has no scripted expert: set data.path to a JSONL of "
+                         "{state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
+    rng = np.random.default_rng(seed)
+    obs = env.reset([first_episode_seed + i for i in range(n)])
+    records, actions, alive = [], [], []
+    for _ in range(steps):
+        action = np.clip(env.expert() + rng.normal(0, noise, (n, env.action_dim)), -1, 1)
+        records.append(obs)
+        actions.append(action)
+        alive.append(~env.done.copy())
+        obs, *_ = env.chunk_step(action[:, None])
+    env.close()
+    actions, alive = np.stack(actions, 1), np.stack(alive, 1)  # [n, steps, A], [n, steps]
+    actions = actions * alive[..., None]
+    padded = np.concatenate([actions, np.zeros((n, horizon, env.action_dim))], 1)
+    rows = []
+    for t, record in enumerate(records):
+        for i in np.flatnonzero(alive[:, t]):
+            row = {"state": record["state"][i], "instruction": record["instruction"][i],
+                   "actions": padded[i, t:t + horizon].astype(np.float32)}
+            if "image" in record:
+                row["image"] = record["image"][i]
+            rows.append(row)
+    return rows

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmpost.envs.base import keep_live
+
 
 class GymChunkEnv:
     """Chunk interface over a gymnasium ``VectorEnv`` (observations: a Box, or a Dict with
@@ -67,7 +69,7 @@ class GymChunkEnv:
             self.success |= live & self._success(info, self.num_envs)
             terminated |= live & np.asarray(term, dtype=bool)
             self.done |= live & (np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool))
-            self.last = _keep(self.last, self._obs(raw), live)  # finished envs keep their last view
+            self.last = keep_live(self.last, self._obs(raw), live)  # finished envs keep their last view
             finished = live & self.done
             if finished.any():  # gymnasium refuses to step a finished env: restart it, ignore it
                 self.env.reset(options={"reset_mask": finished})
@@ -80,17 +82,6 @@ class GymChunkEnv:
 
     def close(self) -> None:
         self.env.close()
-
-
-def _keep(old: dict, new: dict, live: np.ndarray) -> dict:
-    """Observations of ``live`` envs from ``new``, the rest frozen at ``old``."""
-    out = {}
-    for key, value in new.items():
-        if isinstance(value, list):
-            out[key] = [n if l else o for n, o, l in zip(value, old[key], live)]
-        else:
-            out[key] = np.where(live.reshape(-1, *[1] * (value.ndim - 1)), value, old[key])
-    return out
 
 
 def reach_gym_env(max_chunks: int = 8, chunk_len: int = 4, obs: str = "state"):

@@ -32,9 +32,29 @@ def _prepare_config() -> None:
     config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(mmpost_home() / "libero")))
     config_dir.mkdir(parents=True, exist_ok=True)
     root = Path(root)
+    _link_assets(root / "assets")
     (config_dir / "config.yaml").write_text(
         f"benchmark_root: {root}\nbddl_files: {root / 'bddl_files'}\ninit_states: {root / 'init_files'}\n"
         f"datasets: {root.parent / 'datasets'}\nassets: {root / 'assets'}\n")
+
+
+def _link_assets(assets: Path) -> None:
+    """LIBERO ignores its config's ``assets`` key and reads ``libero/libero/assets`` inside its installed
+    package: link the user's folder there (once; the link is the only change to the package)."""
+    import importlib.util
+
+    package = Path(next(iter(importlib.util.find_spec("libero").submodule_search_locations))) / "libero"
+    target = package / "assets"
+    if target.exists() or target.is_symlink():
+        if target.resolve() != assets.resolve() and not (target / "scenes").is_dir():
+            raise FileNotFoundError(f"LIBERO's package folder has {target}, which is not a LIBERO assets folder; "
+                                    f"remove it so mmpost can link {assets} there")
+        return
+    try:
+        target.symlink_to(assets, target_is_directory=True)
+    except OSError as error:
+        raise PermissionError(f"LIBERO reads its assets from {target} (its installed package), not from LIBERO_ROOT: "
+                              f"link them yourself with `ln -s {assets} {target}` ({error})") from None
 
 
 def _require():
@@ -47,10 +67,11 @@ def _require():
     try:
         from libero.libero import benchmark, get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
     except ImportError as error:
         raise ImportError("the LIBERO env needs the optional extra: pip install 'mmpost[libero]' "
                           f"(then pip install --no-deps robomimic==0.2.0); import failed: {error}") from None
-    return benchmark, get_libero_path, OffScreenRenderEnv
+    return benchmark, get_libero_path, ControlEnv, OffScreenRenderEnv
 
 
 def _axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -64,27 +85,34 @@ class LiberoChunkEnv:
     """``num_envs`` instances of one LIBERO task; ``env_id`` is ``SUITE`` or ``SUITE/TASK_ID``
     (e.g. ``libero_spatial/3``). A seed picks one of the task's benchmark initial states."""
 
-    action_dim = 7
-    state_dim = 8  # end-effector position, axis-angle, two gripper joints
+    action_dim = 7  # OSC_POSE: end-effector position and rotation deltas, gripper
 
     def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,
                  obs: str = "image", image_size: int = 128):
-        benchmark, get_libero_path, OffScreenRenderEnv = _require()
+        benchmark, get_libero_path, ControlEnv, OffScreenRenderEnv = _require()
         suite_name, _, task_id = env_id.partition("/")
         suite = benchmark.get_benchmark_dict()[suite_name]()
         task = suite.get_task(int(task_id or 0))
         self.init_states = suite.get_task_init_states(int(task_id or 0))
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-        self.envs = [OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size)
-                     for _ in range(num_envs)]
+        # hard_reset=False: every reset would otherwise rebuild the MuJoCo model from XML (seconds), and
+        # set_init_state overwrites the whole simulator state anyway. State observations skip the cameras.
+        camera = dict(camera_names=["agentview"], camera_heights=image_size, camera_widths=image_size)
+        self.envs = [OffScreenRenderEnv(bddl_file_name=bddl, hard_reset=False, **camera) if obs == "image" else
+                     ControlEnv(bddl_file_name=bddl, hard_reset=False, use_camera_obs=False,
+                                has_offscreen_renderer=False) for _ in range(num_envs)]
         self.num_envs, self.chunk_len, self.max_chunks, self.obs_mode = num_envs, chunk_len, max_chunks, obs
         self.instruction = task.language
         self.last, self.done, self.success = [None] * num_envs, np.zeros(num_envs, bool), np.zeros(num_envs, bool)
         self.steps = np.zeros(num_envs, int)
+        self.state_dim = self.reset([0] * num_envs)["state"].shape[1]
 
     def _obs(self) -> dict:
-        state = np.stack([np.concatenate([o["robot0_eef_pos"], _axis_angle(o["robot0_eef_quat"]),
-                                          o["robot0_gripper_qpos"]]) for o in self.last]).astype(np.float32)
+        """``state``: end-effector position, axis-angle and the two gripper joints (as openpi's LIBERO
+        example), and with ``obs="state"`` (no camera) LIBERO's ``object-state`` (object poses) too."""
+        state = np.stack([np.concatenate([o["robot0_eef_pos"], _axis_angle(o["robot0_eef_quat"]), o["robot0_gripper_qpos"],
+                                          o["object-state"] if self.obs_mode == "state" else []])
+                          for o in self.last]).astype(np.float32)
         obs = {"state": state, "instruction": [self.instruction] * self.num_envs}
         if self.obs_mode == "image":  # LIBERO's camera is upside down
             obs["image"] = np.stack([o["agentview_image"][::-1, ::-1] for o in self.last])

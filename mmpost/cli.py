@@ -260,6 +260,16 @@ def _doctor(args) -> None:
     report()
 
 
+def _setup(args) -> None:
+    from mmpost.tools.setup import setup
+
+    try:
+        for line in setup(args.what):
+            print(line)
+    except RuntimeError as error:
+        sys.exit(f"mmpost setup: {error}")
+
+
 def _bench(args) -> None:
     from mmpost.tools.bench.trl import run
 
@@ -393,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="versions, optional extras, sandbox confinement and device",
                         description="example: mmpost doctor")
     dr.set_defaults(func=_doctor)
+    su = sub.add_parser("setup", help="install what an optional simulator needs beyond pip (e.g. software Vulkan), then check it",
+                        description="example: mmpost setup maniskill  (after pip install 'mmpost[maniskill]')")
+    su.add_argument("what", choices=["maniskill"])
+    su.set_defaults(func=_setup)
     bench = sub.add_parser("bench", help="mmpost vs TRL side by side: GRPO and SFT throughput, step split, peak RSS",
                            description="examples: mmpost bench --quick; mmpost bench --repeats 5 --json runs/bench.json")
     bench.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (a smoke test)")

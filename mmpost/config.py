@@ -59,6 +59,9 @@ class FlowConfig:
     noise_std_range: list = field(default_factory=lambda: [0.08, 0.16])  # flow_noise: min/max std of the noise head
     logprob_level: str = "chunk"  # "chunk": one ratio per chunk | "element": one per action element
     detach_critic: bool = True  # value-head gradients do not flow into the encoder
+    # standardise each state dimension by the demonstrations' mean and std (kept in the saved model):
+    # ManiSkill's state mixes joint velocities (std ~0.8) with the cube's offset (std ~0.03)
+    normalize_state: bool = False
 
     def __post_init__(self):
         if self.noise_method not in ("flow_sde", "flow_noise"):

@@ -63,7 +63,8 @@ TASKS = Registry("task", {"chart2code": "mmpost.tasks.chart2code:Chart2Code", "r
                            "arithmetic": "mmpost.tasks.arithmetic:Arithmetic",
                            "grounding": "mmpost.tasks.grounding:Grounding",
                            "audio_qa": "mmpost.tasks.audio_qa:AudioQA",
-                           "video_qa": "mmpost.tasks.video_qa:VideoQA"})
+                           "video_qa": "mmpost.tasks.video_qa:VideoQA",
+                           "maniskill": "mmpost.tasks.maniskill:ManiSkill"})
 REWARDS = Registry("reward", {
     "chart_render": "mmpost.rewards.chart_render:chart_render",
     "length": "mmpost.rewards.text:length",

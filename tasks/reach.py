@@ -16,7 +16,7 @@ import numpy as np
 
 from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, TrainConfig
 from mmpost.stages.spec import Advantage, Optim, PolicyGradient, Sampling, Stage
-from mmpost.envs.base import make_env, split_seeds
+from mmpost.envs.base import expert_demonstrations, make_env, split_seeds
 
 DEMO_NOISE = 0.3  # std of the noise on the expert's executed actions: imperfect demonstrations
 DEMO_SEED_OFFSET = 5_000_000  # demonstrations come from their own initial states
@@ -107,47 +107,24 @@ class Reach:
         ``data.demos`` noisy scripted-expert episodes; a user's JSONL (``state``,
         ``instruction``, ``actions``) when ``data.path`` is set."""
         if self.cfg.data.path:
-            from mmpost.data.jsonl import DataError, read_jsonl
+            return demonstrations_from_jsonl(self.cfg.data)
+        return expert_demonstrations(self.cfg.env, self.cfg.data.demos, self.cfg.flow.action_horizon, DEMO_NOISE,
+                                     seed=self.cfg.seed, first_episode_seed=DEMO_SEED_OFFSET)
 
-            def convert(r: dict) -> dict:
-                try:
-                    arrays = {k: np.asarray(r[k], np.float32) for k in ("state", "actions")}
-                except (TypeError, ValueError) as error:
-                    raise DataError(f"{r['source']}: 'state' and 'actions' must be numeric arrays ({error})") from None
-                if not all(np.isfinite(a).all() for a in arrays.values()):
-                    raise DataError(f"{r['source']}: 'state' or 'actions' holds NaN or inf")
-                return {**arrays, "instruction": r["instruction"]}
 
-            return list(read_jsonl(self.cfg.data.path, required={"state": list, "instruction": str, "actions": list},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows, convert=convert,
-                                   columns=self.cfg.data.columns))
-        if self.cfg.env.name not in ("", "reach"):
-            raise ValueError(f"no scripted demonstrations for env {self.cfg.env.name!r}: set data.path to a JSONL "
-                             "of {state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
-        from mmpost.envs.reach import ReachVecEnv
+def demonstrations_from_jsonl(data_cfg) -> list[dict]:
+    """A user's demonstrations: JSONL (or Parquet, datasets dir) rows of ``state``, ``instruction``,
+    ``actions`` (the next ``flow.action_horizon`` actions)."""
+    from mmpost.data.jsonl import DataError, read_jsonl
 
-        env_cfg, horizon, n = self.cfg.env, self.cfg.flow.action_horizon, self.cfg.data.demos
-        steps = env_cfg.chunk_len * env_cfg.max_chunks
-        env = ReachVecEnv(n, chunk_len=1, max_chunks=steps, obs=env_cfg.obs, image_size=env_cfg.image_size)
-        rng = np.random.default_rng(self.cfg.seed)
-        obs = env.reset([DEMO_SEED_OFFSET + i for i in range(n)])
-        records, actions, alive = [], [], []
-        for _ in range(steps):
-            action = np.clip(env.expert() + rng.normal(0, DEMO_NOISE, (n, env.action_dim)), -1, 1)
-            records.append(obs)
-            actions.append(action)
-            alive.append(~env.done.copy())
-            obs, *_ = env.chunk_step(action[:, None])
-        env.close()
-        actions, alive = np.stack(actions, 1), np.stack(alive, 1)  # [n, steps, A], [n, steps]
-        actions = actions * alive[..., None]  # after the episode ends the expert holds still
-        padded = np.concatenate([actions, np.zeros((n, horizon, env.action_dim))], 1)
-        rows = []
-        for t, record in enumerate(records):
-            for i in np.flatnonzero(alive[:, t]):
-                row = {"state": record["state"][i], "instruction": record["instruction"][i],
-                       "actions": padded[i, t:t + horizon].astype(np.float32)}
-                if "image" in record:
-                    row["image"] = record["image"][i]
-                rows.append(row)
-        return rows
+    def convert(r: dict) -> dict:
+        try:
+            arrays = {k: np.asarray(r[k], np.float32) for k in ("state", "actions")}
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{r['source']}: 'state' and 'actions' must be numeric arrays ({error})") from None
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            raise DataError(f"{r['source']}: 'state' or 'actions' holds NaN or inf")
+        return {**arrays, "instruction": r["instruction"]}
+
+    return list(read_jsonl(data_cfg.path, required={"state": list, "instruction": str, "actions": list},
+                           skip_bad_rows=data_cfg.skip_bad_rows, convert=convert, columns=data_cfg.columns))

@@ -61,6 +61,13 @@ class FlowActions:
         return obs, self.chains[alive], self.stochastic_step[alive]
 
 
+def state_statistics(rows: list[dict]) -> dict:
+    """Per-dimension mean and std of the rows' states (std at least 1e-2: a dimension constant in the
+    demonstrations must not blow up when RL visits other values)."""
+    states = np.stack([np.asarray(r["state"], np.float32) for r in rows])
+    return {"state_mean": states.mean(0).tolist(), "state_std": np.maximum(states.std(0), 1e-2).tolist()}
+
+
 class FlowActionPolicy:
     """A :class:`FlowActionModel` plus the env it acts in.
 
@@ -82,8 +89,9 @@ class FlowActionPolicy:
 
     @classmethod
     def build(cls, env, flow: FlowConfig, env_cfg: EnvConfig, path: str = "", vlm_path: str = "",
-              device="cpu") -> "FlowActionPolicy":
-        """A fresh model sized for ``env`` (or the one saved in ``path``)."""
+              device="cpu", demos=None) -> "FlowActionPolicy":
+        """A fresh model sized for ``env`` (or the one saved in ``path``). ``demos``: a callable
+        returning the demonstration rows, read for the state statistics when ``flow.normalize_state``."""
         backbone = flow.backbone or ("mlp" if env_cfg.obs == "state" else DEFAULT_IMAGE_BACKBONE)
         if path:
             model = FlowActionModel.from_pretrained(path)
@@ -92,7 +100,8 @@ class FlowActionPolicy:
                 "state_dim": env.state_dim, "action_dim": env.action_dim, "backbone": backbone,
                 "vlm": vlm_path, "hidden": flow.hidden, "action_horizon": flow.action_horizon,
                 "image_size": env_cfg.image_size, "noise_std_range": flow.noise_std_range,
-                "detach_critic": flow.detach_critic})
+                "detach_critic": flow.detach_critic, **(state_statistics(demos()) if flow.normalize_state
+                                                        and demos is not None else {})})
         if (model.config["backbone"] != "mlp") != (env_cfg.obs == "image"):
             raise ValueError(f"backbone {model.config['backbone']!r} does not match env.obs={env_cfg.obs!r}: "
                              "mlp reads state observations, timm:NAME and vlm read camera images")

@@ -117,7 +117,8 @@ def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
 
 class FlowActionModel(nn.Module):
     """Encoder + action expert. ``config`` keys: state_dim, action_dim, backbone, vlm, hidden,
-    action_horizon, image_size, noise_std_range, detach_critic."""
+    action_horizon, image_size, noise_std_range, detach_critic, and optionally state_mean and state_std
+    (the state is standardised by them before the encoder)."""
 
     def __init__(self, config: dict):
         super().__init__()
@@ -146,10 +147,15 @@ class FlowActionModel(nn.Module):
             self.noise_head[-1].weight.mul_(0.1)
             self.noise_head[-1].bias.zero_()
         self.value_head = mlp([hidden, hidden // 2, 1])
+        self.normalize = "state_mean" in c  # the statistics live in the config, saved with it
+        if self.normalize:
+            self.register_buffer("state_mean", torch.tensor(c["state_mean"]), persistent=False)
+            self.register_buffer("state_std", torch.tensor(c["state_std"]), persistent=False)
 
     def encode(self, obs: dict) -> torch.Tensor:
         """[B, hidden] context from ``state`` [B, D], ``instruction`` list and ``image`` [B, h, w, 3]."""
-        parts = [obs["state"]]
+        state = obs["state"]
+        parts = [(state - self.state_mean.to(state.dtype)) / self.state_std.to(state.dtype) if self.normalize else state]
         if self.vlm is not None:  # the VLM reads the instruction together with the image
             parts.append(self.vlm(obs["image"], obs["instruction"]))
         elif self.image is not None:

@@ -10,7 +10,7 @@ import platform
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "trl", "peft", "diffusers", "timm",
             "open_clip_torch", "qwen-vl-utils", "matplotlib", "mujoco", "tensorboard")
 EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto (GPU)"),
-          "mani_skill": ("maniskill", "ManiSkill GPU simulation"), "libero": ("libero", "LIBERO suites"),
+          "mani_skill": ("maniskill", "ManiSkill on CPU or GPU physics; then mmpost setup maniskill"), "libero": ("libero", "LIBERO suites"),
           "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking"),
           "bitsandbytes": ("qlora", "peft.quantize: QLoRA's quantized base")}
 

@@ -113,3 +113,31 @@ def test_sft_loss_decreases_on_demonstrations(mmpost_home):
         loss.backward()
         optimizer.step()
     assert average() < 0.7 * first
+
+
+def test_state_normalisation_uses_the_demonstrations_statistics_and_is_saved(tmp_path):
+    """flow.normalize_state: the encoder sees (state - mean) / std of the demonstrations (std floored at
+    1e-2), and a saved policy standardises the same way after loading."""
+    import numpy as np
+
+    from mmpost.adapters.flow_policy import state_statistics
+    from mmpost.models.flow_action import FlowActionModel
+
+    rows = [{"state": np.array([1.0, 5.0, 2.0])}, {"state": np.array([3.0, 5.0, 6.0])}]
+    stats = state_statistics(rows)
+    assert stats["state_mean"] == [2.0, 5.0, 4.0] and stats["state_std"] == pytest.approx([1.0, 0.01, 2.0])  # by hand
+
+    env = ReachVecEnv(2)
+    flow = FlowConfig(hidden=32, normalize_state=True)
+    demos = [{"state": np.random.default_rng(i).normal(3.0, 2.0, env.state_dim).astype(np.float32)} for i in range(8)]
+    policy = FlowActionPolicy.build(env, flow, EnvConfig(num_envs=2), demos=lambda: demos)
+    plain = FlowActionModel({k: v for k, v in policy.model.config.items() if k not in ("state_mean", "state_std")})
+    plain.load_state_dict(policy.model.state_dict())
+    obs = {"state": torch.randn(2, env.state_dim) * 3 + 1, "instruction": ["touch the red ball"] * 2}
+    mean, std = (torch.tensor(policy.model.config[k]) for k in ("state_mean", "state_std"))
+    standardised = {**obs, "state": (obs["state"] - mean) / std}
+    torch.testing.assert_close(policy.model.encode(obs), plain.encode(standardised))
+    policy.model.save_pretrained(tmp_path / "saved")
+    loaded = FlowActionModel.from_pretrained(tmp_path / "saved")
+    torch.testing.assert_close(loaded.encode(obs), policy.model.encode(obs))
+    assert not FlowActionPolicy.build(env, FlowConfig(hidden=32), EnvConfig(num_envs=2), demos=lambda: demos).model.normalize
