@@ -85,12 +85,15 @@ def expert_demonstrations(env_cfg, n: int, horizon: int, noise: float, seed: int
     ``first_episode_seed ...``. After an episode ends the expert holds still."""
     from dataclasses import replace
 
-    steps = env_cfg.chunk_len * env_cfg.max_chunks
-    env = make_env(replace(env_cfg, chunk_len=1, max_chunks=steps, workers=1), num_envs=n)
-    if not hasattr(env, "expert"):
-        env.close()
+    from mmpost.registry import ENVS
+
+    name, _, env_id = (env_cfg.name or "reach").partition(":")
+    env_cls = ENVS.get(name)
+    if not getattr(env_cls, "has_expert", lambda _: hasattr(env_cls, "expert"))(env_id):
         raise ValueError(f"env {env_cfg.name!r} has no scripted expert: set data.path to a JSONL of "
                          "{state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
+    steps = env_cfg.chunk_len * env_cfg.max_chunks
+    env = make_env(replace(env_cfg, chunk_len=1, max_chunks=steps, workers=1), num_envs=n)
     rng = np.random.default_rng(seed)
     obs = env.reset([first_episode_seed + i for i in range(n)])
     records, actions, alive = [], [], []

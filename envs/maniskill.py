@@ -56,14 +56,15 @@ class ManiSkillChunkEnv:
     """``num_envs`` copies of ManiSkill task ``env_id`` (e.g. ``PickCube-v1``).
 
     Observations: ``state`` = the flattened agent and task state, plus with ``obs="image"`` the base
-    camera's RGB. Actions: ``pd_ee_delta_pos`` end-effector deltas and the gripper (like the reach
+    camera's RGB. Rewards: ``reward_mode="sparse"`` (1 at success, as pi_RL and the reach scene; PPO's
+    step rewards) or ManiSkill's ``"normalized_dense"`` shaping. Actions: ``pd_ee_delta_pos`` end-effector deltas and the gripper (like the reach
     scene). Success: ManiSkill's own ``info["success"]``; an episode ends at success or after
     ``chunk_len * max_chunks`` control steps, and a finished env is frozen until the next reset.
     """
 
     def __init__(self, num_envs: int, env_id: str = "PickCube-v1", chunk_len: int = 4, max_chunks: int = 16,
                  obs: str = "state", image_size: int = 64, control_mode: str = "pd_ee_delta_pos",
-                 sim_backend: str = "auto"):
+                 sim_backend: str = "auto", reward_mode: str = "sparse"):
         import torch
 
         gym = _require()
@@ -71,7 +72,7 @@ class ManiSkillChunkEnv:
             sim_backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
         self.num_envs, self.chunk_len, self.max_chunks, self.obs_mode = num_envs, chunk_len, max_chunks, obs
         self.env_id, self.batched = env_id, sim_backend != "physx_cpu"
-        kwargs = dict(obs_mode="state_dict" if obs == "state" else "rgb", control_mode=control_mode,
+        kwargs = dict(obs_mode="state_dict" if obs == "state" else "rgb", control_mode=control_mode, reward_mode=reward_mode,
                       sim_backend=sim_backend, sensor_configs={"width": image_size, "height": image_size},
                       max_episode_steps=chunk_len * max_chunks)
         if obs == "state":  # no camera: no renderer (SAPIEN still wants a Vulkan device)
@@ -158,9 +159,13 @@ class ManiSkillChunkEnv:
 
     # ------------------------------------------------------------------ expert and rendering
 
+    @staticmethod
+    def has_expert(env_id: str) -> bool:
+        return (env_id or "PickCube-v1") == "PickCube-v1"
+
     def expert(self) -> np.ndarray:
         """[N, A] the scripted expert's action for every env's current state (PickCube only)."""
-        if self.env_id != "PickCube-v1":
+        if not self.has_expert(self.env_id):
             raise ValueError(f"no scripted expert for {self.env_id}: give demonstrations with data.path")
         actions = []
         for i, env in enumerate(self.envs if not self.batched else [self.envs[0]] * self.num_envs):

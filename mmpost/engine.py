@@ -270,7 +270,9 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
     when the run resumes inside this stage."""
     cfg, policy, stage = run.cfg, run.policy, run.cfg.stages[stage_index]
     steps = stage_steps(stage, cfg.max_steps)
-    train_rows = stage_rows(stage, run.task, run.rows, policy, run.rewards, run.weights, cfg.seed, run.run_dir)
+    # a stage without steps reads no data (e.g. --set sft.steps=0 where the env has no demonstrations)
+    train_rows = (stage_rows(stage, run.task, run.rows, policy, run.rewards, run.weights, cfg.seed, run.run_dir)
+                  if steps else [])
     trained_before = any(stage_steps(s, cfg.max_steps) for s in cfg.stages[:stage_index])
     if has_adapters(policy) and trained_before and steps > 0:
         policy.adapters_merged = True
@@ -292,7 +294,7 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
         else:
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
-    if stage.demos.data and stage.demos.data not in run.rows:
+    if stage.demos.data and stage.demos.data not in run.rows and steps:
         run.rows[stage.demos.data] = run.task.rows(stage.demos.data)
     ctx = StageContext(stage, policy, reference, train_rows, run.rewards, run.weights, run.accelerator, optimizer,
                        scheduler, params, steps=steps, demo_rows=run.rows.get(stage.demos.data),

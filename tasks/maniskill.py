@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from mmpost.envs.base import expert_demonstrations, make_env, split_seeds
 from mmpost.stages.spec import Advantage, Optim, PolicyGradient, Sampling, Stage
 from mmpost.tasks.reach import DEMO_SEED_OFFSET, Reach, demonstrations_from_jsonl
 
+log = logging.getLogger(__name__)
 DEMO_NOISE = 0.2  # std of the noise on the expert's executed actions (0.3 drops the cube too often)
 
 
@@ -66,7 +68,17 @@ class ManiSkill:
         from mmpost.adapters.flow_policy import FlowActionPolicy
 
         return FlowActionPolicy.build(make_env(self.cfg.env), self.cfg.flow, self.cfg.env, path=self.cfg.model,
-                                      vlm_path=self.cfg.flow.vlm, device=device, demos=lambda: self.rows("demos"))
+                                      vlm_path=self.cfg.flow.vlm, device=device, demos=self._statistics_rows)
+
+    def _statistics_rows(self) -> list[dict]:
+        """The demonstrations the state statistics come from; none (no normalisation) for an env without
+        an expert and no ``data.path``, which can only train by RL."""
+        from mmpost.envs.maniskill import ManiSkillChunkEnv
+
+        if self.cfg.data.path or ManiSkillChunkEnv.has_expert(self.cfg.env.name.partition(":")[2]):
+            return self.rows("demos")
+        log.warning("flow.normalize_state: no demonstrations for %s, so the state is not normalised", self.cfg.env.name)
+        return []
 
     def rows(self, split: str) -> list[dict]:
         """``train`` / ``heldout`` initial states, or ``demos`` (expert (observation, chunk) pairs)."""

@@ -100,8 +100,8 @@ class FlowActionPolicy:
                 "state_dim": env.state_dim, "action_dim": env.action_dim, "backbone": backbone,
                 "vlm": vlm_path, "hidden": flow.hidden, "action_horizon": flow.action_horizon,
                 "image_size": env_cfg.image_size, "noise_std_range": flow.noise_std_range,
-                "detach_critic": flow.detach_critic, **(state_statistics(demos()) if flow.normalize_state
-                                                        and demos is not None else {})})
+                "detach_critic": flow.detach_critic, **(state_statistics(rows) if flow.normalize_state and demos
+                                                        and (rows := demos()) else {})})
         if (model.config["backbone"] != "mlp") != (env_cfg.obs == "image"):
             raise ValueError(f"backbone {model.config['backbone']!r} does not match env.obs={env_cfg.obs!r}: "
                              "mlp reads state observations, timm:NAME and vlm read camera images")

@@ -40,3 +40,17 @@ def test_demonstrations_are_cached_and_identical_when_reused(mmpost_home):
         assert np.array_equal(a["state"], b["state"]) and np.array_equal(a["actions"], b["actions"])
         assert a["instruction"] == b["instruction"] == "pick up the cube and move it to the goal"
         assert a["actions"].shape == (cfg.flow.action_horizon, 4)
+
+
+def test_a_maniskill_task_without_an_expert_trains_without_sft_and_says_why_sft_cannot(tmp_path, mmpost_home):
+    """PushCube has no scripted expert: with sft.steps=0 no demonstration is asked for (a stage without
+    steps reads no data) and RL runs; with SFT steps the error names what to give instead."""
+    tiny = ["--env", "maniskill:PushCube-v1", "--set", "rl.steps=1", "--set", "data.eval_size=2", "--set",
+            "env.num_envs=2", "--set", "rl.batch_size=2", "--set", "eval.batch_size=2", "--set", "env.max_chunks=2",
+            "--set", "flow.hidden=32", "--set", "eval.sampled=false", "--set", "threads=1"]
+    mmpost("train", "--task", "maniskill", "--output-dir", str(tmp_path / "rl"), "--set", "sft.steps=0", *tiny)
+    results = json.loads((tmp_path / "rl" / "results.json").read_text())
+    assert 0.0 <= results["after"]["greedy"]["success"] <= 1.0
+    refused = mmpost("train", "--task", "maniskill", "--output-dir", str(tmp_path / "sft"), "--set", "sft.steps=2",
+                     *tiny, check=False)
+    assert refused.returncode != 0 and "has no scripted expert" in refused.stderr and "data.path" in refused.stderr
