@@ -56,10 +56,11 @@ class ManiSkillChunkEnv:
     """``num_envs`` copies of ManiSkill task ``env_id`` (e.g. ``PickCube-v1``).
 
     Observations: ``state`` = the flattened agent and task state, plus with ``obs="image"`` the base
-    camera's RGB. Rewards: ``reward_mode="sparse"`` (1 at success, as pi_RL and the reach scene; PPO's
-    step rewards) or ManiSkill's ``"normalized_dense"`` shaping. Actions: ``pd_ee_delta_pos`` end-effector deltas and the gripper (like the reach
-    scene). Success: ManiSkill's own ``info["success"]``; an episode ends at success or after
-    ``chunk_len * max_chunks`` control steps, and a finished env is frozen until the next reset.
+    camera's RGB. Actions: ``pd_ee_delta_pos`` end-effector deltas and the gripper (like the reach
+    scene). Rewards (PPO's step rewards): ``reward_mode="sparse"``, 1 at success as in pi_RL and the
+    reach scene, or ManiSkill's ``"normalized_dense"`` shaping. Success: ManiSkill's own
+    ``info["success"]``; an episode ends at success or after ``chunk_len * max_chunks`` control steps,
+    and a finished env is frozen until the next reset.
     """
 
     def __init__(self, num_envs: int, env_id: str = "PickCube-v1", chunk_len: int = 4, max_chunks: int = 16,
@@ -72,8 +73,8 @@ class ManiSkillChunkEnv:
             sim_backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
         self.num_envs, self.chunk_len, self.max_chunks, self.obs_mode = num_envs, chunk_len, max_chunks, obs
         self.env_id, self.batched = env_id, sim_backend != "physx_cpu"
-        kwargs = dict(obs_mode="state_dict" if obs == "state" else "rgb", control_mode=control_mode, reward_mode=reward_mode,
-                      sim_backend=sim_backend, sensor_configs={"width": image_size, "height": image_size},
+        kwargs = dict(obs_mode="state_dict" if obs == "state" else "rgb", control_mode=control_mode,
+                      reward_mode=reward_mode, sim_backend=sim_backend, sensor_configs={"width": image_size, "height": image_size},
                       max_episode_steps=chunk_len * max_chunks)
         if obs == "state":  # no camera: no renderer (SAPIEN still wants a Vulkan device)
             kwargs["render_backend"] = "none"

@@ -87,7 +87,7 @@ class Reach:
                                           for c in ("red", "green", "blue", "yellow")] * 20,
                                           preset="tiny", vocab_size=512, image_side=self.cfg.env.image_size, seed=0))
         return FlowActionPolicy.build(make_env(self.cfg.env), self.cfg.flow, self.cfg.env, path=self.cfg.model,
-                                      vlm_path=vlm, device=device)
+                                      vlm_path=vlm, device=device, demos=lambda: self.rows("demos"))
 
     # ------------------------------------------------------------------ data
 
