@@ -43,6 +43,16 @@ class ChunkEnv(Protocol):
     def close(self) -> None: ...
 
 
+def load_triton_before_llvm_graphics() -> None:
+    """Mesa's software renderers (llvmpipe EGL for MuJoCo, lavapipe Vulkan for SAPIEN) and Triton all
+    carry LLVM: Triton's native module segfaults when it loads after such a context exists (torch
+    imports it lazily, e.g. in the first optimizer), so load it, when installed, before the first one."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or broken triton: nothing to protect
+        pass
+
+
 def keep_live(old: dict, new: dict, live: np.ndarray) -> dict:
     """Observations of ``live`` envs from ``new``; finished envs keep their last view from ``old``."""
     out = {}

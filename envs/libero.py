@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmpost.envs.base import load_triton_before_llvm_graphics
+
 SETTLE_STEPS = 10  # LIBERO convention: no-op steps after set_init_state so objects come to rest
 
 
@@ -90,6 +92,7 @@ class LiberoChunkEnv:
     def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,
                  obs: str = "image", image_size: int = 128):
         benchmark, get_libero_path, ControlEnv, OffScreenRenderEnv = _require()
+        load_triton_before_llvm_graphics()
         suite_name, _, task_id = env_id.partition("/")
         suite = benchmark.get_benchmark_dict()[suite_name]()
         task = suite.get_task(int(task_id or 0))
@@ -152,3 +155,73 @@ class LiberoChunkEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+# ---------------------------------------------------------------------- demonstrations (LIBERO's HDF5)
+
+def read_demonstrations(path, horizon: int) -> list[dict]:
+    """(observation, next ``horizon`` actions) rows from a LIBERO demonstration file (robomimic layout:
+    ``data/demo_N/actions`` [T, 7], ``data/demo_N/obs/{ee_pos, ee_ori, gripper_states, agentview_rgb}``,
+    the instruction in ``data.attrs["problem_info"]``), as LIBERO's datasets ship them.
+
+    The state is the 8-d robot state of ``env.obs=image`` (end effector, axis-angle, gripper) and the
+    image the agent view turned upright, as :class:`LiberoChunkEnv` observes them. Past an episode's
+    end the arm holds still and the gripper keeps its last command."""
+    import json
+
+    import h5py
+
+    rows = []
+    with h5py.File(path, "r") as file:
+        if "data" not in file or "problem_info" not in file["data"].attrs:
+            raise ValueError(f"{path}: not a LIBERO demonstration file (no data group with problem_info)")
+        instruction = "".join(json.loads(file["data"].attrs["problem_info"])["language_instruction"]).strip('"')
+        for name in sorted(file["data"], key=lambda n: int(n.split("_")[-1])):
+            demo = file["data"][name]
+            obs, actions = demo["obs"], np.asarray(demo["actions"], np.float32)
+            state = np.concatenate([obs["ee_pos"], obs["ee_ori"], obs["gripper_states"]], axis=1).astype(np.float32)
+            hold = np.zeros((horizon, actions.shape[1]), np.float32)
+            hold[:, -1] = actions[-1, -1]
+            padded = np.concatenate([actions, hold])
+            images = obs["agentview_rgb"] if "agentview_rgb" in obs else None
+            for t in range(len(actions)):
+                row = {"state": state[t], "instruction": instruction, "actions": padded[t:t + horizon]}
+                if images is not None:
+                    row["image"] = np.ascontiguousarray(images[t][::-1, ::-1])
+                rows.append(row)
+    return rows
+
+
+def record_demonstrations(env: "LiberoChunkEnv", act, seeds: list[int], path) -> None:
+    """Run ``act(obs) -> actions [N, A]`` (a scripted or replayed policy) in ``env`` (``obs="image"``)
+    from ``seeds``, one control step at a time, and write the episodes in LIBERO's layout (above)."""
+    import json
+
+    import h5py
+
+    if env.obs_mode != "image" or env.chunk_len != 1:
+        raise ValueError("record_demonstrations needs an env with obs='image' and chunk_len=1")
+    episodes = [{"actions": [], "ee_pos": [], "ee_ori": [], "gripper_states": [], "agentview_rgb": []}
+                for _ in seeds]
+    obs = env.reset(seeds)
+    for _ in range(env.max_chunks):
+        live = ~env.done
+        actions = np.asarray(act(obs), np.float32)
+        for i in np.flatnonzero(live):
+            episode = episodes[i]
+            episode["ee_pos"].append(obs["state"][i, :3])
+            episode["ee_ori"].append(obs["state"][i, 3:6])
+            episode["gripper_states"].append(obs["state"][i, 6:8])
+            episode["agentview_rgb"].append(obs["image"][i][::-1, ::-1])  # stored as LIBERO renders it
+            episode["actions"].append(actions[i])
+        obs, *_ = env.chunk_step(actions[:, None])
+        if env.done.all():
+            break
+    with h5py.File(path, "w") as file:
+        data = file.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": env.instruction})
+        for n, episode in enumerate(episodes):
+            demo = data.create_group(f"demo_{n}")
+            demo.create_dataset("actions", data=np.stack(episode.pop("actions")))
+            for key, values in episode.items():
+                demo.create_dataset(f"obs/{key}", data=np.stack(values))

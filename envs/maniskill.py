@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmpost.envs.base import keep_live
+from mmpost.envs.base import keep_live, load_triton_before_llvm_graphics
 
 INSTRUCTIONS = {
     "PickCube-v1": "pick up the cube and move it to the goal",
@@ -34,6 +34,7 @@ def _require():
     from mmpost.envs.vulkan import use_lavapipe_if_needed
 
     use_lavapipe_if_needed()  # before SAPIEN creates its Vulkan instance
+    load_triton_before_llvm_graphics()
     try:
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the environments)

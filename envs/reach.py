@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from mmpost.data.splits import OOD_SEED_OFFSET
-from mmpost.envs.base import HELDOUT_SEED_OFFSET
+from mmpost.envs.base import HELDOUT_SEED_OFFSET, load_triton_before_llvm_graphics
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -86,16 +86,6 @@ def episode_spec(seed: int) -> dict:
     return {"qpos": np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-2.0, 2.0)]),
             "targets": np.array(targets), "goal": goal,
             "instruction": template.format(list(COLORS)[goal])}
-
-
-def _load_triton_first() -> None:
-    """Mesa's software EGL (llvmpipe) and Triton both carry LLVM: Triton's native module
-    segfaults when it loads after an EGL context exists (torch imports it lazily, e.g. in the
-    first optimizer), so load it, when installed, before the first context."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # noqa: BLE001 - absent or broken triton: nothing to protect
-        pass
 
 
 def wrap(angle):
@@ -255,7 +245,7 @@ class ReachVecEnv:
     def render(self, index=None) -> np.ndarray:
         """uint8 [n, h, w, 3] top-camera frames of envs ``index`` (default all)."""
         if self._renderer is None:
-            _load_triton_first()
+            load_triton_before_llvm_graphics()
             self._renderer = self._mujoco.Renderer(self.model, self.image_size, self.image_size)
         frames = []
         for i in range(self.num_envs) if index is None else index:

@@ -105,7 +105,12 @@ class Reach:
     def demonstrations(self) -> list[dict]:
         """(observation, next ``action_horizon`` expert actions) at every control step of
         ``data.demos`` noisy scripted-expert episodes; a user's JSONL (``state``,
-        ``instruction``, ``actions``) when ``data.path`` is set."""
+        ``instruction``, ``actions``) when ``data.path`` is set, or LIBERO's HDF5 demonstration file
+        (``.hdf5``, with ``--env libero:...`` and ``env.obs=image``)."""
+        if self.cfg.data.path.endswith((".hdf5", ".h5")):  # LIBERO's demonstration files
+            from mmpost.envs.libero import read_demonstrations
+
+            return read_demonstrations(self.cfg.data.path, self.cfg.flow.action_horizon)
         if self.cfg.data.path:
             return demonstrations_from_jsonl(self.cfg.data)
         return expert_demonstrations(self.cfg.env, self.cfg.data.demos, self.cfg.flow.action_horizon, DEMO_NOISE,
