@@ -1,4 +1,5 @@
-"""LIBERO behind the chunk interface (GPU extra with local assets; skipped where it is absent)."""
+"""LIBERO behind the chunk interface: runs where LIBERO and its data folders are installed (it needs
+mujoco < 3.4 while the suite's environment has 4.0, so the suite does not install it yet)."""
 
 import importlib.util
 import os
@@ -8,8 +9,8 @@ import torch
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libero") is None or not os.environ.get("LIBERO_ROOT"),
-                    reason="LIBERO is an optional GPU extra (pip install 'mmpost[libero]') with assets from a local "
-                           "copy (LIBERO_ROOT); absent here")
+                    reason="LIBERO is an optional extra (pip install 'mmpost[libero]', mujoco < 3.4) with its data "
+                           "folders at LIBERO_ROOT; not installed here")
 def test_libero_chunk_env():
     from mmpost.envs.libero import LiberoChunkEnv
 
