@@ -116,6 +116,9 @@ class ManiSkillChunkEnv:
         else:
             raws = [env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds)]
             self._last_raw = raws
+        for raw in raws:  # ManiSkill reads it from the last physics step's contacts: the previous episode's
+            if isinstance(raw, dict) and "is_grasped" in raw.get("extra", {}):
+                raw["extra"]["is_grasped"] = raw["extra"]["is_grasped"] * 0
         self.done[:], self.success[:] = False, False
         self._phase = np.zeros(self.num_envs, int)
         self.last = self._observe(raws)

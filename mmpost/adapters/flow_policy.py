@@ -115,13 +115,14 @@ class FlowActionPolicy:
 
     # ------------------------------------------------------------------ one chunk
 
-    def _sample(self, context: torch.Tensor, greedy: bool):
+    def _sample(self, context: torch.Tensor, greedy: bool, start: torch.Tensor | None = None):
         """Sample chunks for a batch of contexts: (chain [B, K+1, H, A], stochastic step [B],
-        per-element log-prob [B, chunk_len, A] of the executed part)."""
+        per-element log-prob [B, chunk_len, A] of the executed part). ``start``: the initial noise
+        [B, H, A] (default: fresh draws)."""
         K, batch = self.flow.flow_steps, context.shape[0]
         grid, sigmas = timesteps(K).tolist(), sde_sigmas(K, self.flow.noise_level).tolist()
         shape = (batch, self.model.horizon, self.model.action_dim)
-        x = torch.randn(shape, device=self.device, dtype=context.dtype)
+        x = torch.randn(shape, device=self.device, dtype=context.dtype) if start is None else start
         if greedy:
             step = torch.full((batch,), GREEDY, device=self.device)
         elif self.flow.noise_method == "flow_sde":
@@ -200,6 +201,9 @@ class FlowActionPolicy:
                "image": None, "instruction": list(obs["instruction"][:n])}
         if "image" in obs:
             out["image"] = torch.zeros(n, C, *tuple(obs["image"].shape)[1:], dtype=torch.uint8)
+        # greedy (ODE) chunks depend only on their initial noise: draw it from the episode's seed, so an
+        # evaluation is repeatable and two models meet the same noise on the same episode (paired)
+        noise = [torch.Generator().manual_seed(int(s)) for s in padded] if greedy else None
         done = np.zeros(env.num_envs, dtype=bool)
         terminated = np.zeros(env.num_envs, dtype=bool)
         success = np.zeros(env.num_envs, dtype=bool)
@@ -209,7 +213,9 @@ class FlowActionPolicy:
             inputs = as_tensor_obs({k: (v[live] if not isinstance(v, list) else [v[i] for i in live])
                                     for k, v in obs.items()}, self.device, dtype)
             context = self.model.encode(inputs)
-            chain, step, logp = self._sample(context, greedy)
+            start = None if noise is None else torch.stack(
+                [torch.randn(H, A, generator=noise[i]) for i in live]).to(self.device, dtype)
+            chain, step, logp = self._sample(context, greedy, start)
             values = self.model.value(context)
             actions = np.zeros((env.num_envs, env.chunk_len, A), dtype=np.float32)
             actions[live] = chain[:, -1, :env.chunk_len].float().cpu().numpy()
