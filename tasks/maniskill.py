@@ -97,8 +97,8 @@ class ManiSkill:
         from mmpost.models.tiny_qwen2vl import mmpost_home
 
         env, n, horizon = self.cfg.env, self.cfg.data.demos, self.cfg.flow.action_horizon
-        key = json.dumps([env.name, env.obs, env.image_size, env.chunk_len * env.max_chunks, n, horizon, DEMO_NOISE,
-                          self.cfg.seed], sort_keys=True)
+        key = json.dumps(["v2", env.name, env.obs, env.image_size, env.chunk_len * env.max_chunks, n, horizon,
+                          DEMO_NOISE, self.cfg.seed], sort_keys=True)  # v2: first observations without stale grasps
         cache = mmpost_home() / "data" / f"maniskill-demos-{hashlib.sha1(key.encode()).hexdigest()[:10]}.npz"
         if cache.exists():
             with np.load(cache) as saved:
