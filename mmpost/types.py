@@ -107,7 +107,7 @@ class Rollout:
         return Rollout(**values)
 
 
-# What a task is: a registered class with these members (``mmpost.tasks`` has seven examples).
+# What a task is: a registered class with these members (``mmpost.tasks`` has eight examples).
 #     name: str, metric: str (a reward name), rewards: tuple of reward names,
 #     default_config() -> TrainConfig, __init__(cfg, reward), rows(split) -> list[dict],
 #     policy(device="cpu") -> a Policy
