@@ -44,12 +44,17 @@ def _require():
     return gym
 
 
+def _numpy(value) -> np.ndarray:
+    """A ManiSkill value as numpy: torch tensors (CPU or GPU physics) or arrays."""
+    return value.cpu().numpy() if hasattr(value, "cpu") else np.asarray(value)
+
+
 def _flatten(tree) -> np.ndarray:
     """ManiSkill's ``state_dict`` observation as float32 [N, D] (sorted keys, cameras left out)."""
     if isinstance(tree, dict):
         return np.concatenate([_flatten(v) for k, v in sorted(tree.items())
                                if k not in ("sensor_data", "sensor_param")], -1)
-    array = tree.cpu().numpy() if hasattr(tree, "cpu") else np.asarray(tree)
+    array = _numpy(tree)
     return array.astype(np.float32).reshape(array.shape[0], -1)
 
 
@@ -106,7 +111,7 @@ class ManiSkillChunkEnv:
         obs = {"state": state, "instruction": [self.instruction] * self.num_envs}
         if self.obs_mode == "image":
             cameras = [next(iter(raw["sensor_data"].values()))["rgb"] for raw in raws]
-            obs["image"] = np.concatenate([c.cpu().numpy() if hasattr(c, "cpu") else np.asarray(c) for c in cameras])
+            obs["image"] = np.concatenate([_numpy(c) for c in cameras])
         return obs
 
     def reset(self, seeds: list[int]) -> dict:
@@ -131,7 +136,7 @@ class ManiSkillChunkEnv:
 
         if self.batched:
             raw, reward, term, trunc, info = self.envs[0].step(torch.as_tensor(actions, device=self.envs[0].unwrapped.device))
-            as_numpy = lambda t: np.asarray(t.cpu().numpy() if hasattr(t, "cpu") else t).reshape(self.num_envs)  # noqa: E731
+            as_numpy = lambda t: _numpy(t).reshape(self.num_envs)  # noqa: E731
             return [raw], as_numpy(reward).astype(np.float32), as_numpy(term).astype(bool), \
                 as_numpy(trunc).astype(bool), as_numpy(info["success"]).astype(bool)
         raws, out = [], np.zeros((4, self.num_envs))
@@ -146,7 +151,7 @@ class ManiSkillChunkEnv:
         return raws, out[0].astype(np.float32), out[1].astype(bool), out[2].astype(bool), out[3].astype(bool)
 
     def chunk_step(self, actions):
-        actions = np.asarray(actions.cpu() if hasattr(actions, "cpu") else actions, dtype=np.float32)
+        actions = _numpy(actions).astype(np.float32)
         rewards = np.zeros((self.num_envs, self.chunk_len), np.float32)
         terminated, was_done = np.zeros(self.num_envs, bool), self.done.copy()
         for h in range(self.chunk_len):
@@ -182,11 +187,9 @@ class ManiSkillChunkEnv:
     def render(self, index=None):
         index = range(self.num_envs) if index is None else list(index)
         if self.batched:
-            frames = self.envs[0].render()
-            frames = frames.cpu().numpy() if hasattr(frames, "cpu") else np.asarray(frames)
-            return frames[list(index)]
+            return _numpy(self.envs[0].render())[list(index)]
         frames = [self.envs[i].render() for i in index]
-        return np.concatenate([f.cpu().numpy() if hasattr(f, "cpu") else np.asarray(f) for f in frames])
+        return np.concatenate([_numpy(f) for f in frames])
 
     def close(self) -> None:
         for env in self.envs:
