@@ -43,6 +43,16 @@ class ChunkEnv(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ScriptedExpert(Protocol):
+    """A chunk env with a scripted expert on privileged state, the source of SFT demonstrations."""
+
+    @staticmethod
+    def has_expert(env_id: str) -> bool: ...  # whether task ``env_id`` of this simulator has one
+
+    def expert(self) -> np.ndarray: ...  # [N, A] the expert's action for every env's current state
+
+
 def load_triton_before_llvm_graphics() -> None:
     """Mesa's software renderers (llvmpipe EGL for MuJoCo, lavapipe Vulkan for SAPIEN) and Triton all
     carry LLVM: Triton's native module segfaults when it loads after such a context exists (torch
@@ -90,7 +100,7 @@ def make_env(cfg, num_envs: int | None = None):
 
 def expert_demonstrations(env_cfg, n: int, horizon: int, noise: float, seed: int, first_episode_seed: int) -> list[dict]:
     """(observation, next ``horizon`` expert actions) rows at every control step of ``n`` episodes of
-    the env ``env_cfg`` names, acted by its scripted expert (``env.expert()``) with Gaussian noise of
+    the env ``env_cfg`` names, acted by its scripted expert (:class:`ScriptedExpert`) with Gaussian noise of
     std ``noise`` on the executed actions (imperfect demonstrations); episodes from seeds
     ``first_episode_seed ...``. After an episode ends the expert holds still."""
     from dataclasses import replace
@@ -99,7 +109,7 @@ def expert_demonstrations(env_cfg, n: int, horizon: int, noise: float, seed: int
 
     name, _, env_id = (env_cfg.name or "reach").partition(":")
     env_cls = ENVS.get(name)
-    if not getattr(env_cls, "has_expert", lambda _: hasattr(env_cls, "expert"))(env_id):
+    if not (issubclass(env_cls, ScriptedExpert) and env_cls.has_expert(env_id)):
         raise ValueError(f"env {env_cfg.name!r} has no scripted expert: set data.path to a JSONL of "
                          "{state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
     steps = env_cfg.chunk_len * env_cfg.max_chunks

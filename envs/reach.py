@@ -253,6 +253,10 @@ class ReachVecEnv:
             frames.append(self._renderer.render().copy())
         return np.stack(frames)
 
+    @staticmethod
+    def has_expert(env_id: str) -> bool:
+        return True
+
     def expert(self) -> np.ndarray:
         """[N, A] the scripted expert's action for every env's current state."""
         return np.stack([expert_action(d.site_xpos[self.tip][:2], s["targets"][s["goal"]])
