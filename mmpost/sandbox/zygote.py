@@ -37,6 +37,9 @@ NOBODY = 65534
 RESULT_CAP = 8 << 20  # bytes a child may send back
 LOG_TAIL = 2000
 CPU_CHECK_SECONDS = 0.05  # how often a running job's CPU use is read
+# A job's wall-clock deadline is pushed back by the time it spent runnable but waiting for a CPU
+# (other jobs, the trainer, anything else on a loaded machine), never beyond this many deadlines.
+MAX_DEADLINE_EXTENSION = 4.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # characters of the child's stdout/stderr kept for the reason message
 
 
@@ -138,6 +141,7 @@ class Job:
         self.cpu_budget = self.limits.get("demote_after_cpu_seconds", float("inf"))
         self.check_at = self.start + CPU_CHECK_SECONDS
         self.data = b""
+        self.waited = 0.0  # seconds the job's process spent runnable, waiting for a CPU
 
     def next_event(self) -> float:
         return min(self.deadline, self.check_at)
@@ -148,13 +152,24 @@ class Job:
         jobs beside it leave over (CPU time, not wall time: an honest job waiting for a busy CPU is
         not punished)."""
         if now >= self.deadline:
-            return "timeout"
+            self.deadline = self.extended_deadline()
+            if now >= self.deadline:
+                return "timeout"
         if now >= self.check_at:
             if tree_cpu_seconds(self.pid) >= self.cpu_budget:
                 demote(self.pid)
                 self.cpu_budget = 0.0  # keep demoting what it forks from then on
             self.check_at = now + CPU_CHECK_SECONDS
         return None
+
+    def extended_deadline(self) -> float:
+        """The deadline counts only time the job could run: what its process waited on a run queue
+        (``/proc/PID/schedstat``) is added, so an honest job starved by a busy machine is not killed
+        for it, while a sleeper or a job blocked on anything else is. Capped at
+        ``MAX_DEADLINE_EXTENSION`` deadlines; a starved busy loop still meets its RLIMIT_CPU there."""
+        wall = self.limits["wall_seconds"]
+        self.waited = run_queue_seconds(self.pid)
+        return self.start + min(wall + self.waited, wall * MAX_DEADLINE_EXTENSION)
 
     def feed(self) -> str | None:
         """Read what the child sent; a status once the job is over, else None."""
@@ -190,7 +205,8 @@ class Job:
         reply = {"id": self.id, "status": status, "seconds": time.monotonic() - self.start, "log": log, "result": None}
         data = self.data
         if status == "timeout":
-            reply["error"] = f"wall-clock deadline of {self.limits['wall_seconds']} s passed: killed"
+            reply["error"] = (f"wall-clock deadline of {self.limits['wall_seconds']} s passed "
+                              f"(not counting {self.waited:.1f} s spent waiting for a CPU): killed")
         elif status == "oversize":
             reply["error"] = f"result larger than {RESULT_CAP} bytes: killed"
         elif len(data) < 4 or struct.unpack(">I", data[:4])[0] != len(data) - 4:
@@ -282,6 +298,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Seconds ``pid`` has spent runnable but waiting for a CPU (second field of
+    ``/proc/PID/schedstat``); 0 where the kernel does not report it."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
     total = 0
@@ -297,7 +323,13 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def demote(pid: int) -> None:
     """Idle CPU priority (``SCHED_IDLE``: runs only when nothing else wants the CPU) for a job's
-    whole process tree; children it forks later inherit it."""
+    whole process tree; children it forks later inherit it.
+
+    A job is a session of its own, and where the kernel groups sessions for scheduling
+    (``/proc/sys/kernel/sched_autogroup_enabled``) each session gets an equal share of the CPU
+    whatever its tasks' priorities: a busy loop alone in its session would keep a full share. So
+    the session's group is lowered to nice 19 as well (every session in the tree: a process that
+    calls ``setsid`` starts a new one)."""
     for target in descendants(pid):
         try:
             os.sched_setscheduler(target, os.SCHED_IDLE, os.sched_param(0))
@@ -306,6 +338,11 @@ def demote(pid: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, target, 19)
             except OSError:
                 pass
+        try:
+            with open(f"/proc/{target}/autogroup", "w") as f:
+                f.write("19")
+        except OSError:
+            pass  # no autogroups on this kernel (then SCHED_IDLE alone does it), or the process is gone
 
 
 SIGNAL_REASONS = {signal.SIGXCPU: "CPU time limit exceeded", signal.SIGXFSZ: "file size limit exceeded",

@@ -43,6 +43,13 @@ FRESH_SCRIPT = ("import sys, matplotlib\nmatplotlib.use('Agg')\n"
                 "from mmpost.rewards.chart_figure import execute\nexecute(sys.stdin.read())\n")
 
 
+def _difference(index: int, attacked: tuple, alone: tuple) -> str:
+    """What differs between one honest job's score under attack and alone, in one line."""
+    parts = [name for name, a, b in zip(("value", "components", "png"), attacked, alone) if a != b]
+    return (f"job {index}: under attack {attacked[3]!r} (value {attacked[0]:.4f}), alone {alone[3]!r} "
+            f"(value {alone[0]:.4f}); differs in {', '.join(parts) or 'nothing'}")
+
+
 def honest_programs(n: int) -> list[str]:
     from mmpost.data.charts import chart_program
 
@@ -168,7 +175,8 @@ def storm(n_honest: int = 300, batch: int = 64, hostile_share: float = 0.25, wor
             alone += score(reward, codes[i:i + per_batch], 0, 0)
     finally:
         reward.close()
-    lost = [i for i, (a, b) in enumerate(zip(attacked, alone)) if a[:3] != b[:3] or a[3] != "ok"]
+    lost = [i for i, (a, b) in enumerate(zip(attacked, alone)) if a[:3] != b[:3] or a[3] != "ok" or b[3] != "ok"]
     return {"honest": n_honest, "hostile": sum(batch - per_batch for _ in range(0, n_honest, per_batch)),
-            "classes": len(attacks), "lost": len(lost), "first_lost": [attacked[i][3] for i in lost[:3]],
+            "classes": len(attacks), "lost": len(lost),
+            "first_lost": [_difference(i, attacked[i], alone[i]) for i in lost[:3]],
             "seconds": seconds, "honest_per_s": n_honest / seconds, "infra_retries": stats["infra_retries"]}
