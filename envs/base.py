@@ -82,7 +82,8 @@ def split_seeds(split: str, n: int) -> list[int]:
 def make_env(cfg, num_envs: int | None = None):
     """The chunk env an :class:`~mmpost.config.EnvConfig` names: ``""`` or ``"reach"`` (the
     MuJoCo reach scene), ``"maniskill:ENV_ID"``, ``"libero:SUITE"``; in ``cfg.workers``
-    subprocesses when more than one."""
+    subprocesses when more than one, or when the env class names another interpreter
+    (``interpreter()``: LIBERO set up by ``mmpost setup libero`` runs in its own environment)."""
     from mmpost.registry import ENVS
 
     name, _, arg = (cfg.name or "reach").partition(":")
@@ -91,10 +92,11 @@ def make_env(cfg, num_envs: int | None = None):
     if arg:
         kwargs["env_id"] = arg
     num_envs = num_envs or cfg.num_envs
-    if cfg.workers > 1:
+    python = env_cls.interpreter() if hasattr(env_cls, "interpreter") else None  # a simulator's private env
+    if cfg.workers > 1 or python:
         from mmpost.envs.subproc import SubprocChunkEnv
 
-        return SubprocChunkEnv(env_cls, num_envs, cfg.workers, **kwargs)
+        return SubprocChunkEnv(env_cls, num_envs, min(cfg.workers, num_envs), python=python, **kwargs)
     return env_cls(num_envs, **kwargs)
 
 

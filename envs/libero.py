@@ -1,10 +1,13 @@
 """LIBERO suites (robosuite + MuJoCo, off-screen EGL rendering) behind the chunk interface.
 
-Optional extra: ``pip install 'mmpost[libero]'`` then ``pip install --no-deps robomimic==0.2.0``
-(its declared torchvision pin would replace the matched torch pair). LIBERO's assets are not on
-PyPI and are never downloaded by mmpost: point ``LIBERO_ROOT`` at the ``libero/libero`` folder
-of your local copy of the LIBERO repository (it holds ``bddl_files/``, ``init_files/`` and
-``assets/``). mmpost pre-writes LIBERO's ``config.yaml`` so that importing it never prompts.
+``mmpost setup libero --data COPY`` installs LIBERO into a private environment beside the trainer's
+(robosuite 1.4 needs mujoco < 3.4; :mod:`mmpost.envs.libero_install`) and unpacks its data folders;
+the envs then run in worker processes of that environment. Alternatively install it into your own
+environment (``pip install 'mmpost[libero]'`` then ``pip install --no-deps robomimic==0.2.0``: its
+torchvision pin would replace the matched torch pair) and point ``LIBERO_ROOT`` at the
+``libero/libero`` folder of your copy of the LIBERO repository (``bddl_files/``, ``init_files/``,
+``assets/``): LIBERO's data are never downloaded by mmpost. mmpost pre-writes LIBERO's
+``config.yaml`` so that importing it never prompts.
 
 robosuite is single-env, so each worker process holds a list of envs; use ``env.workers`` to
 spread them over processes. Rendering is the cost: about 5 env steps/s per core on CPU, so this
@@ -23,17 +26,22 @@ from mmpost.envs.base import load_triton_before_llvm_graphics
 SETTLE_STEPS = 10  # LIBERO convention: no-op steps after set_init_state so objects come to rest
 
 
+SETUP_HINT = "mmpost setup libero --data LIBERO_DATA (a tarball or folder of LIBERO's data)"
+
+
 def _prepare_config() -> None:
-    root = os.environ.get("LIBERO_ROOT")
-    if not root or not (Path(root) / "bddl_files").is_dir():
-        raise FileNotFoundError("LIBERO needs its assets from your local copy: set LIBERO_ROOT to the "
-                                "libero/libero folder of the LIBERO repository (with bddl_files/, init_files/, "
-                                "assets/); mmpost never downloads them")
+    from mmpost.envs.libero_install import data_root
+
+    root = data_root()
+    if root is None:
+        raise FileNotFoundError("LIBERO needs its data folders (bddl_files/, init_files/, assets/) from a local copy, "
+                                f"never downloaded: run `{SETUP_HINT}`, or set LIBERO_ROOT to the libero/libero "
+                                "folder of your LIBERO repository")
     from mmpost.models.tiny_qwen2vl import mmpost_home
 
     config_dir = Path(os.environ.setdefault("LIBERO_CONFIG_PATH", str(mmpost_home() / "libero")))
     config_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(root)
+    os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen rendering without a display
     _link_assets(root / "assets")
     (config_dir / "config.yaml").write_text(
         f"benchmark_root: {root}\nbddl_files: {root / 'bddl_files'}\ninit_states: {root / 'init_files'}\n"
@@ -63,8 +71,8 @@ def _require():
     import importlib.util
 
     if importlib.util.find_spec("libero") is None:
-        raise ImportError("the LIBERO env needs the optional extra: pip install 'mmpost[libero]' "
-                          "(then pip install --no-deps robomimic==0.2.0)")
+        raise ImportError(f"the LIBERO env needs LIBERO: run `{SETUP_HINT}` (a private environment), or install "
+                          "the optional extra here: pip install 'mmpost[libero]' (then pip install --no-deps robomimic==0.2.0)")
     _prepare_config()  # before the import, which otherwise asks for paths on stdin
     try:
         from libero.libero import benchmark, get_libero_path
@@ -88,6 +96,18 @@ class LiberoChunkEnv:
     (e.g. ``libero_spatial/3``). A seed picks one of the task's benchmark initial states."""
 
     action_dim = 7  # OSC_POSE: end-effector position and rotation deltas, gripper
+
+    @staticmethod
+    def interpreter() -> str | None:
+        """The private environment's Python when LIBERO is not installed in this one but
+        ``mmpost setup libero`` made it; None to run in this process."""
+        import importlib.util
+
+        from mmpost.envs import libero_install
+
+        if importlib.util.find_spec("libero") is None and libero_install.installed():
+            return str(libero_install.venv_python())
+        return None
 
     def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,
                  obs: str = "image", image_size: int = 128):

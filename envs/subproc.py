@@ -8,12 +8,23 @@ inference, dominates (rendering, heavier scenes) and there are cores to spare.
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.spawn
+import site
+import sys
 
 import numpy as np
 
 
-def _worker(pipe, env_cls, num_envs: int, kwargs: dict) -> None:
-    env = env_cls(num_envs, **kwargs)
+def _worker(pipe, env_cls, num_envs: int, kwargs: dict, own_packages: bool) -> None:
+    if own_packages:  # another interpreter (a private venv): its packages before the parent's sys.path
+        sys.path[:0] = site.getsitepackages()
+    try:
+        env = env_cls(num_envs, **kwargs)
+    except BaseException as error:  # noqa: BLE001 - raised again in the parent
+        pipe.send(("error", error))
+        pipe.close()
+        return
+    pipe.send(("ready", (env.state_dim, env.action_dim, env.chunk_len, env.max_chunks)))
     try:
         while True:
             command, payload = pipe.recv()
@@ -38,26 +49,36 @@ def _merge_obs(parts: list[dict]) -> dict:
 
 
 class SubprocChunkEnv:
-    """``num_envs`` envs of ``env_cls(n, **kwargs)`` spread over ``workers`` processes."""
+    """``num_envs`` envs of ``env_cls(n, **kwargs)`` spread over ``workers`` processes; ``python``
+    runs them with another interpreter (e.g. a simulator's private environment, whose packages
+    this process must not load)."""
 
-    def __init__(self, env_cls, num_envs: int, workers: int = 2, **kwargs):
+    def __init__(self, env_cls, num_envs: int, workers: int = 2, python: str | None = None, **kwargs):
         if not 1 <= workers <= num_envs:
             raise ValueError(f"env.workers must be between 1 and num_envs={num_envs}, got {workers}")
-        probe = env_cls(1, **kwargs)  # dimensions, and a clear error in this process if kwargs are bad
-        self.state_dim, self.action_dim = probe.state_dim, probe.action_dim
-        self.chunk_len, self.max_chunks = probe.chunk_len, probe.max_chunks
-        probe.close()
         self.num_envs = num_envs
         self.sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
         context = mp.get_context("spawn")  # no fork of a process holding torch threads
         self.pipes, self.processes = [], []
-        for size in self.sizes:
-            parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(child, env_cls, size, kwargs), daemon=True)
-            process.start()
-            child.close()
-            self.pipes.append(parent)
-            self.processes.append(process)
+        default_python = multiprocessing.spawn.get_executable()
+        try:
+            if python:  # process-wide setting: restored as soon as the workers are started
+                context.set_executable(python)
+            for size in self.sizes:
+                parent, child = context.Pipe()
+                process = context.Process(target=_worker, args=(child, env_cls, size, kwargs, bool(python)), daemon=True)
+                process.start()
+                child.close()
+                self.pipes.append(parent)
+                self.processes.append(process)
+        finally:
+            context.set_executable(default_python)
+        replies = self._receive()
+        failed = [payload for kind, payload in replies if kind == "error"]
+        if failed:
+            self.close()
+            raise failed[0]  # the env's own error (bad arguments, a missing extra), as in one process
+        self.state_dim, self.action_dim, self.chunk_len, self.max_chunks = replies[0][1]
 
     def _split(self, values):
         bounds = np.cumsum([0] + self.sizes)

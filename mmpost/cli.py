@@ -264,8 +264,9 @@ def _setup(args) -> None:
     from mmpost.tools.setup import setup
 
     try:
-        for line in setup(args.what):
-            print(line)
+        for what in args.what:
+            for line in setup(what, data=args.data):
+                print(line, flush=True)
     except RuntimeError as error:
         sys.exit(f"mmpost setup: {error}")
 
@@ -404,8 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="example: mmpost doctor")
     dr.set_defaults(func=_doctor)
     su = sub.add_parser("setup", help="install what an optional simulator needs beyond pip (e.g. software Vulkan), then check it",
-                        description="example: mmpost setup maniskill  (after pip install 'mmpost[maniskill]')")
-    su.add_argument("what", choices=["maniskill"])
+                        description="examples: mmpost setup maniskill  (after pip install 'mmpost[maniskill]'); "
+                                    "mmpost setup libero --data libero-data.tar.gz")
+    su.add_argument("what", nargs="+", choices=["maniskill", "libero"])
+    su.add_argument("--data", help="libero: a local copy of LIBERO's data folders (a tarball or a folder); "
+                                   "default: shared/libero/libero-data.tar.gz above the working directory")
     su.set_defaults(func=_setup)
     bench = sub.add_parser("bench", help="mmpost vs TRL side by side: GRPO and SFT throughput, step split, peak RSS",
                            description="examples: mmpost bench --quick; mmpost bench --repeats 5 --json runs/bench.json")

@@ -10,7 +10,7 @@ import platform
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "trl", "peft", "diffusers", "timm",
             "open_clip_torch", "qwen-vl-utils", "matplotlib", "mujoco", "tensorboard")
 EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto (GPU)"),
-          "mani_skill": ("maniskill", "ManiSkill on CPU or GPU physics; then mmpost setup maniskill"), "libero": ("libero", "LIBERO suites"),
+          "mani_skill": ("maniskill", "ManiSkill on CPU or GPU physics; then mmpost setup maniskill"), "libero": ("libero", "LIBERO suites; or mmpost setup libero (private environment)"),
           "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking"),
           "bitsandbytes": ("qlora", "peft.quantize: QLoRA's quantized base")}
 
@@ -31,6 +31,9 @@ def report() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "packages": {p: _version(p) for p in PACKAGES},
             "extras": {module: bool(importlib.util.find_spec(module)) for module in EXTRAS}}
+    from mmpost.envs import libero_install
+
+    info["extras"]["libero"] |= libero_install.installed()  # in the private environment `mmpost setup libero` made
     info["device"] = {"cuda": torch.cuda.is_available(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
     home = mmpost_home()

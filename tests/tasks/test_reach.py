@@ -81,10 +81,11 @@ def test_gpu_simulators_fail_clearly_without_their_extras(tmp_path, mmpost_home)
         result = mmpost("train", "--task", "reach", "--env", "maniskill:PickCube-v1", "--output-dir",
                         str(tmp_path / "m"), "--set", "sft.steps=0", check=False)
         assert result.returncode == 2 and "mmpost[maniskill]" in result.stderr
-    if importlib.util.find_spec("libero") is None:
+    if importlib.util.find_spec("libero") is None:  # and no private LIBERO environment (MMPOST_LIBERO: none there)
         result = mmpost("train", "--task", "reach", "--env", "libero:libero_spatial", "--output-dir",
-                        str(tmp_path / "l"), "--set", "sft.steps=0", check=False)
-        assert result.returncode == 2 and "mmpost[libero]" in result.stderr
+                        str(tmp_path / "l"), "--set", "sft.steps=0", check=False,
+                        env={"MMPOST_LIBERO": str(tmp_path / "no-libero")})
+        assert result.returncode == 2 and "mmpost setup libero" in result.stderr and "mmpost[libero]" in result.stderr
 
 
 def test_backbone_follows_the_observations(mmpost_home):
