@@ -105,8 +105,8 @@ class LiberoChunkEnv:
 
         from mmpost.envs import libero_install
 
-        if importlib.util.find_spec("libero") is None and libero_install.installed():
-            return str(libero_install.venv_python())
+        if importlib.util.find_spec("libero") is None and libero_install.ENV.installed():
+            return str(libero_install.ENV.python)
         return None
 
     def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,

@@ -1,70 +1,38 @@
-"""LIBERO in a private environment beside the trainer's: its pins cannot break the suite's.
-
-LIBERO 0.1.1 needs robosuite 1.4.0, and robosuite 1.4 needs mujoco < 3.4, while the trainer's
-environment has mujoco 4 (the reach scene). :func:`install` makes a virtual environment that sees
-the trainer's packages (``--system-site-packages``: torch, numpy, mmpost itself) and installs
-LIBERO's own on top of them; LIBERO envs then run in worker processes of that interpreter
-(:class:`mmpost.envs.subproc.SubprocChunkEnv`), the trainer's process never imports robosuite.
+"""LIBERO in a private environment beside the trainer's (:mod:`mmpost.private_env`): its pins cannot
+break the suite's. LIBERO 0.1.1 needs robosuite 1.4.0, and robosuite 1.4 needs mujoco < 3.4, while
+the trainer's environment has mujoco 4 (the reach scene). LIBERO envs run in worker processes of
+that interpreter (:class:`mmpost.envs.subproc.SubprocChunkEnv`); the trainer never imports robosuite.
 
 LIBERO's data folders (``bddl_files/``, ``init_files/``, ``assets/``) are not on PyPI and are never
 downloaded: :func:`install_data` unpacks a local copy (a tarball or a folder) once into
-:func:`libero_dir` ``/data``; ``LIBERO_ROOT`` overrides it.
+``~/.cache/mmpost/libero/data``; ``LIBERO_ROOT`` overrides it.
 
-``MMPOST_LIBERO`` moves the folder (default ``~/.cache/mmpost/libero``; like the private Vulkan, not
-under ``MMPOST_HOME``: shared by every run and test cache).
+``MMPOST_LIBERO`` moves the folder (default ``~/.cache/mmpost/libero``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from mmpost.private_env import PrivateEnv
+
 # robomimic and libero declare pins that would replace the trainer's torch pair: installed --no-deps
-PACKAGES = ["robosuite==1.4.0", "mujoco>=3.2,<3.4", "bddl==1.0.1", "future", "easydict", "termcolor", "einops",
-            "hydra-core", "opencv-python-headless"]
-NO_DEPS = ["libero==0.1.1", "robomimic==0.2.0"]
+ENV = PrivateEnv("libero", ["robosuite==1.4.0", "mujoco>=3.2,<3.4", "bddl==1.0.1", "future", "easydict", "termcolor",
+                            "einops", "hydra-core", "opencv-python-headless"],
+                 no_deps=["libero==0.1.1", "robomimic==0.2.0"])
 DATA_FOLDERS = ("bddl_files", "init_files", "assets")
 # Where a copy of the data may already be on this machine (the project's shared folder).
 SHARED_TARBALL = Path("shared") / "libero" / "libero-data.tar.gz"
 
 
-def libero_dir() -> Path:
-    return Path(os.environ.get("MMPOST_LIBERO", Path.home() / ".cache" / "mmpost" / "libero"))
-
-
-def venv_python() -> Path:
-    return libero_dir() / "venv" / "bin" / "python"
-
-
 def data_root() -> Path | None:
     """LIBERO's data folder: ``LIBERO_ROOT`` if set, else the one :func:`install_data` unpacked."""
-    root = Path(os.environ["LIBERO_ROOT"]) if os.environ.get("LIBERO_ROOT") else libero_dir() / "data"
+    root = Path(os.environ["LIBERO_ROOT"]) if os.environ.get("LIBERO_ROOT") else ENV.root / "data"
     return root if all((root / name).is_dir() for name in DATA_FOLDERS) else None
-
-
-def installed() -> bool:
-    return venv_python().exists() and (libero_dir() / "venv" / "installed").exists()
-
-
-def install(log=print) -> Path:
-    """The private environment with LIBERO (idempotent); its interpreter."""
-    venv = libero_dir() / "venv"
-    if installed():
-        return venv_python()
-    log(f"creating {venv} (sees this environment's packages; LIBERO's pins go into it)")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--clear", str(venv)], check=True)
-    pip = [str(venv_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    log(f"installing {' '.join(PACKAGES)}")
-    subprocess.run(pip + PACKAGES, check=True)
-    log(f"installing without dependencies {' '.join(NO_DEPS)}")
-    subprocess.run(pip + ["--no-deps"] + NO_DEPS, check=True)
-    (venv / "installed").write_text(" ".join(PACKAGES + NO_DEPS) + "\n")
-    return venv_python()
 
 
 def find_data(start: Path) -> Path | None:
@@ -77,14 +45,14 @@ def find_data(start: Path) -> Path | None:
 
 
 def install_data(source: Path, log=print) -> Path:
-    """Unpack (a tarball) or copy (a folder) LIBERO's data folders into ``libero_dir()/data``."""
-    target = libero_dir() / "data"
+    """Unpack (a tarball) or copy (a folder) LIBERO's data folders into ``~/.cache/mmpost/libero/data``."""
+    target = ENV.root / "data"
     if all((target / name).is_dir() for name in DATA_FOLDERS):
         return target
     source = Path(source)
     shutil.rmtree(target, ignore_errors=True)  # an incomplete copy
-    libero_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=libero_dir()) as scratch:  # nothing half-unpacked is ever used
+    ENV.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ENV.root) as scratch:  # nothing half-unpacked is ever used
         if source.is_dir():
             found = source if (source / "bddl_files").is_dir() else source / "libero" / "libero"
             for name in DATA_FOLDERS:

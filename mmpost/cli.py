@@ -287,6 +287,11 @@ def _bench_env(args) -> None:
 def _bench_mrc(args) -> None:
     from mmpost.tools.bench.mrc import run
 
+    if args.nerfstudio:
+        from mmpost.tools.bench.mrc import backend_agreement
+
+        _write_json(backend_agreement(args.objects, iterations=args.nerf_iterations), args.json)
+        return
     _write_json(run(args.objects, iterations=args.iterations, quick=args.quick), args.json)
 
 
@@ -404,10 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="versions, optional extras, sandbox confinement and device",
                         description="example: mmpost doctor")
     dr.set_defaults(func=_doctor)
-    su = sub.add_parser("setup", help="install what an optional simulator needs beyond pip (e.g. software Vulkan), then check it",
+    su = sub.add_parser("setup", help="install what an optional simulator or backend needs beyond pip (software Vulkan, a private environment), then check it",
                         description="examples: mmpost setup maniskill  (after pip install 'mmpost[maniskill]'); "
                                     "mmpost setup libero --data libero-data.tar.gz")
-    su.add_argument("what", nargs="+", choices=["maniskill", "libero"])
+    su.add_argument("what", nargs="+", choices=["maniskill", "libero", "nerfstudio"])
     su.add_argument("--data", help="libero: a local copy of LIBERO's data folders (a tarball or a folder); "
                                    "default: shared/libero/libero-data.tar.gz above the working directory")
     su.set_defaults(func=_setup)
@@ -439,10 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write the results to this file")
     e.set_defaults(func=_bench_env)
     m = sub.add_parser("bench-mrc", help="MRC reward seconds per object; multiview3d RL iteration cost split",
-                       description="examples: mmpost bench-mrc; mmpost bench-mrc --objects 4 --quick")
+                       description="examples: mmpost bench-mrc; mmpost bench-mrc --objects 4 --quick; "
+                                   "mmpost bench-mrc --nerfstudio --objects 4")
     m.add_argument("--objects", type=int, default=8)
     m.add_argument("--iterations", type=int, default=4)
     m.add_argument("--quick", action="store_true", help="short version (for tests)")
+    m.add_argument("--nerfstudio", action="store_true", help="instead: agreement of the nerfacto backend with the voxel "
+                   "one on --objects objects x 5 conditions (after mmpost setup nerfstudio)")
+    m.add_argument("--nerf-iterations", type=int, default=600, help="nerfacto iterations per tile (--nerfstudio)")
     m.add_argument("--json", help="also write the results to this file")
     m.set_defaults(func=_bench_mrc)
     mg = sub.add_parser("merge", help="merge saved models: linear, SLERP or TIES",

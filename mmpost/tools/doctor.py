@@ -9,7 +9,7 @@ import platform
 
 PACKAGES = ("torch", "torchvision", "transformers", "accelerate", "trl", "peft", "diffusers", "timm",
             "open_clip_torch", "qwen-vl-utils", "matplotlib", "mujoco", "tensorboard")
-EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto (GPU)"),
+EXTRAS = {"vllm": ("vllm", "rollout.backend=vllm (GPU)"), "nerfstudio": ("nerf", "MRC with nerfacto; or mmpost setup nerfstudio (private environment)"),
           "mani_skill": ("maniskill", "ManiSkill on CPU or GPU physics; then mmpost setup maniskill"), "libero": ("libero", "LIBERO suites; or mmpost setup libero (private environment)"),
           "wandb": ("wandb", "Weights & Biases tracking"), "trackio": ("trackio", "Trackio tracking"),
           "bitsandbytes": ("qlora", "peft.quantize: QLoRA's quantized base")}
@@ -33,7 +33,11 @@ def report() -> dict:
             "extras": {module: bool(importlib.util.find_spec(module)) for module in EXTRAS}}
     from mmpost.envs import libero_install
 
-    info["extras"]["libero"] |= libero_install.installed()  # in the private environment `mmpost setup libero` made
+    from mmpost.rewards import mrc_nerfstudio
+
+    # or in the private environments `mmpost setup libero` / `mmpost setup nerfstudio` made
+    info["extras"]["libero"] |= libero_install.ENV.installed()
+    info["extras"]["nerfstudio"] |= mrc_nerfstudio.ENV.installed()
     info["device"] = {"cuda": torch.cuda.is_available(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
     home = mmpost_home()

@@ -17,7 +17,7 @@ from mmpost.envs.base import make_env
 RECORDED = Path(__file__).parents[1] / "fixtures" / "libero" / "libero_object_3_scripted.hdf5"
 
 pytestmark = [
-    pytest.mark.skipif(not libero_install.installed(), reason="LIBERO not set up: run `mmpost setup libero` "
+    pytest.mark.skipif(not libero_install.ENV.installed(), reason="LIBERO not set up: run `mmpost setup libero` "
                        "(the README's test command does)"),
     pytest.mark.skipif(libero_install.data_root() is None, reason="no copy of LIBERO's data on this machine (never "
                        "downloaded): `mmpost setup libero --data TARBALL_OR_FOLDER` unpacks one"),

@@ -5,26 +5,14 @@ import torch
 
 from mmpost.data.objects3d import fixed_cameras, object_spec, render, tile
 from mmpost.rewards.mrc import VoxelReconstructor, foreground_crop, mrc, mrc_scores, ssim
+from mmpost.tools.bench.mrc import perturbations
 
 CAMERAS = fixed_cameras(32)
 VIEWS = torch.stack([render(object_spec(s), CAMERAS) for s in range(4)])  # [4 objects, 4 views, 3, 32, 32]
 
 
 def perturbed() -> dict[str, torch.Tensor]:
-    out = {}
-    x = VIEWS.clone()
-    x[:, 1] = torch.roll(x[:, 1], 3, dims=-1)
-    out["shifted 3 px"] = x
-    x = VIEWS.clone()
-    x[:, 1] = x[:, 1].flip(-1)
-    out["flipped"] = x
-    x = VIEWS.clone()
-    x[:, 1] = x[:, 1][:, [2, 0, 1]]
-    out["recoloured"] = x
-    x = VIEWS.clone()
-    x[:, 1:] = torch.stack([VIEWS[(torch.arange(4) + k) % 4, k] for k in (1, 2, 3)], 1)
-    out["views of different objects"] = x
-    return out
+    return {name: views for name, views in perturbations(VIEWS).items() if name != "consistent"}
 
 
 def test_consistent_views_beat_every_perturbation():
