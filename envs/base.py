@@ -53,6 +53,15 @@ class ScriptedExpert(Protocol):
     def expert(self) -> np.ndarray: ...  # [N, A] the expert's action for every env's current state
 
 
+@runtime_checkable
+class PrivateInterpreter(Protocol):
+    """A chunk env whose simulator may live in a private environment (:mod:`mmpost.private_env`):
+    its envs then run in worker processes of that interpreter."""
+
+    @staticmethod
+    def interpreter() -> str | None: ...  # that environment's Python, or None to run in this process
+
+
 def load_triton_before_llvm_graphics() -> None:
     """Mesa's software renderers (llvmpipe EGL for MuJoCo, lavapipe Vulkan for SAPIEN) and Triton all
     carry LLVM: Triton's native module segfaults when it loads after such a context exists (torch
@@ -92,7 +101,7 @@ def make_env(cfg, num_envs: int | None = None):
     if arg:
         kwargs["env_id"] = arg
     num_envs = num_envs or cfg.num_envs
-    python = env_cls.interpreter() if hasattr(env_cls, "interpreter") else None  # a simulator's private env
+    python = env_cls.interpreter() if issubclass(env_cls, PrivateInterpreter) else None
     if cfg.workers > 1 or python:
         from mmpost.envs.subproc import SubprocChunkEnv
 

@@ -101,13 +101,9 @@ class LiberoChunkEnv:
     def interpreter() -> str | None:
         """The private environment's Python when LIBERO is not installed in this one but
         ``mmpost setup libero`` made it; None to run in this process."""
-        import importlib.util
-
         from mmpost.envs import libero_install
 
-        if importlib.util.find_spec("libero") is None and libero_install.ENV.installed():
-            return str(libero_install.ENV.python)
-        return None
+        return libero_install.ENV.python_for("libero")
 
     def __init__(self, num_envs: int, env_id: str = "libero_spatial", chunk_len: int = 5, max_chunks: int = 44,
                  obs: str = "image", image_size: int = 128):

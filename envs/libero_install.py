@@ -29,10 +29,14 @@ DATA_FOLDERS = ("bddl_files", "init_files", "assets")
 SHARED_TARBALL = Path("shared") / "libero" / "libero-data.tar.gz"
 
 
+def _complete(root: Path) -> bool:
+    return all((root / name).is_dir() for name in DATA_FOLDERS)
+
+
 def data_root() -> Path | None:
     """LIBERO's data folder: ``LIBERO_ROOT`` if set, else the one :func:`install_data` unpacked."""
     root = Path(os.environ["LIBERO_ROOT"]) if os.environ.get("LIBERO_ROOT") else ENV.root / "data"
-    return root if all((root / name).is_dir() for name in DATA_FOLDERS) else None
+    return root if _complete(root) else None
 
 
 def find_data(start: Path) -> Path | None:
@@ -47,7 +51,7 @@ def find_data(start: Path) -> Path | None:
 def install_data(source: Path, log=print) -> Path:
     """Unpack (a tarball) or copy (a folder) LIBERO's data folders into ``~/.cache/mmpost/libero/data``."""
     target = ENV.root / "data"
-    if all((target / name).is_dir() for name in DATA_FOLDERS):
+    if _complete(target):
         return target
     source = Path(source)
     shutil.rmtree(target, ignore_errors=True)  # an incomplete copy

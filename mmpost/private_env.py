@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, util
 from pathlib import Path
 
 PINNED = ("torch", "torchvision", "numpy")  # what the private environment must share with the trainer's
@@ -38,6 +38,14 @@ class PrivateEnv:
 
     def installed(self) -> bool:
         return (self.root / "venv" / "installed").exists()
+
+    def python_for(self, module: str) -> str | None:
+        """Where ``module`` runs: None when this environment imports it, else this private
+        environment's Python once installed (None too when it is not: the caller's import fails
+        with its own message)."""
+        if util.find_spec(module) is None and self.installed():
+            return str(self.python)
+        return None
 
     def install(self, log=print) -> Path:
         """Create and fill the environment (idempotent); its interpreter."""

@@ -48,11 +48,10 @@ CPU_RAYS = 256
 
 def _where_nerfstudio() -> str | None:
     """None to fit in this process, else the private environment's Python; raises when neither has it."""
-    if importlib.util.find_spec("nerfstudio") is not None:
-        return None
-    if ENV.installed():
-        return str(ENV.python)
-    raise ImportError(INSTALL_HINT)
+    python = ENV.python_for("nerfstudio")
+    if python is None and importlib.util.find_spec("nerfstudio") is None:
+        raise ImportError(INSTALL_HINT)
+    return python
 
 
 class _NoViewDirection(torch.nn.Module):
@@ -189,8 +188,8 @@ def fit(views: torch.Tensor, cameras: Cameras, workdir: Path, method: str, itera
             owner.camera_optimizer.mode = "off"
     trainer = Trainer(config, local_rank=0, world_size=1)
     trainer.setup()
-    field = trainer.pipeline.model.field
-    if hasattr(field, "direction_encoding"):  # nerfacto; splatfacto has no field
+    if method == "nerfacto":  # splatfacto has no field
+        field = trainer.pipeline.model.field
         field.direction_encoding = _NoViewDirection(field.direction_encoding.get_out_dim())
     trainer.train()
     pipeline = trainer.pipeline

@@ -32,7 +32,6 @@ def report() -> dict:
             "packages": {p: _version(p) for p in PACKAGES},
             "extras": {module: bool(importlib.util.find_spec(module)) for module in EXTRAS}}
     from mmpost.envs import libero_install
-
     from mmpost.rewards import mrc_nerfstudio
 
     # or in the private environments `mmpost setup libero` / `mmpost setup nerfstudio` made
