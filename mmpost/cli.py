@@ -6,6 +6,7 @@ Examples::
     mmpost train --task chart2code --max-steps 20 --set rl.sampling.group_size=4 --set data.train_size=200
     mmpost train --task chart2code --reward my_rewards.py:count_words --rewards chart_render,count_words
     mmpost train --resume runs/chart2code-20261127-101500
+    mmpost config arithmetic > my.yaml && mmpost train --config my.yaml     # every field, commented
     mmpost train --task reach                                  # MuJoCo arm, few-shot SFT then PPO
     mmpost train --task reach --recipe flow_noise_grpo
     mmpost train --task reach --env maniskill:PickCube-v1 --set sft.steps=0   # GPU extra
@@ -40,30 +41,31 @@ def _train(args) -> None:
     from mmpost.data.jsonl import DataError
     from mmpost.engine import train
     from mmpost.rewarding import RewardError
-    from mmpost.registry import load_reward_file
+    from mmpost.model_path import ModelLoadError
+    from mmpost.registry import RewardNotRegistered, load_reward_files, replace_reward_files
 
     try:  # mistakes in the command line: a short message, no traceback
         if args.resume:
             cfg = load_run_config(args.resume)
+            if args.reward:  # the run's reward files moved: the new places replace the recorded ones
+                cfg.reward_files = replace_reward_files(cfg.reward_files, args.reward)
+            load_reward_files(cfg.reward_files)
         else:
-            user_rewards = [load_reward_file(spec) for spec in args.reward or []]
             rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None
-            if user_rewards and rewards is None:  # --reward alone adds to the task's default rewards
-                rewards = list(mmpost.TASKS.get(args.task).rewards) + user_rewards
             weights = [float(w) for w in args.weights.split(",")] if args.weights else None
             overrides = parse_set(args.set or [])
             if args.env:
                 overrides["env.name"] = args.env
             if args.clip_model:
                 overrides["clip_model"] = args.clip_model
-            cfg = mmpost.build_config(args.task, model=args.model or "", recipe=args.recipe, rewards=rewards,
-                                      weights=weights, seed=args.seed, max_steps=args.max_steps,
-                                      output_dir=args.output_dir, overrides=overrides)
+            cfg = mmpost.build_config(args.task or "", model=args.model or "", recipe=args.recipe, rewards=rewards,
+                                      more_rewards=args.reward, weights=weights, seed=args.seed, max_steps=args.max_steps,
+                                      output_dir=args.output_dir, overrides=overrides, config=args.config)
     except (KeyError, ValueError, FileNotFoundError, AttributeError) as error:
         _fail(error)
     try:
         train(cfg, resume=args.resume)
-    except (DataError, FileExistsError, PermissionError, ImportError) as error:  # bad data, run dir, missing extra
+    except (DataError, FileExistsError, PermissionError, ImportError, ModelLoadError, RewardNotRegistered) as error:
         _fail(error)
     except (CheckpointError, InsufficientSpaceError, FloatingPointError, RewardError) as error:
         _fail(error, status=1)  # mid-run: every complete checkpoint is kept, the message says how to resume
@@ -75,6 +77,18 @@ def _fail(error: BaseException, status: int = 2) -> None:
     message = error.args[0] if isinstance(error, KeyError) and error.args else error
     print(f"mmpost: error: {message}", file=sys.stderr)
     sys.exit(status)
+
+
+def _config(args) -> None:
+    import mmpost
+    from mmpost.config import parse_set
+    from mmpost.config_file import annotated_yaml
+
+    try:
+        cfg = mmpost.build_config(args.task, recipe=args.recipe, overrides=parse_set(args.set or []))
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    print(annotated_yaml(cfg), end="")
 
 
 def _list(args) -> None:
@@ -311,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="examples: mmpost train --task chart2code; mmpost train --task arithmetic --recipe dpo; "
                                    "mmpost train --task grounding --set peft.r=16 --set rl.kl.coef=0.05; "
                                    "mmpost train --resume runs/chart2code-X")
-    t.add_argument("--task", default="chart2code", help="task name (see `mmpost list`)")
-    t.add_argument("--model", help="local path or hub id of a checkpoint (default: tiny offline model)")
+    t.add_argument("--task", help="task name (see `mmpost list`; default chart2code, or --config's task)")
+    t.add_argument("--config", metavar="FILE.yaml",
+                   help="a full config to start from: `mmpost config TASK`'s output or a run's config.yaml")
+    t.add_argument("--model", help="local path, run directory or hub id of a checkpoint (default: tiny offline model)")
     t.add_argument("--recipe", help="a task's named recipe (`mmpost list`) or a YAML file with `stages:`")
     t.add_argument("--env", help="simulator for robot tasks: reach (default), maniskill:ENV_ID, libero:SUITE")
     t.add_argument("--clip-model", help="CLIP for video_semantic: ARCH:CHECKPOINT of local open_clip weights "
@@ -327,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output-dir", help="run directory (default runs/<task>-<timestamp>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.set_defaults(func=_train)
+    c = sub.add_parser("config", help="print a task's full config, a comment on every field (for --config)",
+                       description="examples: mmpost config arithmetic > my.yaml; mmpost train --config my.yaml; "
+                                   "mmpost config reach --recipe flow_noise_ppo --set rl.steps=50")
+    c.add_argument("task", help="task name (see `mmpost list`)")
+    c.add_argument("--recipe", help="a task's named recipe, a library method or a YAML file of stages")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    c.set_defaults(func=_config)
     ls = sub.add_parser("list", help="list tasks, recipes, rewards and environments",
                         description="examples: mmpost list; mmpost list recipes; mmpost list recipes --markdown")
     ls.add_argument("what", nargs="?", default="all", choices=["all", "tasks", "recipes", "rewards", "models", "envs"])

@@ -40,7 +40,7 @@ class EnvConfig:
     workers: int = 1  # > 1: step the envs in this many subprocesses
     chunk_len: int = 4  # control steps executed per action chunk
     max_chunks: int = 8  # episode length limit, in chunks
-    image_size: int = 64
+    image_size: int = 64  # camera images: side in pixels (env.obs=image)
     video_episodes: int = 4  # held-out episodes recorded as GIFs before and after training
 
 
@@ -103,10 +103,10 @@ class PeftConfig:
     """LoRA adapters through PEFT (token policies). ``r`` = 0: full fine-tuning. With adapters, a
     stage's frozen reference is the same model with its adapters disabled (no second copy)."""
 
-    r: int = 0
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = 0  # LoRA rank; 0 = no adapters (full fine-tuning)
+    alpha: int = 16  # LoRA scale alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0  # dropout on the adapters' input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # modules that get adapters
     # QLoRA: "nf4" loads the frozen base quantized through bitsandbytes (4-bit NormalFloat with double
     # quantization, as QLoRA), adapters in full precision; "" = full-precision base.
     quantize: str = ""
@@ -129,7 +129,7 @@ class RolloutConfig:
     weights before every rollout; log-probs are still recomputed by the training model, so the
     policy-gradient ratio never mixes the two numerics."""
 
-    backend: str = "hf"
+    backend: str = "hf"  # "hf" (transformers generate) | "vllm" (a vLLM engine on the training GPU)
     gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (weights + KV cache); training needs the rest
     dtype: str = "auto"  # vLLM's dtype: "auto" (the checkpoint's), "bfloat16", "float16", "float32"
     max_model_len: int = 0  # prompt + completion tokens; 0 = the model's maximum
@@ -153,7 +153,7 @@ class EvalConfig:
     split: str = "heldout"
     sampled: bool = True  # also evaluate at temperature 1 (besides greedy)
     samples_to_save: int = 8  # held-out samples written to the run directory
-    batch_size: int = 50
+    batch_size: int = 50  # held-out rows generated at a time
     # > 0: also a greedy evaluation every N optimiser updates of the run (across stages), logged in
     # metrics.jsonl as eval/SPLIT/METRIC beside "updates": the learning curve (mmpost study plots it)
     every: int = 0
@@ -171,20 +171,23 @@ class EvalConfig:
 class TrainConfig:
     """Everything a run needs. Saved resolved as ``config.yaml`` in the run directory."""
 
-    task: str = "chart2code"
+    task: str = "chart2code"  # a registered task (`mmpost list tasks`)
     model: str = ""  # local path or hub id of a checkpoint; "" = the task's tiny offline default
-    seed: int = 0
+    seed: int = 0  # seeds model init, data order, sampling and the simulators
     output_dir: str = ""  # "" = runs/<task>-<timestamp>
     threads: int = 2  # torch threads; 1-2 on small CPUs (oversubscription is many times slower)
     mixed_precision: str = "no"  # "no" | "bf16" (autocast; for GPUs)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
     rewards: list[str] = field(default_factory=list)  # "" = the task's default rewards
     reward_weights: list[float] = field(default_factory=list)  # default: 1.0 each
-    sandbox_workers: int = 2
+    # User rewards defined in files, as ABSOLUTE_FILE.py:FUNCTION (--reward, or a function passed to
+    # mmpost.train): loaded again whenever this config is (--resume, --config)
+    reward_files: list[str] = field(default_factory=list)
+    sandbox_workers: int = 2  # processes that run generated code (chart2code) in the sandbox
     image_pixels: int = 0  # > 0: every image is resized to about this many pixels (e.g. 224*224); 0 = the processor's range
     clip_model: str = ""  # video_semantic's CLIP: ARCH:CHECKPOINT (local open_clip weights); "" = tiny, trained here
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints kept (older ones are deleted once a newer one is complete)
     max_steps: int = 0  # > 0 caps every stage's steps (quick runs)
     # A reward that raises, returns the wrong count or a non-finite/non-numeric value: "contain"
     # (those samples get no reward from it; logged and counted) or "raise" (stop, naming the reward).
@@ -197,7 +200,7 @@ class TrainConfig:
     # e.g. trainable=[vision_tower] trains the vision encoder only (PIVOT), frozen=[vision_tower]
     # everything but it. Empty = all parameters train.
     trainable: list[str] = field(default_factory=list)
-    frozen: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)  # name patterns of parameters kept frozen
     data: DataConfig = field(default_factory=DataConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # token policies' sampler (hf or vllm)
@@ -357,6 +360,9 @@ def parse_set(items: list[str]) -> dict[str, str]:
 def stages_from_yaml(path: str | Path) -> list[Stage]:
     """Read a recipe file: ``stages: [{name, kind, steps, ...}, ...]`` (unknown fields raise)."""
     data = yaml.safe_load(Path(path).read_text())
+    if isinstance(data, dict) and "task" in data:
+        raise ValueError(f"{path} is a full config (task, seed, rewards, ... besides stages): run it with "
+                         f"`mmpost train --config {path}`; --recipe takes a file of stages only")
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise ValueError(f"{path}: a recipe needs a non-empty 'stages' list")
     return [Stage.from_dict(entry, where=f"{path}: stage {i}: ") for i, entry in enumerate(data["stages"])]

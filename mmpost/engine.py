@@ -38,12 +38,13 @@ from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint
 from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, write_json_atomic)
 from mmpost.config import TrainConfig
+from mmpost.model_path import build_policy
 from mmpost.data_hooks import stage_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
 from mmpost.optim import adamw, build_scheduler, optimizer_groups, select_trainable
 from mmpost.policy import Critic, GenerationLength, check_capabilities, eval_mode
-from mmpost.registry import REWARDS, TASKS
+from mmpost.registry import REWARDS, TASKS, RewardNotRegistered, closest, load_reward_files
 from mmpost.tools.report import write_model_card
 from mmpost.rewarding import RunConfigured, set_error_mode as set_reward_error_mode
 from mmpost.stages import STEPS, Stage, StageContext
@@ -66,6 +67,13 @@ def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
     if not names:
         raise ValueError("no reward functions: set `rewards` or use a task with default rewards")
     weights = cfg.reward_weights or [1.0] * len(names)
+    load_reward_files(cfg.reward_files)
+    missing = [n for n in names if n not in REWARDS]
+    if missing:  # a function a script registered (or passed to mmpost.train) and did not register again
+        raise RewardNotRegistered(f"reward {missing[0]!r} is not registered in this process: it was defined by the script that "
+                       f"started the run. Register it again before resuming (mmpost.train(resume=RUN, "
+                       f"rewards=[{missing[0]}]) or @mmpost.reward), or put it in a file and pass "
+                       f"--reward FILE.py:{missing[0]}.{closest(missing[0], REWARDS.names())}")
     return {n: REWARDS.get(n) for n in names}, dict(zip(names, weights))
 
 
@@ -92,7 +100,7 @@ def evaluate_saved(cfg: TrainConfig, out: Path | None = None, split: str = "held
     task, _, weights, eval_rewards = build_task(cfg)
     if split == "ood" and not task_member(task, "ood"):
         raise ValueError(f"task {cfg.task!r} declares no out-of-distribution split")
-    policy = task.policy()
+    policy = build_policy(task, cfg.model)
     if cfg.image_pixels:
         policy.set_image_pixels(cfg.image_pixels)
     with contextlib.closing(policy):
@@ -196,8 +204,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
 def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | None]:
     """The run directory (with the checkpoint to resume from, if any), task, rewards, accelerator and
     the policy, checked against every capability the config's terms need."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
     torch.set_num_threads(cfg.threads)
     set_reward_error_mode(cfg.reward_errors)
     run_dir = Path(resume or cfg.output_dir or Path("runs") / f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -210,7 +216,20 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
     if not resume and list_checkpoints(run_dir):
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --output-dir")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _setup_run_in(cfg, run_dir, resume, checkpoint)
+    except BaseException:
+        if created and not list_checkpoints(run_dir):  # a run that never started leaves no empty directory
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | None) -> tuple[Run, dict | None]:
+    """:func:`setup_run` once the run directory exists."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
     if not os.access(run_dir, os.W_OK):
         raise PermissionError(f"output directory {run_dir} is not writable")
     cfg.output_dir = str(run_dir)
@@ -227,7 +246,7 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
                               **accelerator_arguments(cfg.trackers, run_dir))
     if cfg.trackers:
         accelerator.init_trackers(run_dir.name, config=flat_config(cfg.to_dict()))
-    policy = task.policy(device=accelerator.device)
+    policy = build_policy(task, cfg.model, device=accelerator.device)
     torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
     check_capabilities(cfg, policy)  # (a user's task may build any policy)
     if cfg.image_pixels:

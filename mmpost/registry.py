@@ -103,25 +103,103 @@ def reward(name: str) -> Callable:
     return REWARDS.register(name)
 
 
+class RewardNotRegistered(LookupError):
+    """A run's reward that no file or registration provides in this process (e.g. resuming a run whose
+    reward function was defined by the script that started it)."""
+
+
+_LOADED_FILES: dict[str, str] = {}  # "ABS_FILE.py:FUNCTION" -> the name it is registered under
+
+
+def reward_file_spec(spec: str) -> str:
+    """``FILE.py:FUNCTION`` with the file made absolute (what a run's config records), checked."""
+    path, _, attribute = spec.rpartition(":")
+    if not path or not attribute or not path.endswith(".py"):
+        raise ValueError(f"--reward expects FILE.py:FUNCTION, got {spec!r}")
+    return f"{Path(path).expanduser().resolve()}:{attribute}"
+
+
 def load_reward_file(spec: str) -> str:
     """Load ``path/to/file.py:function`` from outside the package, register it, return its name.
 
     The function is registered under its own name unless the file already registered it with
-    ``@mmpost.reward``.
+    ``@mmpost.reward``. Loading the same spec again returns the same name without running the file again.
     """
+    spec = reward_file_spec(spec)
+    if spec in _LOADED_FILES:
+        return _LOADED_FILES[spec]
     path, _, attribute = spec.rpartition(":")
-    if not path or not attribute:
-        raise ValueError(f"--reward expects FILE.py:FUNCTION, got {spec!r}")
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"reward file not found: {file}")
     module_spec = importlib.util.spec_from_file_location(f"mmpost_user_reward_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    if not hasattr(module, attribute):
-        raise AttributeError(f"{file} has no function {attribute!r}")
-    function = getattr(module, attribute)
-    if not any(REWARDS._entries.get(n) is function for n in REWARDS.names()):
-        REWARDS.register(attribute, function)
-        return attribute
-    return next(n for n in REWARDS.names() if REWARDS._entries.get(n) is function)
+    if not callable(getattr(module, attribute, None)):
+        functions = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise AttributeError(f"{file} has no function {attribute!r}.{closest(attribute, functions)} "
+                             f"Functions there: {', '.join(functions) or 'none'}")
+    _LOADED_FILES[spec] = register_reward_function(getattr(module, attribute))[0]
+    return _LOADED_FILES[spec]
+
+
+def load_reward_files(specs: list[str]) -> list[str]:
+    """Load a run's recorded user reward files (``TrainConfig.reward_files``) again: a resumed run or a
+    re-run ``config.yaml`` needs the same functions. A moved file fails naming what to pass instead."""
+    names = []
+    for spec in specs:
+        try:
+            names.append(load_reward_file(spec))
+        except FileNotFoundError as error:
+            function = spec.rpartition(":")[2]
+            raise FileNotFoundError(f"{error}: this run's reward {function!r} comes from it. Put the file back, "
+                                    f"or pass --reward NEW_FILE.py:{function} (with --resume too)") from None
+    return names
+
+
+def replace_reward_files(recorded: list[str], given: list[str]) -> list[str]:
+    """``recorded`` specs with those of the same function name replaced by the ``given`` ones (resuming a
+    run whose reward file moved: ``--resume RUN --reward NEW_PLACE.py:FUNCTION``)."""
+    given = [reward_file_spec(spec) for spec in given]
+    functions = {spec.rpartition(":")[2] for spec in given}
+    return [spec for spec in recorded if spec.rpartition(":")[2] not in functions] + given
+
+
+def register_reward_function(function: Callable) -> tuple[str, str | None]:
+    """Register a plain reward function (TRL's style: ``rewards=[fn]``) under its ``__name__``, or find the
+    name it already has. Returns ``(name, spec)``: ``spec`` is ``FILE.py:NAME`` when the function is a
+    top-level function of a file, so that a resumed run can load it again, else ``None``."""
+    for name in REWARDS.names():
+        if REWARDS._entries.get(name) is function:
+            return name, _remember(_source_spec(function), name)
+    name = getattr(function, "__name__", "")
+    if not name.isidentifier():
+        raise ValueError(f"a reward function needs a name: {function!r} has none (a lambda?). Define it with "
+                         "`def`, or register it with @mmpost.reward('name') and pass the name")
+    if name in REWARDS and REWARDS._entries[name] is not function:
+        raise ValueError(f"reward name {name!r} is taken by another function; register yours under another "
+                         f"name with @mmpost.reward('my_{name}') and pass that name")
+    REWARDS.register(name, function)
+    return name, _remember(_source_spec(function), name)
+
+
+def _remember(spec: str | None, name: str) -> str | None:
+    if spec:  # the file is loaded already: loading the spec again must find this function, not run the file
+        _LOADED_FILES.setdefault(spec, name)
+    return spec
+
+
+def _source_spec(function: Callable) -> str | None:
+    import inspect
+    import sys
+
+    module = sys.modules.get(getattr(function, "__module__", ""), None)
+    try:
+        file = inspect.getsourcefile(function)
+    except TypeError:
+        return None
+    # a script's own functions (__main__) are not recorded: loading the script again would run it
+    if (not file or module is None or getattr(module, function.__name__, None) is not function
+            or module.__name__ == "__main__" or module.__name__.startswith("mmpost.")):
+        return None
+    return f"{Path(file).resolve()}:{function.__name__}"

@@ -44,11 +44,11 @@ log = logging.getLogger(__name__)
 class Optim(StageSection):
     """AdamW and its learning-rate schedule (read by :mod:`mmpost.engine` and the stage context)."""
 
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate
     schedule: str = "cosine"  # "cosine" | "linear" | "constant", after warm-up
     warmup: float = 0.0  # fraction of steps of linear warm-up
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradients are clipped to this global norm
     value_lr: float = 0.0  # gae: learning rate of the value head (0 = lr)
 
     def __post_init__(self):
@@ -81,7 +81,7 @@ class Sampling(StageSection):
 class Stage:
     """One stage of a recipe: its kind, data and length, and a section per concern."""
 
-    name: str = "sft"
+    name: str = "sft"  # the stage's name, used in --set NAME.FIELD=VALUE and in logs
     kind: str = "sft"  # see STAGE_KINDS: sft | rl | mixed | dpo | spin | rft | rerank
     data: str = "train"  # the task's row split this stage draws from (e.g. "demos" for a robot's few-shot SFT)
     steps: int = 100  # optimiser steps in this stage

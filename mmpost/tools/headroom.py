@@ -31,6 +31,7 @@ def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0,
     """pass@1, pass@k for k = 1, 2, 4, ... up to ``samples``, and the zero-variance share, of ``cfg.model``
     on the first ``prompts`` rows of ``split``; a sample counts as solved at the task's ``solved_threshold``."""
     from mmpost.engine import build_task
+    from mmpost.model_path import build_policy
     from mmpost.rewarding import score_rollout
     from mmpost.types import task_member
 
@@ -40,7 +41,7 @@ def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0,
     rows = task.rows(split)[:prompts]
     threshold = float(task_member(task, "solved_threshold"))
     metric = {task.metric: eval_rewards[task.metric]}
-    policy = task.policy()
+    policy = build_policy(task, cfg.model)
     solved = []
     with contextlib.closing(policy):
         for start in range(0, len(rows), cfg.eval.batch_size):

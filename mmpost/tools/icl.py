@@ -102,6 +102,7 @@ def self_ensembled_icl(cfg, shots: int = 2, members: int = 5, how: str = "max", 
     one prompt (the first member alone) and the ensemble of ``members`` prompts combined by ``how``.
     ``limit`` > 0 evaluates the first ``limit`` held-out rows."""
     from mmpost.engine import build_task
+    from mmpost.model_path import build_policy
     from mmpost.rewarding import score_rollout
     from mmpost.types import task_member
 
@@ -112,7 +113,7 @@ def self_ensembled_icl(cfg, shots: int = 2, members: int = 5, how: str = "max", 
     heldout, pool = task.rows("heldout"), task.rows("train")
     heldout = heldout[:limit] if limit else heldout
     metric = {task.metric: eval_rewards[task.metric]}
-    policy = task.policy()
+    policy = build_policy(task, cfg.model)
     answers, confidences, scores = [], [], []
     with contextlib.closing(policy):
         for m in range(members):

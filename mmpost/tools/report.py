@@ -161,7 +161,15 @@ def write_model_card(run_dir: Path, cfg, results: dict) -> Path:
     """``final/README.md``: what the model is, how it was trained and how it scores (Hugging Face
     model-card layout, YAML metadata first)."""
     run_dir = Path(run_dir)
-    stages = "\n".join(f"| {s.name} | {s.kind} | {s.steps} | {s.batch_size} | {s.optim.lr:g} |" for s in cfg.stages)
+    from mmpost.engine import stage_steps
+    from mmpost.registry import TASKS
+
+    stages = "\n".join(f"| {s.name} | {s.kind} | {stage_steps(s, cfg.max_steps)} | {s.batch_size} | {s.optim.lr:g} |"
+                       for s in cfg.stages)
+    names = cfg.rewards or list(TASKS.get(cfg.task).rewards)
+    weights = cfg.reward_weights or [1.0] * len(names)
+    files = {spec.rpartition(":")[2]: spec for spec in cfg.reward_files}
+    rewards = ", ".join(f"`{n}` × {w:g}" + (f" (from `{files[n]}`)" if n in files else "") for n, w in zip(names, weights))
     rows = []
     for mode in ("greedy", "sampled"):
         for key, after in sorted(results.get("after", {}).get(mode, {}).items()):
@@ -180,6 +188,7 @@ base_model: {cfg.model or 'mmpost tiny default (built offline)'}
 - **Base model**: {cfg.model or "the task's tiny default, random-initialised offline"}
 - **Data**: {data}
 - **Adapters**: {f"LoRA r={cfg.peft.r} on {', '.join(cfg.peft.target_modules)} (merged into these weights)" if cfg.peft.r else "none (full fine-tuning)"}
+- **Rewards**: {rewards or "none"}
 - **Seed**: {cfg.seed}
 
 ## Recipe
@@ -194,8 +203,8 @@ base_model: {cfg.model or 'mmpost tiny default (built offline)'}
 |---|---|---|
 {chr(10).join(rows)}
 
-Reproduce: `mmpost train --task {cfg.task} --seed {cfg.seed}` with the run's `config.yaml`; evaluate this model with
-`mmpost eval --model <this directory> --task {cfg.task}`.
+Reproduce the run: `mmpost train --config {run_dir / "config.yaml"}` (the run's complete config; rewards from files
+are loaded from the paths it records). Evaluate this model: `mmpost eval --model {run_dir / "final"} --task {cfg.task}`.
 """
     path = run_dir / "final" / "README.md"
     path.write_text(card)
