@@ -2,7 +2,7 @@
 
 Rows stream from the file (nothing is read whole), are renamed by an optional column mapping,
 validated one by one, and carry ``source`` (``"file:row"``) for error messages. Media columns
-may hold a path relative to the data file, raw bytes, ``{"bytes": ..., "path": ...}`` (the
+may hold a path relative to the data file (:func:`media_path`), raw bytes, ``{"bytes": ..., "path": ...}`` (the
 ``datasets`` Image feature) or an already decoded image.
 """
 
@@ -56,7 +56,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _dataset_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Rows of a Parquet/CSV file (streamed) or a ``datasets.save_to_disk`` directory."""
+    """Rows of a Parquet/CSV file (streamed) or a ``datasets.save_to_disk`` directory. Media features
+    (``Image``, ``Audio``, ...) are not decoded by ``datasets``: it would open a relative path from the
+    working directory; :func:`media_path` resolves it from the data instead."""
     import datasets
 
     if path.is_dir():
@@ -65,11 +67,24 @@ def _dataset_records(path: Path) -> Iterator[tuple[int, Any]]:
             dataset = dataset["train"] if "train" in dataset else next(iter(dataset.values()))
     else:
         dataset = datasets.load_dataset(FORMATS[path.suffix], data_files=str(path), split="train", streaming=True)
+    for name, feature in (dataset.features or {}).items():
+        if getattr(feature, "decode", False):  # Image, Audio, Video: paths and bytes, decoded here
+            dataset = dataset.cast_column(name, type(feature)(decode=False))
     for number, row in enumerate(dataset, start=1):
         yield number, row
 
 
-def _image(value, base: Path):
+def media_path(value: str, data: str | Path) -> Path:
+    """A media file a data row names: absolute, or relative to the data file's folder (for a ``datasets``
+    directory: the directory, then the folder holding it). The first that exists, else the first."""
+    data = Path(data)
+    if Path(value).is_absolute():
+        return Path(value)
+    candidates = [data / value, data.parent / value] if data.is_dir() else [data.parent / value]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def _image(value, data: Path):
     """A media value as an RGB PIL image (path, bytes, {"bytes", "path"} or an image)."""
     from PIL import Image
 
@@ -82,7 +97,7 @@ def _image(value, base: Path):
             return image.convert("RGB")
     if not isinstance(value, str):
         raise ValueError(f"expected a path or image bytes, got {type(value).__name__}")
-    with Image.open(base / value) as image:
+    with Image.open(media_path(value, data)) as image:
         return image.convert("RGB")
 
 
@@ -130,7 +145,6 @@ def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, .
                          "datasets.save_to_disk directory")
     renames = parse_columns(columns)
     records = _jsonl_records(path) if path.suffix in (".jsonl", ".json") else _dataset_records(path)
-    base = path if path.is_dir() else path.parent
     skipped = 0
     for number, row in records:
         where = f"{path}:{number}"
@@ -146,7 +160,7 @@ def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, .
             row = _validate(row, where, required)
             if "image" in row:
                 try:
-                    row["image_obj"] = _image(row["image"], base)
+                    row["image_obj"] = _image(row["image"], path)
                 except (OSError, ValueError) as error:
                     raise DataError(f"{where}: image {str(row['image'])[:200]} failed to decode ({error})") from None
             row["source"] = where

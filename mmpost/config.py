@@ -24,6 +24,7 @@ class DataConfig:
     train_size: int = 4000  # synthetic training examples
     eval_size: int = 100  # held-out examples for before/after evaluation
     path: str = ""  # a user's dataset instead of the synthetic generator: .jsonl, .parquet, .csv or a datasets directory
+    eval_path: str = ""  # a user's held-out file (same format); "" = the last eval_size rows of path (at most half)
     columns: list[str] = field(default_factory=list)  # FIELD=COLUMN renames, e.g. image=img_path,code=program
     skip_bad_rows: bool = False  # skip (and count) malformed rows instead of failing
     demos: int = 20  # robot tasks: scripted expert episodes for few-shot SFT

@@ -91,11 +91,11 @@ class Arithmetic:
         if split in OPERATION_SPLITS:
             return [r for r in self.rows("train") if r["completion"].count("\n") == OPERATION_SPLITS[split]]
         if self.cfg.data.path:  # a user's JSONL of {"question", "solution", "answer"}
-            rows = list(read_jsonl(self.cfg.data.path, required={"question": str, "solution": str, "answer": (str, int, float)},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows,
-                                   columns=self.cfg.data.columns))
-            rows = split_user_rows(rows, split)
-            return [make_row(r["question"], r["solution"], r["answer"]) for r in rows]
+            def read(path: str) -> list[dict]:
+                return [make_row(r["question"], r["solution"], r["answer"])
+                        for r in read_jsonl(path, required={"question": str, "solution": str, "answer": (str, int, float)},
+                                            skip_bad_rows=self.cfg.data.skip_bad_rows, columns=self.cfg.data.columns)]
+            return split_user_rows(self.cfg.data, split, read)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         problems = [problem(s, OOD_OPERATIONS if split == "ood" else 0) for s in split_seeds(split, size)]
         rows = [make_row(**p, operations=p["solution"].count("\n")) for p in problems]

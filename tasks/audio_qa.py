@@ -19,7 +19,7 @@ from collections import Counter
 
 from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
-from mmpost.data.jsonl import DataError, read_jsonl
+from mmpost.data.jsonl import DataError, media_path, read_jsonl
 from mmpost.data.sounds import SAMPLE_RATE, clip, prompt_text, split_seeds, synthesize
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2audio import cached_tiny_qwen2audio
@@ -82,8 +82,8 @@ class AudioQA:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split``: the question prompt, the waveform, the ``answer`` and ``choices``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
-            return split_user_rows(rows, split)
+            return split_user_rows(self.cfg.data, split, lambda path: load_user_rows(
+                path, self.cfg.data.skip_bad_rows, self.cfg.data.columns))
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
         for seed in split_seeds(split, size):
@@ -108,14 +108,12 @@ def _question(row: dict) -> str:
 
 def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | None = None) -> list[dict]:
     """Rows from a JSONL of ``{"audio", "question", "choices", "answer"}`` (audio paths relative to the file)."""
-    from pathlib import Path
-
     import numpy as np
 
     def convert(r: dict) -> dict:
         if not isinstance(r["choices"], list) or r["answer"] not in r["choices"]:
             raise DataError(f"{r['source']}: 'answer' must be one of 'choices'")
-        audio_path = Path(path).parent / r["audio"]
+        audio_path = media_path(r["audio"], path)
         try:
             import soundfile
 

@@ -83,11 +83,11 @@ class Chart2Code:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train" or "heldout"): TRL-style prompt/images/completion + columns."""
         if self.cfg.data.path:
-            rows = list(read_jsonl(self.cfg.data.path, required={"image": str, "code": str},
-                                   skip_bad_rows=self.cfg.data.skip_bad_rows,
-                                   columns=self.cfg.data.columns))
-            rows = split_user_rows(rows, split)
-            return [make_row(r["image_obj"], r["code"], source=r["source"]) for r in rows]
+            def read(path: str) -> list[dict]:
+                return [make_row(r["image_obj"], r["code"], source=r["source"])
+                        for r in read_jsonl(path, required={"image": str, "code": str},
+                                            skip_bad_rows=self.cfg.data.skip_bad_rows, columns=self.cfg.data.columns)]
+            return split_user_rows(self.cfg.data, split, read)
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         return [self._synthetic_row(record) for record in self._render(split_seeds(split, size))]
 

@@ -106,8 +106,8 @@ class Grounding:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` ("train", "heldout" or "ood"): prompt, image, answer and the gold ``box``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns)
-            return split_user_rows(rows, split)
+            return split_user_rows(self.cfg.data, split, lambda path: load_user_rows(
+                path, self.cfg.data.skip_bad_rows, self.cfg.data.columns))
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
         for seed in split_seeds(split, size):

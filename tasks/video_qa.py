@@ -25,7 +25,7 @@ from collections import Counter
 
 from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
-from mmpost.data.jsonl import DataError, read_jsonl
+from mmpost.data.jsonl import DataError, media_path, read_jsonl
 from mmpost.data.motion import FRAMES, SIDE, as_image, render, split_seeds, video
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
@@ -140,9 +140,8 @@ class VideoQA:
         """Rows of ``split``: question, the clip (``videos``, or a frame grid in ``images``), ``answer``,
         ``choices`` and ``caption``."""
         if self.cfg.data.path:
-            rows = load_user_rows(self.cfg.data.path, self.cfg.data.skip_bad_rows, self.cfg.data.columns,
-                                  as_grid=not self.takes_video)
-            return split_user_rows(rows, split)
+            return split_user_rows(self.cfg.data, split, lambda path: load_user_rows(
+                path, self.cfg.data.skip_bad_rows, self.cfg.data.columns, as_grid=not self.takes_video))
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         as_grid = not self.takes_video
         rows = []
@@ -195,12 +194,10 @@ def load_user_rows(path: str, skip_bad_rows: bool = False, columns: list[str] | 
                    as_grid: bool = False) -> list[dict]:
     """Rows from a JSONL of ``{"video", "question", "choices", "answer"}`` (paths relative to the file);
     ``as_grid``: each clip as one frame-grid image (for image-only models)."""
-    from pathlib import Path
-
     def convert(r: dict) -> dict:
         if not isinstance(r["choices"], list) or r["answer"] not in r["choices"]:
             raise DataError(f"{r['source']}: 'answer' must be one of 'choices'")
-        video_path = Path(path).parent / r["video"]
+        video_path = media_path(r["video"], path)
         try:
             frames = read_video(video_path)
         except Exception as error:  # PyAV raises its own error types

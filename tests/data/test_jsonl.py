@@ -157,3 +157,45 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     path.write_bytes(b'{"image": "ok.png", "code": "a\\u0000b"}\n\xff\xfe\n{"image": "ok.png", "code": "x = 1"}\n')
     good = list(read_jsonl(path, required=("image", "code"), skip_bad_rows=True))
     assert [r["source"].rsplit(":", 1)[1] for r in good] == ["3"]
+
+
+def _chart_rows(path, split, **data):
+    overrides = {"data.path": str(path), "data.columns": "image=img,code=program",
+                 **{f"data.{k}": v for k, v in data.items()}}
+    return TASKS.get("chart2code")(mmpost.build_config("chart2code", overrides=overrides)).rows(split)
+
+
+def test_a_users_file_is_split_by_the_configured_sizes(datasets_on_disk, tmp_path, caplog):
+    """data.eval_size held-out rows from the end of the file, data.train_size training rows from the start;
+    a held-out size over half the file is capped with a warning naming both settings; data.eval_path
+    gives a separate held-out file."""
+    path = datasets_on_disk / "d.jsonl"
+    assert [r["code"] for r in _chart_rows(path, "heldout", eval_size=3)] == CODES[-3:]
+    assert [r["code"] for r in _chart_rows(path, "train", eval_size=3, train_size=2)] == CODES[:2]
+    with caplog.at_level("WARNING"):
+        assert [r["code"] for r in _chart_rows(path, "heldout", eval_size=100)] == CODES[-4:]
+    assert "data.eval_size=100 is capped at half the file" in caplog.text and "data.eval_path" in caplog.text
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"img": str(datasets_on_disk / "c0.png"), "program": "plt.plot([1])"}) + "\n")
+    assert [r["code"] for r in _chart_rows(path, "heldout", eval_path=str(held))] == ["plt.plot([1])"]
+    assert [r["code"] for r in _chart_rows(path, "train", eval_path=str(held))] == CODES
+    with pytest.raises(ValueError, match="no 'ood' split"):
+        _chart_rows(path, "ood")
+
+
+def test_relative_media_paths_resolve_from_the_data_not_the_working_directory(tmp_path, monkeypatch):
+    """A Parquet file with datasets' Image feature holding relative paths (datasets itself would open
+    them from the working directory), and a datasets directory of relative paths written beside it."""
+    import datasets
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "c0.png").write_bytes(_png(0))
+    table = datasets.Dataset.from_dict({"img": ["c0.png"] * 2, "program": CODES[:2]})
+    monkeypatch.chdir(data)
+    table.cast_column("img", datasets.Image()).to_parquet("images.parquet")
+    table.save_to_disk("plain_dir")
+    monkeypatch.chdir(tmp_path)  # the user runs from elsewhere
+    for name in ("images.parquet", "plain_dir"):
+        rows = list(read_rows(data / name, required={"image": str, "code": str}, columns=["image=img", "code=program"]))
+        assert np.array_equal(np.asarray(rows[0]["image_obj"]), np.asarray(Image.open(io.BytesIO(_png(0))).convert("RGB")))

@@ -40,7 +40,7 @@ def test_arithmetic_data_and_rewards(tmp_path):
     path.write_text('{"question": "1+1?", "solution": "1+1=2\\n#### 2", "answer": "2"}\n' * 9
                     + '{"question": "2+2?", "solution": "2+2=4\\n#### 4"}\n')
     cfg = TrainConfig(task="arithmetic")
-    cfg.data.path = str(path)
+    cfg.data.path, cfg.data.eval_size = str(path), 1
     with pytest.raises(DataError, match="problems.jsonl:10"):
         Arithmetic(cfg).rows("train")
     cfg.data.skip_bad_rows = True

@@ -30,7 +30,7 @@ def test_user_jsonl_with_wav_files(tmp_path):
     soundfile.write(tmp_path / "a.wav", tone, 8000)  # 8 kHz: resampled to 16 kHz on load
     rows = [{"audio": "a.wav", "question": "High or low?", "choices": ["high", "low"], "answer": "high"}] * 10
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    task = AudioQA(TrainConfig(task="audio_qa", data=DataConfig(path=str(tmp_path / "d.jsonl"))))
+    task = AudioQA(TrainConfig(task="audio_qa", data=DataConfig(path=str(tmp_path / "d.jsonl"), eval_size=1)))
     train = task.rows("train")
     assert len(train) == 9 and train[0]["audios"][0].shape == (16000,)
     (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "answer": "medium"}) + "\n")

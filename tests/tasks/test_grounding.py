@@ -30,7 +30,7 @@ def test_user_jsonl_and_coco_files(tmp_path):
     rows = [{"image": "a.png", "expression": "the cup", "box": [1, 2, 11, 12]},
             {"image": "a.png", "expression": "the cups", "bbox": [[1, 2, 10, 10], [20, 5, 5, 5]]}] * 5
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    task = Grounding(TrainConfig(task="grounding", data=DataConfig(path=str(tmp_path / "d.jsonl"))))
+    task = Grounding(TrainConfig(task="grounding", data=DataConfig(path=str(tmp_path / "d.jsonl"), eval_size=1)))
     train, heldout = task.rows("train"), task.rows("heldout")
     assert len(train) == 9 and len(heldout) == 1
     assert train[0]["box"] == [1, 2, 11, 12] and train[1]["box"] == [[1, 2, 11, 12], [20, 5, 25, 10]]

@@ -66,7 +66,7 @@ def test_user_jsonl_with_video_files(tmp_path):
             container.mux(packet)
     rows = [{"video": "a.mp4", "question": "Which way?", "choices": ["left", "right"], "answer": "right"}] * 10
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = DataConfig(path=str(tmp_path / "d.jsonl"))
+    data = DataConfig(path=str(tmp_path / "d.jsonl"), eval_size=1)
     train = VideoQA(TrainConfig(task="video_qa", model="tiny-qwen2vl", data=data)).rows("train")
     assert len(train) == 9 and tuple(train[0]["videos"][0].shape) == (FRAMES, 3, SIDE, SIDE)
     grids = VideoQA(TrainConfig(task="video_qa", data=data)).rows("train")  # the default, image-only model
