@@ -52,7 +52,10 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
             except UnicodeDecodeError as error:
                 yield number, DataError(f"{path}:{number}: not UTF-8 ({error})")
             except json.JSONDecodeError as error:
-                yield number, DataError(f"{path}:{number}: invalid JSON ({error.msg})")
+                text = raw.decode("utf-8").rstrip("\n")
+                near = text[max(0, error.pos - 30):error.pos + 30]
+                yield number, DataError(f"{path}:{number}: invalid JSON: {error.msg} at column {error.colno} "
+                                        f"(near {near!r}; each line must be one complete JSON object)")
 
 
 def _dataset_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -165,13 +168,27 @@ def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, .
                     raise DataError(f"{where}: image {str(row['image'])[:200]} failed to decode ({error})") from None
             row["source"] = where
             yield convert(row) if convert else row
-        except DataError:
+        except DataError as error:
             if not skip_bad_rows:
                 raise
             skipped += 1
-            log.warning("skipping bad row %s", where)
+            if where not in SKIPPED:  # a file read again (train and held-out splits) reports each row once
+                SKIPPED[where] = str(error)
+                log.warning("skipping bad row: %s", error)
     if skipped:
-        log.warning("%s: skipped %d malformed rows (data.skip_bad_rows=true)", path, skipped)
+        log.info("%s: skipped %d malformed rows (data.skip_bad_rows=true)", path, skipped)
+
+
+SKIPPED: dict[str, str] = {}  # "file:row" -> why, for every row skip_bad_rows skipped in this process
+
+
+def skipped_rows() -> dict[str, int]:
+    """How many malformed rows ``data.skip_bad_rows`` skipped, per file (for results.json and the card)."""
+    counts: dict[str, int] = {}
+    for where in SKIPPED:
+        file = where.rpartition(":")[0]
+        counts[file] = counts.get(file, 0) + 1
+    return counts
 
 
 read_jsonl = read_rows  # the original name: JSONL is one of the formats

@@ -20,13 +20,14 @@ Examples::
     mmpost bench-sandbox --n 300
     mmpost bench-env
     mmpost bench-mrc
+
+Errors are one line (`mmpost: error: ...`); MMPOST_DEBUG=1 in the environment shows the full traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shlex
@@ -34,33 +35,40 @@ import sys
 from pathlib import Path
 
 
-def _train(args) -> None:
+def train_config(args):
+    """The :class:`~mmpost.config.TrainConfig` ``mmpost train ARGS`` runs (checked, nothing loaded yet)."""
     import mmpost
     from mmpost.config import load_run_config, parse_set
+    from mmpost.registry import load_reward_files, replace_reward_files
+
+    if args.resume:
+        cfg = load_run_config(args.resume)
+        if args.reward:  # the run's reward files moved: the new places replace the recorded ones
+            cfg.reward_files = replace_reward_files(cfg.reward_files, args.reward)
+        load_reward_files(cfg.reward_files)
+        return cfg
+    rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    overrides = parse_set(args.set or [])
+    if args.env:
+        overrides["env.name"] = args.env
+    if args.clip_model:
+        overrides["clip_model"] = args.clip_model
+    return mmpost.build_config(args.task or "", model=args.model or "", recipe=args.recipe, rewards=rewards,
+                               more_rewards=args.reward, weights=weights, seed=args.seed, max_steps=args.max_steps,
+                               output_dir=args.output_dir, overrides=overrides, config=args.config)
+
+
+def _train(args) -> None:
     from mmpost.checkpoint import CheckpointError, InsufficientSpaceError
     from mmpost.data.jsonl import DataError
     from mmpost.engine import train
-    from mmpost.rewarding import RewardError
     from mmpost.model_path import ModelLoadError
-    from mmpost.registry import RewardNotRegistered, load_reward_files, replace_reward_files
+    from mmpost.registry import RewardNotRegistered
+    from mmpost.rewarding import RewardError
 
     try:  # mistakes in the command line: a short message, no traceback
-        if args.resume:
-            cfg = load_run_config(args.resume)
-            if args.reward:  # the run's reward files moved: the new places replace the recorded ones
-                cfg.reward_files = replace_reward_files(cfg.reward_files, args.reward)
-            load_reward_files(cfg.reward_files)
-        else:
-            rewards = [r for r in args.rewards.split(",") if r] if args.rewards else None
-            weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-            overrides = parse_set(args.set or [])
-            if args.env:
-                overrides["env.name"] = args.env
-            if args.clip_model:
-                overrides["clip_model"] = args.clip_model
-            cfg = mmpost.build_config(args.task or "", model=args.model or "", recipe=args.recipe, rewards=rewards,
-                                      more_rewards=args.reward, weights=weights, seed=args.seed, max_steps=args.max_steps,
-                                      output_dir=args.output_dir, overrides=overrides, config=args.config)
+        cfg = train_config(args)
     except (KeyError, ValueError, FileNotFoundError, AttributeError) as error:
         _fail(error)
     try:
@@ -530,7 +538,9 @@ def _surgery(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mmpost.console import configure_console
+
+    configure_console()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

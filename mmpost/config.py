@@ -342,6 +342,12 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
             _set_field(cfg.stage(parts[1]), parts[2:], value, key)
         elif parts[0] in [s.name for s in cfg.stages] and len(parts) >= 2:
             _set_field(cfg.stage(parts[0]), parts[1:], value, key)
+        elif len(parts) >= 2 and parts[0] not in {f.name for f in dataclasses.fields(cfg)}:
+            names = [s.name for s in cfg.stages]
+            raise KeyError(f"unknown config key {key!r}: {parts[0]!r} is neither a config section nor a stage of "
+                           f"this recipe (stages: {', '.join(names) or 'none'}; set a stage's field as "
+                           f"STAGE.FIELD, e.g. {names[-1] if names else 'sft'}.optim.lr)."
+                           f"{closest(parts[0], names + [f.name for f in dataclasses.fields(cfg)])}")
         else:
             _set_field(cfg, parts, value, key)
     return cfg

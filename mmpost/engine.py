@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -38,7 +39,9 @@ from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint
 from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, write_json_atomic)
 from mmpost.config import TrainConfig
+from mmpost.console import start_summary
 from mmpost.model_path import build_policy
+from mmpost.data.jsonl import skipped_rows
 from mmpost.data_hooks import stage_rows
 from mmpost.distributed import global_token_mean, mean_over_processes, shard, world
 from mmpost.evaluation import blind_baseline, evaluate, heldout_kl, print_table, save_samples
@@ -183,7 +186,11 @@ class Run:
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
     """Run ``cfg`` (or continue the run in ``resume``); return the final metrics."""
     run, checkpoint = setup_run(cfg, resume)
-    with contextlib.closing(run.policy):  # simulators and worker processes go away even on errors
+    if world()[0] == 0:
+        print(start_summary(run), flush=True)
+    with contextlib.ExitStack() as cleanup:  # simulators, worker processes and files close even on errors
+        cleanup.callback(run.policy.close)
+        cleanup.callback(lambda: run.log and run.log.close())
         evaluate_start(run, checkpoint)
         previous_handler = None
         if threading.current_thread() is threading.main_thread():  # Ctrl-C: checkpoint, then exit cleanly
@@ -292,6 +299,10 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
     # a stage without steps reads no data (e.g. --set sft.steps=0 where the env has no demonstrations)
     train_rows = (stage_rows(stage, run.task, run.rows, policy, run.rewards, run.weights, cfg.seed, run.run_dir)
                   if steps else [])
+    run.results.setdefault("training_rows", {})[stage.name] = len(train_rows)
+    if world()[0] == 0 and steps:
+        print(f"[{stage.name}:{stage.kind}] {len(train_rows)} training rows ({stage.data}), {steps} steps of "
+              f"{stage.batch_size}", flush=True)
     trained_before = any(stage_steps(s, cfg.max_steps) for s in cfg.stages[:stage_index])
     if has_adapters(policy) and trained_before and steps > 0:
         policy.adapters_merged = True
@@ -357,7 +368,8 @@ def run_stage(run: Run, ctx: StageContext, start: int) -> None:
         updates = updates_before + (step + 1) * per_step
         if cfg.eval.every and updates // cfg.eval.every > (updates - per_step) // cfg.eval.every:
             metrics.update(run.curve_point(updates))  # a learning-curve point: this step crossed a multiple
-        metrics = mean_over_processes(metrics)
+        metrics = {k: v for k, v in mean_over_processes(metrics).items()  # a skipped update has no grad norm:
+                   if not (isinstance(v, float) and not math.isfinite(v))}  # absent, never NaN in the log
         run.log.log({"stage": stage.name, "stage_index": ctx.stage_index, "step": step + 1, **metrics})
         if cfg.trackers:
             run.accelerator.log(scalars(metrics), step=steps_before + step + 1)
@@ -401,7 +413,11 @@ def end_stage(run: Run, ctx: StageContext) -> None:
 def finish(run: Run) -> dict:
     """The final held-out evaluation, ``final/``, the model card; returns the results."""
     cfg, accelerator = run.cfg, run.accelerator
-    run.evaluate("after")
+    ours = {str(Path(p)) for p in (cfg.data.path, cfg.data.eval_path) if p}
+    skipped = {file: n for file, n in skipped_rows().items() if file in ours}
+    if skipped:
+        run.results["skipped_rows"] = skipped  # data.skip_bad_rows: each row's reason was logged once
+    run.evaluate("after")  # (writes results.json)
     if cfg.trackers:
         accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")
                          for key, value in run.results["after"].get(mode, {}).items() if value is not None})
@@ -409,6 +425,16 @@ def finish(run: Run) -> dict:
         run.policy.save(run.run_dir / "final")
         write_model_card(run.run_dir, cfg, run.results)
         print_table(run.results)
+        before, after = (run.results.get(k, {}).get("greedy", {}).get(run.task.metric) for k in ("before", "after"))
+        if cfg.max_steps and (after or 0.0) <= (before or 0.0):
+            planned = ", ".join(f"{s.name} {s.steps}" for s in cfg.stages)
+            print(f"note: --max-steps {cfg.max_steps} capped every stage. A run this short checks that everything "
+                  f"runs; it is not expected to learn (this recipe's steps: {planned}). A quick run that learns: "
+                  "`mmpost train --task reach --set rl.steps=20` (about two minutes)")
+        if getattr(run.policy, "adapters_merged", False):
+            print("final/ holds the model with every stage's LoRA adapters merged in; there is no final/adapter/: "
+                  "each stage trained its own adapters on the previous stage's merged model, so no single adapter "
+                  "recreates it from the base (a run with one adapter-training stage writes final/adapter/)")
         print(f"run directory: {run.run_dir}")
     accelerator.wait_for_everyone()
     if cfg.trackers:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mmpost.algos.kl import kl_k3, sequence_kl
 from mmpost.config import EvalConfig
@@ -36,7 +37,9 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
         out: dict = {"per_sample": {}, "samples": []}
         for mode, greedy in modes.items():
             components: dict[str, list] = {}
-            for start in range(0, len(rows), cfg.batch_size):
+            starts = range(0, len(rows), cfg.batch_size)
+            for start in tqdm(starts, desc=f"evaluating ({mode}, {len(rows)} rows)", unit="batch", leave=False,
+                              disable=len(starts) < 2):
                 chunk = rows[start:start + cfg.batch_size]
                 rollout = policy.rollout(chunk, 1, temperature=1.0, greedy=greedy)
                 score_rollout(rollout, rewards, weights)
@@ -45,8 +48,11 @@ def evaluate(policy, rows: list[dict], rewards: dict, weights: dict, cfg: EvalCo
                 if mode == "greedy" and start == 0 and cfg.samples_to_save > 0:
                     details = getattr(_raw_scores(rewards, metric, rollout, cfg.samples_to_save), "details", [])
                     for i, row in enumerate(chunk[:cfg.samples_to_save]):
+                        total = float(rollout.rewards[i])
                         out["samples"].append({"row": row, "output": rollout.outputs[i],
                                                "reward": rollout.reward_components[metric][i],
+                                               "rewards": {k: v[i] for k, v in rollout.reward_components.items()},
+                                               "total": None if math.isnan(total) else total,
                                                **(details[i] if i < len(details) else {})})
             out[mode] = {key: _mean(values) for key, values in components.items()}
             out["per_sample"][mode] = components.get(metric, [])
@@ -130,6 +136,7 @@ def save_samples(directory: Path, samples: list[dict]) -> None:
             if isinstance(sample["row"].get("tile"), torch.Tensor):  # the training rendering, for comparison
                 _save_image(sample["row"]["tile"], directory / f"{i:03d}_reference.png")
             f.write(json.dumps({"index": i, "output": sample["output"], "reward": sample["reward"],
+                                "total": sample.get("total"), "rewards": sample.get("rewards", {}),
                                 "reason": sample.get("reason"), "reference": sample["row"].get("completion"),
                                 **columns}) + "\n")
 

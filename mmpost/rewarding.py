@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -68,10 +69,21 @@ def _call(name: str, fn, rollout: Rollout) -> tuple[list, int]:
             raise ValueError(f"returned {len(values)} values for {n} completions")
         return values, 0
     except Exception as error:  # noqa: BLE001 - a broken reward must not kill the run (unless asked)
+        where = _where(error, fn)
         if error_mode == "raise":
-            raise RewardError(f"reward {name!r} failed: {type(error).__name__}: {error}") from error
-        log.warning("reward %r failed: %s: %s", name, type(error).__name__, error)
+            raise RewardError(f"reward {name!r} failed{where}: {type(error).__name__}: {error} "
+                              "(MMPOST_DEBUG=1 shows the traceback)") from error
+        log.warning("reward %r failed%s: %s: %s", name, where, type(error).__name__, error)
         return [None] * n, n
+
+
+def _where(error: BaseException, fn) -> str:
+    """`` at FILE:LINE in FUNCTION``: the deepest line of the reward's own file in the traceback (else the
+    deepest line of all), so that a user's failing reward points at their code."""
+    frames = traceback.extract_tb(error.__traceback__)[1:]  # [0] is _call itself
+    own = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    frame = next((f for f in reversed(frames) if f.filename == own), frames[-1] if frames else None)
+    return f" at {frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
 
 
 def score_rollout(rollout: Rollout, rewards: dict[str, callable], weights: dict[str, float]) -> dict[str, float]:

@@ -70,6 +70,11 @@ class RunLog:
             path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a")
 
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
     def log(self, record: dict) -> None:
         if self.file is None:
             return

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import mmpost
 from mmpost.rewarding import RewardError, score_rollout, set_error_mode
 from mmpost.types import Rollout
 
@@ -44,6 +45,25 @@ def test_raising_reward_is_contained():
     metrics = score_rollout(rollout, {"ok": lambda prompts, completions, **kw: [0.5, 1.0], "broken": broken}, {})
     assert rollout.rewards.tolist() == [0.5, 1.0]
     assert metrics["reward/broken/errors"] == 2.0
+
+
+def test_a_failing_reward_says_where(tmp_path, caplog):
+    """The warning (contained) and the error (raise) name the reward's own file and line, not the library's."""
+    from mmpost.registry import load_reward_file
+
+    (tmp_path / "my_reward.py").write_text("def helper(c):\n    return 1 / 0\n\n\ndef divides(completions, **kw):\n"
+                                           "    return [helper(c) for c in completions]\n")
+    name = load_reward_file(f"{tmp_path / 'my_reward.py'}:divides")
+    fn = mmpost.REWARDS.get(name)
+    with caplog.at_level("WARNING"):
+        score_rollout(make_rollout(["a"]), {name: fn}, {})
+    assert f"at {tmp_path / 'my_reward.py'}:2 in helper: ZeroDivisionError" in caplog.text
+    set_error_mode("raise")
+    try:
+        with pytest.raises(RewardError, match=r"my_reward.py:2 in helper: ZeroDivisionError.*MMPOST_DEBUG=1"):
+            score_rollout(make_rollout(["a"]), {name: fn}, {})
+    finally:
+        set_error_mode("contain")
 
 
 def test_wrong_length_is_contained():

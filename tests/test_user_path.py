@@ -147,3 +147,71 @@ def test_plain_reward_functions_in_the_python_api(mmpost_home, tmp_path, reward_
     assert done.returncode == 0 and "resumed" in done.stdout, done.stderr[-3000:]
     with pytest.raises(ValueError, match="lambda"):
         mmpost.build_config("arithmetic", rewards=[lambda completions, **kw: [0.0] * len(completions)])
+
+
+def _warnings_above_bars(stderr: str) -> None:
+    """Every WARNING starts its own line: a progress bar being drawn was cleared first, not written through."""
+    for line in stderr.split("\n"):
+        if "WARNING" in line:
+            assert not line.split("WARNING")[0].split("\r")[-1].strip(), line[:300]
+
+
+def test_a_quick_dpo_run_says_why_it_learns_nothing(mmpost_home, tmp_path):
+    """No pairs: one warning with the reason (above the bars), no NaN in metrics.jsonl, no scheduler warning;
+    the start summary and the note that --max-steps runs do not learn; no per-file loading bars."""
+    done = _cli(["train", "--task", "arithmetic", "--recipe", "dpo", "--output-dir", "run", *QUICK],
+                mmpost_home, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("no preference pairs") == 1 and "all rewards were equal" in done.stderr
+    assert "lr_scheduler" not in done.stderr and "Loading weights" not in done.stderr + done.stdout
+    _warnings_above_bars(done.stderr)
+    assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    for text in ("mmpost: task arithmetic", "stages: sft (sft, 1 steps", "torch threads", "run directory: run",
+                 "[dpo:dpo] ", "note: --max-steps 1 capped every stage"):
+        assert text in done.stdout, text
+
+
+def test_lora_runs_are_quiet_and_the_readme_export_works(mmpost_home, tmp_path):
+    two = _cli(["train", "--task", "arithmetic", "--set", "peft.r=4", "--output-dir", "two", *QUICK], mmpost_home,
+               tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "bitsandbytes" not in two.stderr and "FutureWarning" not in two.stderr, two.stderr[-2000:]
+    assert "there is no final/adapter/" in two.stdout and not (tmp_path / "two" / "final" / "adapter").exists()
+    one = _cli(["train", "--task", "arithmetic", "--set", "peft.r=4", "--set", "rl.steps=0", "--output-dir", "one",
+                *QUICK], mmpost_home, tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    export = _cli(["export", "one/final/adapter", "--out", "merged"], mmpost_home, tmp_path)
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_skipped_rows_are_reported_once_with_their_reason_and_counted(mmpost_home, tmp_path, reward_file):
+    """skip_bad_rows: one warning per bad row with its reason, the count in results.json and the card; the
+    report shows each sample's total, every reward and the reference beside the output."""
+    import json
+
+    good = [{"question": f"{i}+1?", "solution": f"{i}+1={i + 1}\n#### {i + 1}", "answer": str(i + 1)} for i in range(9)]
+    lines = [json.dumps(r) for r in good[:4]] + ['{"question": "cut short'] + [json.dumps(r) for r in good[4:]]
+    (tmp_path / "problems.jsonl").write_text("\n".join(lines) + "\n")
+    done = _cli(["train", "--task", "arithmetic", "--reward", "my_rewards.py:brevity", "--output-dir", "run",
+                 "--set", "data.path=problems.jsonl", "--set", "data.skip_bad_rows=true", *QUICK], mmpost_home,
+                tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    skipped = [line for line in done.stderr.splitlines() if "skipping bad row" in line]
+    assert len(skipped) == 1 and "problems.jsonl:5: invalid JSON" in skipped[0], skipped
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped_rows"] == {"problems.jsonl": 1}
+    assert "1 malformed rows of problems.jsonl skipped" in (tmp_path / "run" / "final" / "README.md").read_text()
+    report = _cli(["report", "run"], mmpost_home, tmp_path, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "total " in page and "brevity " in page and "answer_match " in page and ">reference<" in page
+
+
+def test_a_failing_reward_file_says_where(mmpost_home, tmp_path):
+    (tmp_path / "broken.py").write_text("def scores(completions, **kw):\n    return [len(c) / 0 for c in completions]\n")
+    done = _cli(["train", "--task", "arithmetic", "--reward", "broken.py:scores", "--set", "reward_errors=raise",
+                 *QUICK], mmpost_home, tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = next(line for line in done.stderr.splitlines() if line.startswith("mmpost: error:"))
+    assert f"{tmp_path / 'broken.py'}:2 in <listcomp>" in line or f"{tmp_path / 'broken.py'}:2 in scores" in line, line
+    assert "MMPOST_DEBUG=1" in line

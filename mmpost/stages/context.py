@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,9 @@ class StageContext:
                     f"stage {self.stage.name!r}: non-finite {what} for {bad} updates in a row (last at step "
                     f"{self.step + 1}); stopping. Lower the learning rate, check the rewards and data, or resume "
                     f"from the last checkpoint (max_nonfinite_steps={self.max_nonfinite_steps})")
-        if advance_schedule:
-            self.scheduler.step()
+        if advance_schedule:  # a skipped update still advances the schedule, on purpose: silence torch's warning
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm

@@ -10,6 +10,7 @@ the reference and is refreshed every ``iteration_steps`` (SPIN, ``uclaml/SPIN``)
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ from mmpost.registry import check_choice
 from mmpost.rewarding import score_rollout
 from mmpost.stages.context import StageContext
 from mmpost.types import Rollout, StageSection
+
+log = logging.getLogger(__name__)
 
 PREFERENCE_LOSSES = ("dpo", "robust", "ipo", "rdpo", "dpo_norm", "simpo", "orpo", "kto", "asft")
 REFERENCE_FREE = ("simpo", "orpo", "asft")
@@ -63,6 +66,14 @@ def make_pairs(ctx: StageContext, batch: list[dict]) -> tuple[Rollout | None, Ro
     pairs = losses.best_worst_pairs(torch.nan_to_num(samples.rewards, nan=float("-inf")), samples.group)
     metrics["pairs"] = float(len(pairs))
     if not pairs:
+        if not ctx.state.get("warned_no_pairs"):  # once a stage: why this step (and maybe others) learn nothing
+            ctx.state["warned_no_pairs"] = True
+            rewards = torch.nan_to_num(samples.rewards, nan=0.0)
+            log.warning("stage %r step %d: no preference pairs, so no update: in every group of %d samples all "
+                        "rewards were equal (mean %.3f); pairs need samples of one prompt that score differently. "
+                        "Typical causes: too little SFT before (every sample wrong), or an all-or-nothing reward "
+                        "on a weak model (a reward with partial credit helps). `pairs` in metrics.jsonl counts "
+                        "them per step", stage.name, ctx.step + 1, stage.sampling.group_size, float(rewards.mean()))
         return None, None, metrics
     chosen, rejected = (samples.subset(torch.tensor(side)) for side in zip(*pairs))
     metrics["pairs/reward_margin"] = float((chosen.rewards - rejected.rewards).mean())

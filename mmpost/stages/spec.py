@@ -102,8 +102,10 @@ class Stage:
 
     def __post_init__(self):
         check_choice(f"stage {self.name!r}: kind", self.kind, STAGE_KINDS)
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError(f"stage {self.name!r}: steps >= 0 and batch_size >= 1 required")
+        if self.steps < 0:
+            raise ValueError(f"{self.name}.steps must be >= 0 (0 skips the stage), got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"{self.name}.batch_size must be >= 1, got {self.batch_size}")
         for section in self.sections().values():
             try:
                 section.__post_init__()

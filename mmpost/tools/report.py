@@ -116,11 +116,16 @@ def _gallery(run_dir: Path, name: str, out: Path, limit: int) -> str:
             if drawn:
                 media.append(f'<figure><img src="{drawn}"><figcaption>boxes (red: model, green: gold)</figcaption></figure>')
         text = output if isinstance(output, str) else json.dumps(output)
-        reward = sample.get("reward")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        scores = {"total": sample.get("total", sample.get("reward")), **sample.get("rewards", {})}
+        scores = " · ".join(f"{html.escape(k)} {fmt(v)}" for k, v in scores.items())
+        reference = sample.get("reference") or sample.get("answer") or sample.get("box")
+        gold = (f'<p>reference</p><pre class="gold">{html.escape(str(reference))[:1500]}</pre>'
+                if reference is not None else "")
         cards.append(
             f'<div class="card"><div class="media">{"".join(media)}</div>'
-            f'<pre>{html.escape(str(text))[:1500]}</pre>'
-            f'<p>reward {reward if reward is None else f"{reward:.3f}"}; {html.escape(str(sample.get("reason") or ""))}</p></div>')
+            f'<p>output</p><pre>{html.escape(str(text))[:1500]}</pre>{gold}'
+            f'<p>{scores}; {html.escape(str(sample.get("reason") or ""))}</p></div>')
     return f"<h3>{html.escape(name)}</h3>" + "".join(cards)
 
 
@@ -147,7 +152,7 @@ def write_report(run_dir: str | Path, samples: int = 8) -> Path:
 <style>body{{font-family:sans-serif;margin:24px;max-width:1200px}}img{{max-width:100%}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 .card{{border:1px solid #ddd;margin:8px 0;padding:8px}}.media{{display:flex;gap:8px;flex-wrap:wrap}}
-figure{{margin:0}}figure img{{max-height:180px}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px;max-height:220px;overflow:auto}}</style>
+figure{{margin:0}}figure img{{max-height:180px}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:6px;max-height:220px;overflow:auto}}pre.gold{{background:#eef7ee}}</style>
 </head><body><h1>mmpost run <code>{html.escape(run_dir.name)}</code></h1>
 <h2>Curves</h2>{''.join(f'<h3>{html.escape(t)}</h3><img class="curve" src="{f}">' for t, f in figures) or '<p>no steps logged</p>'}
 <h2>Held-out evaluation</h2>{_table(results) if results else '<p>no results yet</p>'}
@@ -176,7 +181,13 @@ def write_model_card(run_dir: Path, cfg, results: dict) -> Path:
             before = results.get("before", {}).get(mode, {}).get(key)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             rows.append(f"| {mode} {key} | {fmt(before)} | {fmt(after)} |")
-    data = cfg.data.path or f"seeded synthetic {cfg.task} data ({cfg.data.train_size} training rows)"
+    trained_on = results.get("training_rows", {})
+    rows = ", ".join(f"{n} in stage {stage}" for stage, n in trained_on.items() if n)
+    data = (f"{cfg.data.path}" + (f", held-out rows from {cfg.data.eval_path}" if cfg.data.eval_path else "")
+            if cfg.data.path else f"seeded synthetic {cfg.task} data")
+    data += f" (training rows: {rows})" if rows else ""
+    skipped = results.get("skipped_rows", {})
+    data += "".join(f"; {n} malformed rows of {file} skipped (data.skip_bad_rows)" for file, n in skipped.items())
     card = f"""---
 library_name: transformers
 tags: [mmpost, {cfg.task}]
