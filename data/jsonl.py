@@ -1,4 +1,5 @@
-"""Loader for users' datasets: JSONL, Parquet, CSV or a Hugging Face ``datasets`` directory.
+"""Loader for users' datasets: JSONL, Parquet, CSV, a Hugging Face ``datasets`` directory, or a folder of
+code + image pairs (ChartMimic / Plot2Code layout).
 
 Rows stream from the file (nothing is read whole), are renamed by an optional column mapping,
 validated one by one, and carry ``source`` (``"file:row"``) for error messages. Media columns
@@ -77,6 +78,31 @@ def _dataset_records(path: Path) -> Iterator[tuple[int, Any]]:
         yield number, row
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def is_pair_folder(path: Path) -> bool:
+    """A folder of ``NAME.py`` + ``NAME.png`` pairs, as chart-to-code benchmarks ship (ChartMimic's
+    ``ori_500/``, Plot2Code), rather than a ``datasets.save_to_disk`` directory."""
+    return (path.is_dir() and not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
+            and any(path.glob("*.py")))
+
+
+def _pair_folder_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """``{"image": "NAME.png", "code": <NAME.py>, "name": NAME}`` per code file, in name order; a code file
+    without an image beside it, or not UTF-8, is a malformed row."""
+    for number, code_file in enumerate(sorted(path.glob("*.py")), start=1):
+        image = next((code_file.with_suffix(s) for s in IMAGE_SUFFIXES if code_file.with_suffix(s).exists()), None)
+        if image is None:
+            yield number, DataError(f"{code_file}: no image beside it ({code_file.stem} with one of "
+                                    f"{', '.join(IMAGE_SUFFIXES)})")
+            continue
+        try:
+            yield number, {"image": image.name, "code": code_file.read_text(encoding="utf-8"), "name": code_file.stem}
+        except UnicodeDecodeError as error:
+            yield number, DataError(f"{code_file}: not UTF-8 ({error})")
+
+
 def media_path(value: str, data: str | Path) -> Path:
     """A media file a data row names: absolute, or relative to the data file's folder (for a ``datasets``
     directory: the directory, then the folder holding it). The first that exists, else the first."""
@@ -130,7 +156,8 @@ def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, .
               convert: Callable[[dict], Any] | None = None, columns: list[str] | dict | None = None) -> Iterator:
     """Yield validated rows of a dataset (or ``convert(row)`` of each), streaming.
 
-    ``path``: a ``.jsonl`` / ``.parquet`` / ``.csv`` file or a ``datasets.save_to_disk`` directory.
+    ``path``: a ``.jsonl`` / ``.parquet`` / ``.csv`` file, a ``datasets.save_to_disk`` directory, or a folder
+    of ``NAME.py`` + ``NAME.png`` pairs (chart-to-code benchmarks' layout; rows ``image``, ``code``, ``name``).
     ``columns`` maps the fields mmpost needs to the file's column names (``["image=img"]``).
     ``required`` names the fields every row must have, or maps each to its JSON type(s) (``str``,
     ``list``, ``(str, int, float)``). Each row gets ``source`` (``"file:row"``) and, when it has an
@@ -147,7 +174,12 @@ def read_rows(path: str | Path, required: dict[str, type | tuple] | tuple[str, .
         raise ValueError(f"{path}: unknown data format {path.suffix!r}; use .jsonl, .parquet, .csv or a "
                          "datasets.save_to_disk directory")
     renames = parse_columns(columns)
-    records = _jsonl_records(path) if path.suffix in (".jsonl", ".json") else _dataset_records(path)
+    if is_pair_folder(path):
+        records = _pair_folder_records(path)
+    elif path.suffix in (".jsonl", ".json"):
+        records = _jsonl_records(path)
+    else:
+        records = _dataset_records(path)
     skipped = 0
     for number, row in records:
         where = f"{path}:{number}"

@@ -23,7 +23,7 @@ import numpy as np
 from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, TrainConfig
 from mmpost.envs.base import expert_demonstrations, make_env, split_seeds
 from mmpost.stages.spec import Advantage, Optim, PolicyGradient, Sampling, Stage
-from mmpost.tasks.reach import DEMO_SEED_OFFSET, Reach, demonstrations_from_jsonl
+from mmpost.tasks.reach import DEMO_SEED_OFFSET, Reach, user_demonstrations
 
 log = logging.getLogger(__name__)
 DEMO_NOISE = 0.2  # std of the noise on the expert's executed actions (0.3 drops the cube too often)
@@ -93,7 +93,7 @@ class ManiSkill:
     def demonstrations(self) -> list[dict]:
         """``data.demos`` noisy scripted-expert episodes (cached), or a user's JSONL (``data.path``)."""
         if self.cfg.data.path:
-            return demonstrations_from_jsonl(self.cfg.data)
+            return user_demonstrations(self.cfg.data, self.cfg.flow.action_horizon)
         from mmpost.models.tiny_qwen2vl import mmpost_home
 
         env, n, horizon = self.cfg.env, self.cfg.data.demos, self.cfg.flow.action_horizon

@@ -112,15 +112,20 @@ class Reach:
 
             return read_demonstrations(self.cfg.data.path, self.cfg.flow.action_horizon)
         if self.cfg.data.path:
-            return demonstrations_from_jsonl(self.cfg.data)
+            return user_demonstrations(self.cfg.data, self.cfg.flow.action_horizon)
         return expert_demonstrations(self.cfg.env, self.cfg.data.demos, self.cfg.flow.action_horizon, DEMO_NOISE,
                                      seed=self.cfg.seed, first_episode_seed=DEMO_SEED_OFFSET)
 
 
-def demonstrations_from_jsonl(data_cfg) -> list[dict]:
-    """A user's demonstrations: JSONL (or Parquet, datasets dir) rows of ``state``, ``instruction``,
+def user_demonstrations(data_cfg, horizon: int) -> list[dict]:
+    """A user's demonstrations: a LeRobot dataset folder (every frame, the next ``horizon`` actions;
+    :mod:`mmpost.data.lerobot`), or JSONL (or Parquet, datasets dir) rows of ``state``, ``instruction``,
     ``actions`` (the next ``flow.action_horizon`` actions)."""
     from mmpost.data.jsonl import DataError, read_jsonl
+    from mmpost.data.lerobot import is_lerobot, read_lerobot
+
+    if is_lerobot(data_cfg.path):
+        return read_lerobot(data_cfg.path, horizon, data_cfg.columns)
 
     def convert(r: dict) -> dict:
         try:

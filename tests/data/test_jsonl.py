@@ -199,3 +199,23 @@ def test_relative_media_paths_resolve_from_the_data_not_the_working_directory(tm
     for name in ("images.parquet", "plain_dir"):
         rows = list(read_rows(data / name, required={"image": str, "code": str}, columns=["image=img", "code=program"]))
         assert np.array_equal(np.asarray(rows[0]["image_obj"]), np.asarray(Image.open(io.BytesIO(_png(0))).convert("RGB")))
+
+
+def test_a_chart_benchmark_folder_of_code_and_image_pairs(tmp_path):
+    """ChartMimic / Plot2Code layout: NAME.py beside NAME.png; chart2code trains on it as data.path."""
+    folder = tmp_path / "ori_500"
+    folder.mkdir()
+    for i, code in enumerate(CODES[:6]):
+        (folder / f"bar_{i}.py").write_text(code)
+        (folder / f"bar_{i}.png").write_bytes(_png(i))
+    (folder / "orphan.py").write_text(CODES[6])  # no image beside it
+    with pytest.raises(DataError, match="orphan.py: no image beside it"):
+        list(read_rows(folder, required={"image": str, "code": str}))
+    rows = list(read_rows(folder, required={"image": str, "code": str}, skip_bad_rows=True))
+    assert [r["name"] for r in rows] == [f"bar_{i}" for i in range(6)] and rows[2]["code"] == CODES[2]
+    (folder / "orphan.py").unlink()
+    cfg = mmpost.build_config("chart2code", overrides={"data.path": str(folder), "data.eval_size": 2})
+    task = TASKS.get("chart2code")(cfg)
+    train, heldout = task.rows("train"), task.rows("heldout")
+    assert [r["code"] for r in train + heldout] == CODES[:6]
+    assert np.array_equal(np.asarray(heldout[-1]["images"][0]), np.asarray(Image.open(io.BytesIO(_png(5))).convert("RGB")))
