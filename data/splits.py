@@ -28,6 +28,13 @@ def split_seeds(split: str, size: int) -> range:
     raise ValueError(f"unknown split {split!r}; expected 'train', 'validation', 'heldout' or 'ood'")
 
 
+def generating(seeds, what: str):
+    """``seeds`` with a progress bar (and ETA) while rows are generated; silent for a few rows."""
+    from tqdm.auto import tqdm
+
+    return tqdm(seeds, desc=f"generating {what}", unit="row", leave=False, disable=len(seeds) < 100)
+
+
 def split_user_rows(data, split: str, read: Callable[[str], list]) -> list:
     """A user's rows of ``split`` ("train" or "heldout"); ``data`` is the run's ``DataConfig`` and
     ``read(path)`` the task's reader. With ``data.eval_path`` the held-out rows are that file's (the first

@@ -31,11 +31,12 @@ def build_config(task: str = "", *, model: str = "", recipe: str | None = None,
 
     ``task`` defaults to chart2code, or to ``config``'s: a full config file (``mmpost config TASK``'s
     output, or a run's ``config.yaml``) to start from instead of the task's defaults; its
-    ``output_dir`` is kept only when that directory holds no run yet. ``recipe`` is one of the task's own recipes, a method of the library (``mmpost list recipes``:
-    ``dpo``, ``chord``, ``reft``, ...; see :mod:`mmpost.recipes`) or a YAML file of stages. ``rewards``
-    holds registered names or plain functions (TRL's style). Unknown names, keys and values fail here,
-    before any model or data is loaded. ``more_rewards`` are added to whichever rewards result (the
-    task's defaults when ``rewards`` is not given): the CLI's ``--reward FILE.py:FUNCTION``.
+    ``output_dir`` is kept only when that directory holds no run yet. ``recipe`` is one of the task's
+    own recipes, a method of the library (``mmpost list recipes``: ``dpo``, ``chord``, ``reft``, ...;
+    see :mod:`mmpost.recipes`) or a YAML file of stages. ``rewards`` holds registered names,
+    ``FILE.py:FUNCTION`` specs or plain functions (TRL's style); ``more_rewards`` are added to whichever
+    rewards result (the task's defaults when ``rewards`` is not given): the CLI's ``--reward``.
+    Unknown names, keys and values fail here, before any model or data is loaded.
     """
     from mmpost.config import apply_overrides, stages_from_yaml
     from mmpost.model_path import resolve_model

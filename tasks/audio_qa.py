@@ -21,7 +21,7 @@ from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, media_path, read_jsonl
 from mmpost.data.sounds import SAMPLE_RATE, clip, prompt_text, split_seeds, synthesize
-from mmpost.data.splits import split_user_rows
+from mmpost.data.splits import generating, split_user_rows
 from mmpost.models.tiny_qwen2audio import cached_tiny_qwen2audio
 
 TRAIN_SIZE = 4000
@@ -86,7 +86,7 @@ class AudioQA:
                 path, self.cfg.data.skip_bad_rows, self.cfg.data.columns))
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
-        for seed in split_seeds(split, size):
+        for seed in generating(split_seeds(split, size), f"{self.name} {split} rows"):
             record = clip(seed, split)
             rows.append(make_row(synthesize(record), record["question"], record["choices"], record["answer"],
                                  qtype=record["qtype"], shifted=record["shifted"], seed=seed))

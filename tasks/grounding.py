@@ -25,7 +25,7 @@ from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, read_jsonl
 from mmpost.data.scenes import SIDE, render, scene, split_seeds
-from mmpost.data.splits import split_user_rows
+from mmpost.data.splits import generating, split_user_rows
 
 TRAIN_SIZE = 6000
 PROMPT = "Find {}. Answer its box [x1, y1, x2, y2] in pixels."
@@ -110,7 +110,7 @@ class Grounding:
                 path, self.cfg.data.skip_bad_rows, self.cfg.data.columns))
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         rows = []
-        for seed in split_seeds(split, size):
+        for seed in generating(split_seeds(split, size), f"{self.name} {split} rows"):
             record = scene(seed, split)
             rows.append(make_row(render(record), record["expression"], record["box"], seed=seed,
                                  novel=record["novel"]))

@@ -27,7 +27,7 @@ from mmpost.config import DataConfig, EvalConfig, TrainConfig
 from mmpost.stages.spec import Optim, Sampling, Stage
 from mmpost.data.jsonl import DataError, media_path, read_jsonl
 from mmpost.data.motion import FRAMES, SIDE, as_image, render, split_seeds, video
-from mmpost.data.splits import split_user_rows
+from mmpost.data.splits import generating, split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl
 
 TRAIN_SIZE = 3000
@@ -145,7 +145,7 @@ class VideoQA:
         size = self.cfg.data.train_size if split == "train" else self.cfg.data.eval_size
         as_grid = not self.takes_video
         rows = []
-        for seed in split_seeds(split, size):
+        for seed in generating(split_seeds(split, size), f"{self.name} {split} rows"):
             record = video(seed, split)
             rows.append(make_row(render(record), record["question"], record["choices"], record["answer"],
                                  record["caption"], as_grid=as_grid, qtype=record["qtype"], seed=seed))

@@ -181,11 +181,10 @@ def write_model_card(run_dir: Path, cfg, results: dict) -> Path:
             before = results.get("before", {}).get(mode, {}).get(key)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             rows.append(f"| {mode} {key} | {fmt(before)} | {fmt(after)} |")
-    trained_on = results.get("training_rows", {})
-    rows = ", ".join(f"{n} in stage {stage}" for stage, n in trained_on.items() if n)
+    trained = ", ".join(f"{n} in stage {stage}" for stage, n in results.get("training_rows", {}).items() if n)
     data = (f"{cfg.data.path}" + (f", held-out rows from {cfg.data.eval_path}" if cfg.data.eval_path else "")
             if cfg.data.path else f"seeded synthetic {cfg.task} data")
-    data += f" (training rows: {rows})" if rows else ""
+    data += f" (training rows: {trained})" if trained else ""
     skipped = results.get("skipped_rows", {})
     data += "".join(f"; {n} malformed rows of {file} skipped (data.skip_bad_rows)" for file, n in skipped.items())
     card = f"""---
