@@ -215,3 +215,17 @@ def test_a_failing_reward_file_says_where(mmpost_home, tmp_path):
     line = next(line for line in done.stderr.splitlines() if line.startswith("mmpost: error:"))
     assert f"{tmp_path / 'broken.py'}:2 in <listcomp>" in line or f"{tmp_path / 'broken.py'}:2 in scores" in line, line
     assert "MMPOST_DEBUG=1" in line
+
+
+def test_small_mistakes_get_precise_messages(mmpost_home, tmp_path, reward_file):
+    _one_line_error(_cli(["train", "--task", "arithmetic", "--reward", "my_rewards.py:brevty"], mmpost_home, tmp_path,
+                         timeout=120), "no function 'brevty'", "Did you mean 'brevity'")
+    _one_line_error(_cli(["train", "--task", "arithmetic", "--set", "dpo.preference.beta=0.2"], mmpost_home, tmp_path,
+                         timeout=120), "'dpo' is neither a config section nor a stage", "stages: sft, rl")
+    _one_line_error(_cli(["train", "--task", "arithmetic", "--set", "sft.steps=-5"], mmpost_home, tmp_path,
+                         timeout=120), "sft.steps must be >= 0", "got -5")
+    (tmp_path / "bad.jsonl").write_text('{"question": "1+1?", "solution": "1+1=2\\n#### 2", "answer": 2,}\n')
+    from mmpost.data.jsonl import DataError, read_rows
+
+    with pytest.raises(DataError, match=r"bad.jsonl:1: invalid JSON: .* at column \d+ \(near .*\"answer\": 2,\}"):
+        list(read_rows(tmp_path / "bad.jsonl"))
