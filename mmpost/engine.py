@@ -65,6 +65,18 @@ def batch_indices(seed: int, stage_index: int, step: int, batch_size: int, n: in
     return order[slot * batch_size:(slot + 1) * batch_size].tolist()
 
 
+@contextlib.contextmanager
+def timed(results: dict, phase: str):
+    """Add the block's wall seconds to ``results["seconds"][phase]``: results.json says where a run's
+    time went (data, model, evaluation, each stage's training)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = results.setdefault("seconds", {})
+        seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+
 def resolve_rewards(cfg: TrainConfig, task) -> tuple[dict, dict]:
     names = cfg.rewards or list(task.rewards)
     if not names:
@@ -145,8 +157,9 @@ class Run:
 
     def evaluate(self, key: str) -> None:
         """The held-out evaluation as ``results[key]``, written with its samples (main process)."""
-        self.results[key] = evaluate(self.policy, self.rows["heldout"], self.eval_rewards, self.weights,
-                                     self.cfg.eval, self.task.metric, task_member(self.task, "breakdown"))
+        with timed(self.results, "evaluation"):
+            self.results[key] = evaluate(self.policy, self.rows["heldout"], self.eval_rewards, self.weights,
+                                         self.cfg.eval, self.task.metric, task_member(self.task, "breakdown"))
         rerank = next((s.rerank for s in self.cfg.stages if s.kind == "rerank"), None)
         if rerank is not None:  # a reranker is judged on ranking held-out candidates, beside the task's metric
             from mmpost.stages.rerank import rerank_evaluation
@@ -165,8 +178,9 @@ class Run:
             key = "heldout" if split == self.cfg.eval.split else f"curve:{split}"
             if key not in self.rows:
                 self.rows[key] = self.task.rows(split)
-            result = evaluate(self.policy, self.rows[key], self.eval_rewards, self.weights,
-                              replace(self.cfg.eval, sampled=False, samples_to_save=0), metric)
+            with timed(self.results, "evaluation"):
+                result = evaluate(self.policy, self.rows[key], self.eval_rewards, self.weights,
+                                  replace(self.cfg.eval, sampled=False, samples_to_save=0), metric)
             if result["greedy"].get(metric) is not None:
                 point[f"eval/{split}/{metric}"] = result["greedy"][metric]
         set_rng_state(state)
@@ -200,7 +214,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
                 continue
             resumed = checkpoint if checkpoint and stage_index == checkpoint["stage_index"] else None
             ctx = setup_stage(run, stage_index, resumed)
-            run_stage(run, ctx, start=resumed["step"] if resumed else 0)
+            evaluating = run.results.get("seconds", {}).get("evaluation", 0.0)
+            with timed(run.results, f"train {stage.name}"):
+                run_stage(run, ctx, start=resumed["step"] if resumed else 0)
+            seconds = run.results["seconds"]  # learning-curve evaluations count as evaluation, not training
+            seconds[f"train {stage.name}"] = round(seconds[f"train {stage.name}"] - (seconds.get("evaluation", 0.0)
+                                                                                     - evaluating), 3)
             end_stage(run, ctx)
             checkpoint = None
         if previous_handler is not None:
@@ -244,8 +263,10 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
         cfg.save(run_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
 
+    results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     task, rewards, weights, eval_rewards = build_task(cfg)
-    rows = {"heldout": task.rows(cfg.eval.split)}  # what the run reports on (eval.split: heldout | validation)
+    with timed(results, "data"):
+        rows = {"heldout": task.rows(cfg.eval.split)}  # what the run reports on (eval.split: heldout | validation)
     check_trackers(cfg.trackers)
     # find_unused_parameters: a VLM on a text-only task never uses its vision tower; DDP must not wait for it
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
@@ -253,7 +274,8 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
                               **accelerator_arguments(cfg.trackers, run_dir))
     if cfg.trackers:
         accelerator.init_trackers(run_dir.name, config=flat_config(cfg.to_dict()))
-    policy = build_policy(task, cfg.model, device=accelerator.device)
+    with timed(results, "model"):
+        policy = build_policy(task, cfg.model, device=accelerator.device)
     torch.manual_seed(cfg.seed)  # whether the task just built its default model (seeded init) or loaded it
     check_capabilities(cfg, policy)  # (a user's task may build any policy)
     if cfg.image_pixels:
@@ -270,7 +292,6 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
     policy.model = accelerator.prepare_model(policy.model)
     if checkpoint is not None:
         restore_state(policy.model, checkpoint["model"])
-    results = json.loads((run_dir / "results.json").read_text()) if checkpoint else {}
     return Run(cfg, run_dir, task, policy, rewards, weights, eval_rewards, accelerator, rows, results), checkpoint
 
 
@@ -297,8 +318,9 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
     cfg, policy, stage = run.cfg, run.policy, run.cfg.stages[stage_index]
     steps = stage_steps(stage, cfg.max_steps)
     # a stage without steps reads no data (e.g. --set sft.steps=0 where the env has no demonstrations)
-    train_rows = (stage_rows(stage, run.task, run.rows, policy, run.rewards, run.weights, cfg.seed, run.run_dir)
-                  if steps else [])
+    with timed(run.results, "data"):
+        train_rows = (stage_rows(stage, run.task, run.rows, policy, run.rewards, run.weights, cfg.seed, run.run_dir)
+                      if steps else [])
     run.results.setdefault("training_rows", {})[stage.name] = len(train_rows)
     if world()[0] == 0 and steps:
         print(f"[{stage.name}:{stage.kind}] {len(train_rows)} training rows ({stage.data}), {steps} steps of "
@@ -425,6 +447,7 @@ def finish(run: Run) -> dict:
         run.policy.save(run.run_dir / "final")
         write_model_card(run.run_dir, cfg, run.results)
         print_table(run.results)
+        print("time: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in run.results["seconds"].items()))
         before, after = (run.results.get(k, {}).get("greedy", {}).get(run.task.metric) for k in ("before", "after"))
         if cfg.max_steps and (after or 0.0) <= (before or 0.0):
             planned = ", ".join(f"{s.name} {s.steps}" for s in cfg.stages)

@@ -1,6 +1,7 @@
 """What a new user types, run as they type it (subprocesses of the real CLI): user rewards across
 resume, configs as files, model paths that name nothing, plain reward functions in the Python API."""
 
+import json
 import os
 import subprocess
 import sys
@@ -166,6 +167,8 @@ def test_a_quick_dpo_run_says_why_it_learns_nothing(mmpost_home, tmp_path):
     assert "lr_scheduler" not in done.stderr and "Loading weights" not in done.stderr + done.stdout
     _warnings_above_bars(done.stderr)
     assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    seconds = json.loads((tmp_path / "run" / "results.json").read_text())["seconds"]  # where the time went
+    assert set(seconds) == {"data", "model", "evaluation", "train sft", "train dpo"} and min(seconds.values()) >= 0
     for text in ("mmpost: task arithmetic", "stages: sft (sft, 1 steps", "torch threads", "run directory: run",
                  "[dpo:dpo] ", "note: --max-steps 1 capped every stage"):
         assert text in done.stdout, text
@@ -188,7 +191,6 @@ def test_lora_runs_are_quiet_and_the_readme_export_works(mmpost_home, tmp_path):
 def test_skipped_rows_are_reported_once_with_their_reason_and_counted(mmpost_home, tmp_path, reward_file):
     """skip_bad_rows: one warning per bad row with its reason, the count in results.json and the card; the
     report shows each sample's total, every reward and the reference beside the output."""
-    import json
 
     good = [{"question": f"{i}+1?", "solution": f"{i}+1={i + 1}\n#### {i + 1}", "answer": str(i + 1)} for i in range(9)]
     lines = [json.dumps(r) for r in good[:4]] + ['{"question": "cut short'] + [json.dumps(r) for r in good[4:]]
