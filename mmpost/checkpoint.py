@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -23,11 +24,22 @@ from mmpost import faults
 _NAME = re.compile(r"^s(\d{2})-(\d{6})$")
 
 
+def write_atomic(path: Path, write) -> None:
+    """``write(temporary_path)``, then rename it over ``path``: all or nothing. Each writer gets its own
+    temporary name (same suffix), so processes filling a shared cache at once never trip over each other:
+    the last rename wins, with the same content."""
+    path = Path(path)
+    tmp = path.with_name(f".{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data) -> None:
-    """``path`` holds ``data`` as JSON, all or nothing: written beside it, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    """``path`` holds ``data`` as JSON, all or nothing (:func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def rng_state() -> dict:

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 
+from mmpost.checkpoint import write_atomic
 from mmpost.config import DataConfig, TrainConfig
 from mmpost.stages.spec import KL, Optim, Sampling, Stage
 from mmpost.data.charts import chart_program, split_seeds
@@ -107,9 +108,7 @@ class Chart2Code:
                     if not isinstance(rendered, tuple):
                         raise RuntimeError(f"generator program for seed {program['seed']} failed: {rendered}")
                     record = {**program, "features": rendered[0], "png": rendered[2]}
-                    tmp = cache / f".{program['seed']}.json.tmp"
-                    tmp.write_text(json.dumps(record))
-                    tmp.rename(cache / f"{program['seed']}.json")
+                    write_atomic(cache / f"{program['seed']}.json", lambda tmp: tmp.write_text(json.dumps(record)))
                 bar.update(len(chunk))
         return [json.loads((cache / f"{s}.json").read_text()) for s in seeds]
 

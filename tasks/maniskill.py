@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from mmpost.checkpoint import write_atomic
 from mmpost.config import DataConfig, EnvConfig, EvalConfig, FlowConfig, TrainConfig
 from mmpost.envs.base import expert_demonstrations, make_env, split_seeds
 from mmpost.stages.spec import Advantage, Optim, PolicyGradient, Sampling, Stage
@@ -107,9 +108,7 @@ class ManiSkill:
                                      first_episode_seed=DEMO_SEED_OFFSET)
         arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(cache)  # atomic: a crash never leaves a half-written cache
+        write_atomic(cache, lambda tmp: np.savez(tmp, **arrays))  # a crash never leaves a half-written cache
         return rows
 
 

@@ -24,6 +24,8 @@ Recipes (``--recipe NAME``):
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from mmpost.config import DataConfig, DiffusionConfig, EvalConfig, TrainConfig
@@ -99,6 +101,7 @@ class Multiview3D:
         """Rendered training tiles, cached one tensor file per seed."""
         from tqdm.auto import tqdm
 
+        from mmpost.checkpoint import write_atomic
         from mmpost.models.tiny_qwen2vl import mmpost_home
 
         cache = mmpost_home() / "data" / f"multiview3d-{DATA_VERSION}"
@@ -107,8 +110,6 @@ class Multiview3D:
         for seed in tqdm(seeds, desc="rendering objects", unit="object"):
             path = cache / f"{seed}.pt"
             if not path.exists():
-                tmp = cache / f".{seed}.pt.tmp"
-                torch.save(tile(render(object_spec(seed), cameras)), tmp)
-                tmp.rename(path)
+                write_atomic(path, partial(torch.save, tile(render(object_spec(seed), cameras))))
             out.append(torch.load(path))
         return out
