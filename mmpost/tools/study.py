@@ -256,7 +256,8 @@ def plot_curves(report: dict, path: Path) -> None:
         return
     ax.set_xlabel("optimiser updates")
     ax.set_ylabel(f"greedy {report['metric']}")
-    ax.set_title(f"{report['task']}: held-out metric vs training budget (mean of seeds {report['seeds']})")
+    ax.set_title(f"{report['task']}: held-out metric vs training budget\n(mean of seeds {report['seeds']})",
+                 fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
