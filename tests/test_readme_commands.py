@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import mmpost
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 PLACEHOLDERS = ("/path/", "-X/", "-X ", "runs/X", "20261127", "runs/lora/")  # stand for the reader's own files
-RUN_VERBATIM = {"mmpost list", "mmpost list recipes", "mmpost list models", "mmpost list recipes --markdown"}
+RUN_VERBATIM = {"mmpost list", "mmpost list recipes", "mmpost list models", "mmpost list recipes --markdown",
+                "mmpost config arithmetic --set sft.steps=500"}
 QUICK_RUN_THAT_LEARNS = "mmpost train --task reach --set rl.steps=20"
 
 
@@ -23,7 +26,7 @@ def readme_commands() -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
         for line in block.splitlines():
             for part in line.split("&&"):
-                part = part.split("  #")[0].strip()
+                part = part.split("  #")[0].split(" > ")[0].strip()  # (a redirection is the shell's, not ours)
                 if part.startswith("mmpost "):
                     commands.append(part)
     return commands
@@ -46,8 +49,12 @@ def test_every_readme_command_parses_and_every_train_command_resolves(command, t
     (tmp_path / "my_rewards.py").write_text("def count_words(completions, **kw):\n"
                                             "    return [len(c.split()) / 50 for c in completions]\n")
     (tmp_path / "charts.parquet").write_bytes(b"")  # the config only names it
+    if args.config:  # as the README's line before it writes it
+        from mmpost.config_file import annotated_yaml
+
+        (tmp_path / args.config).write_text(annotated_yaml(mmpost.build_config("arithmetic")))
     cfg = train_config(args)
-    assert cfg.task == (args.task or "chart2code") and cfg.stages
+    assert cfg.task == (args.task or ("arithmetic" if args.config else "chart2code")) and cfg.stages
 
 
 @pytest.mark.parametrize("command", sorted(RUN_VERBATIM))
