@@ -85,6 +85,8 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
                 "heldout", 0, []), key
         if "flow" in config:  # flow.normalize_state (issue 26): off in every task of the baseline
             assert config["flow"].pop("normalize_state") is False, key
+        if "data" in config:  # user rewards from files and a separate held-out file (issue 29): none by default
+            assert (config.pop("reward_files"), config["data"].pop("eval_path")) == ([], ""), key
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
                 value = stage.pop(f"+{path}")
