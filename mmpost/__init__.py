@@ -80,7 +80,7 @@ def build_config(task: str = "", *, model: str = "", recipe: str | None = None,
         if value is not None:
             setattr(cfg, key, value)
     apply_overrides(cfg, overrides or {})
-    cfg.model = resolve_model(cfg.model)
+    cfg.model = resolve_model(cfg.model, task_member(task_cls, "builtin_models"))
     cfg.__post_init__()
     load_reward_files(cfg.reward_files)
     from mmpost.policy import check_capabilities, policy_class

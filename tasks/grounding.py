@@ -48,6 +48,7 @@ class Grounding:
     """The grounding task: data, model, rewards, metric and default recipe."""
 
     name = "grounding"
+    builtin_models = ("composed:",)  # a timm tower + the tiny LM, composed offline
     default_model = (  # `mmpost list models`
         "composed tiny LLaVA: CLIP ViT + MLP projector + Qwen2 LM (built offline); --model: a VLM "
         "directory / hub id, or composed[:TOWER[:LM_DIR]] (TOWER: clip, clip=CLIP_DIR, a timm "

@@ -76,6 +76,7 @@ class VideoQA:
     """The video_qa task: data, model, rewards, metric and default recipe."""
 
     name = "video_qa"
+    builtin_models = ("tiny-qwen2vl", "composed:")  # built offline (README: video_qa)
     default_model = (  # `mmpost list models`
         "composed tiny LLaVA (CLIP ViT + MLP projector + Qwen2 LM, built offline) fed 2x2 frame grids; "
         "--model: tiny-qwen2vl (a tiny Qwen2-VL fed the video through qwen-vl-utils, built offline), a "
