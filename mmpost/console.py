@@ -49,12 +49,13 @@ def start_summary(run) -> str:
     import torch
 
     from mmpost.engine import stage_steps
+    from mmpost.types import task_member
 
     cfg = run.cfg
     parameters = list(run.policy.model.parameters())
     total = sum(p.numel() for p in parameters)
     trained = sum(p.numel() for p in parameters if p.requires_grad)
-    model = cfg.model or getattr(run.task, "default_model", "the task's default").split(";")[0]
+    model = cfg.model or task_member(run.task, "default_model").split(";")[0]
     data = cfg.data.path or "seeded synthetic rows"
     stages = " -> ".join(f"{s.name} ({s.kind}, {stage_steps(s, cfg.max_steps)} steps x {s.batch_size})"
                          for s in cfg.stages)

@@ -444,6 +444,7 @@ def finish(run: Run) -> dict:
         accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")
                          for key, value in run.results["after"].get(mode, {}).items() if value is not None})
     if accelerator.is_main_process:
+        merged_stages = has_adapters(run.policy) and run.policy.adapters_merged  # (saving merges them in)
         run.policy.save(run.run_dir / "final")
         write_model_card(run.run_dir, cfg, run.results)
         print_table(run.results)
@@ -454,7 +455,7 @@ def finish(run: Run) -> dict:
             print(f"note: --max-steps {cfg.max_steps} capped every stage. A run this short checks that everything "
                   f"runs; it is not expected to learn (this recipe's steps: {planned}). A quick run that learns: "
                   "`mmpost train --task reach --set rl.steps=20` (about two minutes)")
-        if getattr(run.policy, "adapters_merged", False):
+        if merged_stages:
             print("final/ holds the model with every stage's LoRA adapters merged in; there is no final/adapter/: "
                   "each stage trained its own adapters on the previous stage's merged model, so no single adapter "
                   "recreates it from the base (a run with one adapter-training stage writes final/adapter/)")

@@ -123,6 +123,7 @@ TASK_OPTIONAL = {
     "blind_completions": None,  # blind_completions(train_rows, heldout_rows) -> answers a model without input would give
     "answer_only": None,  # answer_only(row) -> row: its demonstration without the reasoning (rows.answer_only)
     "ood": "",  # what rows("ood") holds: held-out rows outside the training distribution ("" = no such split)
+    "default_model": "the task's default model",  # what the task builds when --model is not given
     "builtin_models": (),  # --model names the task builds offline itself ("tiny-qwen2vl"; "composed:" = a prefix)
 }
 
