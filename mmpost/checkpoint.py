@@ -100,19 +100,53 @@ class _Writer:
         self.file.flush()
 
 
-def save_checkpoint(run_dir: Path, stage_index: int, step: int, payload: dict, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: Path, stage_index: int, step: int, payload: dict, keep: int = 2,
+                    shards=None) -> Path:
     """Write ``payload`` (plus RNG states) atomically as checkpoint (stage_index, step); prune old ones.
+    ``shards``: a sharded run's ``shards(folder)``, which every process calls to write its shards
+    (:func:`mmpost.sharding.save_shards`); every process then calls this, the main one writes the rest.
 
     Raises :class:`CheckpointError` when the write fails (the partial files are removed; earlier
     checkpoints stay loadable)."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"s{stage_index:02d}-{step:06d}"
+    if shards is not None:
+        return _save_sharded(run_dir, final, payload, keep, shards)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    _write(run_dir, tmp, final, payload)
+    _publish(run_dir, tmp, final, keep)
+    return final
+
+
+def _save_sharded(run_dir: Path, final: Path, payload: dict, keep: int, shards) -> Path:
+    """:func:`save_checkpoint` of a sharded run: all processes write their shards into the temporary
+    folder, then the main process adds ``state.pt`` and renames it into place."""
+    import torch.distributed as dist
+
+    from mmpost.distributed import world
+
+    main = world()[0] == 0
+    tmp = final.with_name(f".tmp-{final.name}-sharded")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    shards(tmp / "shards")
+    dist.barrier()
+    if main:
+        _write(run_dir, tmp, final, payload)
+        _publish(run_dir, tmp, final, keep)
+    dist.barrier()  # nobody trains on while the checkpoint is still a temporary folder
+    return final
+
+
+def _write(run_dir: Path, tmp: Path, final: Path, payload: dict) -> None:
+    """``tmp/state.pt`` with ``payload``, the RNG states and the position, flushed to disk."""
+    stage_index, step = (int(n) for n in _NAME.match(final.name).groups())
     writer = None
     try:
-        tmp.mkdir()
+        tmp.mkdir(parents=True, exist_ok=True)
         with open(tmp / "state.pt", "wb") as f:
             writer = _Writer(f)
             torch.save({**payload, "rng": rng_state(), "stage_index": stage_index, "step": step}, writer)
@@ -127,12 +161,15 @@ def save_checkpoint(run_dir: Path, stage_index: int, step: int, payload: dict, k
             f"could not write checkpoint {final} ({error}); "
             + (f"the last complete checkpoint, {previous[-1].name}, is intact: free space and continue with "
                f"`mmpost train --resume {run_dir}`" if previous else "no earlier checkpoint exists")) from error
+
+
+def _publish(run_dir: Path, tmp: Path, final: Path, keep: int) -> None:
+    """Rename the complete ``tmp`` into place and prune all but the newest ``keep`` checkpoints."""
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -145,4 +182,5 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    """The checkpoint in ``path``; its ``"directory"`` is ``path`` (a sharded run's shards are there)."""
+    return {**torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False), "directory": Path(path)}

@@ -179,6 +179,10 @@ class TrainConfig:
     threads: int = 2  # torch threads; 1-2 on small CPUs (oversubscription is many times slower)
     mixed_precision: str = "no"  # "no" | "bf16" (autocast; for GPUs)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    # "fsdp": shard parameters, gradients and optimiser state over the processes of a distributed launch
+    # (FSDP2; also chosen by an accelerate config with distributed_type: FSDP); "none": each process
+    # holds the whole model (data parallel)
+    sharding: str = "none"
     rewards: list[str] = field(default_factory=list)  # "" = the task's default rewards
     reward_weights: list[float] = field(default_factory=list)  # default: 1.0 each
     # User rewards defined in files, as ABSOLUTE_FILE.py:FUNCTION (--reward, or a function passed to
@@ -217,6 +221,13 @@ class TrainConfig:
         unknown = [t for t in self.trackers if t not in TRACKERS]
         if unknown:
             raise ValueError(f"trackers: unknown {unknown}; choose from {', '.join(TRACKERS)} (or [] for none)")
+        check_choice("sharding", self.sharding, ("none", "fsdp"))
+        if self.sharding == "fsdp" and self.peft.r and sum(1 for s in self.stages if s.steps) > 1:
+            raise ValueError("sharding=fsdp with LoRA trains one stage's adapters: merging them into a sharded base "
+                             "between stages is not supported. Keep one training stage, or leave peft.r=0 "
+                             "(sharding already splits the full model's optimiser state)")
+        if self.sharding == "fsdp" and self.rollout.backend == "vllm":
+            raise ValueError("sharding=fsdp with rollout.backend=vllm is not supported yet: use rollout.backend=hf")
         if self.reward_errors not in ("contain", "raise"):
             raise ValueError(f"reward_errors must be 'contain' or 'raise', got {self.reward_errors!r}")
         if self.max_nonfinite_steps < 1:

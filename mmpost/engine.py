@@ -36,6 +36,7 @@ import torch
 
 from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint_state, has_adapters, restart_adapters,
                                  restore_state)
+from mmpost import sharding
 from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, write_json_atomic)
 from mmpost.config import TrainConfig
@@ -153,6 +154,7 @@ class Run:
     rows: dict  # row splits by name, loaded when a stage first needs them
     results: dict = field(default_factory=dict)  # results.json
     log: RunLog | None = None
+    structure: object = None  # a sharded run's weightless model structure (mmpost.sharding)
     interrupted: bool = False  # Ctrl-C: checkpoint at the end of this step, then stop
 
     def evaluate(self, key: str) -> None:
@@ -232,6 +234,8 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
     the policy, checked against every capability the config's terms need."""
     torch.set_num_threads(cfg.threads)
     set_reward_error_mode(cfg.reward_errors)
+    if sharding.requested(cfg.sharding):  # (an accelerate config may ask for it): recorded in config.yaml
+        cfg.sharding = "fsdp"
     run_dir = Path(resume or cfg.output_dir or Path("runs") / f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}")
     checkpoint = None
     if resume:
@@ -289,10 +293,25 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if isinstance(policy, Critic) and any(s.advantage.estimator == "gae" for s in cfg.stages):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
-    policy.model = accelerator.prepare_model(policy.model)
+    if cfg.sharding != "fsdp" and world()[1] > 1 and getattr(policy.model, "sharded_methods", None):
+        raise ValueError(f"the {cfg.task} policy calls its network through methods other than forward "
+                         f"({', '.join(policy.model.sharded_methods)}), which DistributedDataParallel cannot "
+                         "synchronise: run several processes with --set sharding=fsdp")
+    structure = None
+    if cfg.sharding == "fsdp":
+        structure = sharding.shard_model(policy.model, cfg.mixed_precision)
+    else:
+        policy.model = accelerator.prepare_model(policy.model)
     if checkpoint is not None:
-        restore_state(policy.model, checkpoint["model"])
-    return Run(cfg, run_dir, task, policy, rewards, weights, eval_rewards, accelerator, rows, results), checkpoint
+        if ("model" in checkpoint) == (structure is not None):
+            raise ValueError(f"{checkpoint['directory']} was written by a run with"
+                             f"{'out' if 'model' in checkpoint else ''} sharding: resume it with the same sharding")
+        if structure is not None:
+            sharding.load_shards(checkpoint["directory"] / "shards", policy.model)
+        else:
+            restore_state(policy.model, checkpoint["model"])
+    return Run(cfg, run_dir, task, policy, rewards, weights, eval_rewards, accelerator, rows, results,
+               structure=structure), checkpoint
 
 
 def evaluate_start(run: Run, checkpoint: dict | None) -> None:
@@ -333,9 +352,13 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
             # is then this stage's starting model, the reference its KL and preference terms need.
             restart_adapters(policy, cfg.peft)
             policy.model = run.accelerator.prepare_model(policy.model)
+    if run.structure is not None:  # the optimiser must hold the shards, not an evaluation's gathered weights
+        sharding.resharded(policy.model)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     groups = optimizer_groups(policy.model, stage.optim.lr, stage.optim.value_lr)
-    optimizer = run.accelerator.prepare_optimizer(adamw(groups, stage.optim.lr, stage.optim.weight_decay))
+    optimizer = adamw(groups, stage.optim.lr, stage.optim.weight_decay)
+    if run.structure is None:  # (a sharded model's optimiser works on its shards as it is)
+        optimizer = run.accelerator.prepare_optimizer(optimizer)
     scheduler = build_scheduler(optimizer, stage.optim, steps * stage.updates_per_step())
     if isinstance(policy, GenerationLength):
         policy.set_generation_length(stage.sampling.max_new_tokens)
@@ -343,6 +366,9 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
     if stage.needs_reference():  # frozen start-of-stage model, only when a term reads it
         if has_adapters(policy) and stage.kind != "spin":
             reference = AdapterDisabledReference(policy)  # the base itself: no second copy
+        elif run.structure is not None:  # a sharded module cannot be deep-copied
+            frozen = sharding.sharded_copy(policy.model, run.structure, cfg.mixed_precision)
+            reference = copy.deepcopy(policy, memo={id(policy.model): frozen})
         else:
             reference = copy.deepcopy(policy)
             reference.model.requires_grad_(False).eval()
@@ -353,10 +379,14 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
                        max_nonfinite_steps=cfg.max_nonfinite_steps, seed=cfg.seed, stage_index=stage_index,
                        refine=task_member(run.task, "refine"))
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if run.structure is not None:
+            sharding.load_shards(checkpoint["directory"] / "shards", policy.model, optimizer,
+                                 reference.model if own_copy(reference) else None)
+        else:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if checkpoint.get("reference") is not None and own_copy(reference):
+                reference.model.load_state_dict(checkpoint["reference"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("reference") is not None and own_copy(reference):
-            reference.model.load_state_dict(checkpoint["reference"])
         ctx.state = checkpoint.get("stage_state") or {}
         set_rng_state(checkpoint["rng"])
     return ctx
@@ -408,10 +438,17 @@ def run_stage(run: Run, ctx: StageContext, start: int) -> None:
 
 
 def save_stage_checkpoint(run: Run, ctx: StageContext, step: int) -> None:
-    """An atomic checkpoint after ``step`` steps of the current stage (main process)."""
+    """An atomic checkpoint after ``step`` steps of the current stage (main process; a sharded run's
+    processes each write their shards)."""
+    reference = ctx.reference
+    if run.structure is not None:
+        save_checkpoint(run.run_dir, ctx.stage_index, step, {
+            "scheduler": ctx.scheduler.state_dict(), "stage_state": ctx.state}, keep=run.cfg.keep_checkpoints,
+            shards=lambda folder: sharding.save_shards(folder, ctx.policy.model, ctx.optimizer,
+                                                       reference.model if own_copy(reference) else None))
+        return
     if not run.accelerator.is_main_process:
         return
-    reference = ctx.reference
     save_checkpoint(run.run_dir, ctx.stage_index, step, {
         "model": checkpoint_state(ctx.policy.model), "optimizer": ctx.optimizer.state_dict(),
         "scheduler": ctx.scheduler.state_dict(), "stage_state": ctx.state,
@@ -443,6 +480,8 @@ def finish(run: Run) -> dict:
     if cfg.trackers:
         accelerator.log({f"heldout/{mode}/{key}": value for mode in ("greedy", "sampled")
                          for key, value in run.results["after"].get(mode, {}).items() if value is not None})
+    if run.structure is not None:  # final/ is one plain directory: the weights gathered on the main process
+        run.policy.model = sharding.full_model(run.policy.model, run.structure)
     if accelerator.is_main_process:
         merged_stages = has_adapters(run.policy) and run.policy.adapters_merged  # (saving merges them in)
         run.policy.save(run.run_dir / "final")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mmpost.adapters.hf import transformers_model
+from mmpost.sharding import all_done, inference
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -67,10 +68,15 @@ def takes_boolean_mask(config) -> bool:
     return getattr(config, "sliding_window", None) is None or getattr(config, "use_sliding_window", None) is False
 
 
-@torch.inference_mode()
-def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: int, temperature: float,
-           greedy: bool, suppress_ids: list[int], eos_id: int, pad_id: int, multimodal_rope: bool,
-           keeps_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(model, prompt: dict[str, torch.Tensor], n: int, **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_loop` in inference mode (no autograd state at all)."""
+    with inference(model):
+        return decode_loop(model, prompt, n, **settings)
+
+
+def decode_loop(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: int, temperature: float,
+                greedy: bool, suppress_ids: list[int], eos_id: int, pad_id: int, multimodal_rope: bool,
+                keeps_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` completions of each prompt in ``prompt`` (left-padded processor inputs, one row per
     distinct prompt), completions of a prompt adjacent: ``[P * n, T]`` token ids (``pad_id`` after
     EOS) and the log-prob of each under the sampling distribution (temperature-scaled logits with
@@ -123,7 +129,7 @@ def decode(model, prompt: dict[str, torch.Tensor], n: int, *, max_new_tokens: in
         logprobs[:, t] = step_logprobs.gather(1, token[:, None]).squeeze(1)
         ended |= token == eos_id
         steps = t + 1
-        if steps == max_new_tokens or bool(ended.all()):
+        if steps == max_new_tokens or all_done(bool(ended.all()), model):  # (a sharded model: on every process)
             break
         next_position = next_position + 1
         position_ids = next_position.unsqueeze(0).expand(3, -1, -1) if multimodal_rope else next_position

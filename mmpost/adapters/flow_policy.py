@@ -29,6 +29,7 @@ import torch
 from mmpost.algos.flow import flow_matching_loss, gaussian_logprob, sde_sigmas, timesteps, transition
 from mmpost.config import EnvConfig, FlowConfig
 from mmpost.models.flow_action import FlowActionModel, as_tensor_obs
+from mmpost.sharding import all_done, is_sharded
 from mmpost.types import Rollout
 
 DEFAULT_IMAGE_BACKBONE = "timm:resnet10t"
@@ -208,11 +209,12 @@ class FlowActionPolicy:
         terminated = np.zeros(env.num_envs, dtype=bool)
         success = np.zeros(env.num_envs, dtype=bool)
         for c in range(C):
+            if done[:n].all():  # a sharded model: this process's episodes ended, others' run on
+                self._keep_in_step(obs, dtype)
+                continue
             live = np.flatnonzero(~done)
             started = time.perf_counter()
-            inputs = as_tensor_obs({k: (v[live] if not isinstance(v, list) else [v[i] for i in live])
-                                    for k, v in obs.items()}, self.device, dtype)
-            context = self.model.encode(inputs)
+            inputs, context = self._encode(obs, live, dtype)
             start = None if noise is None else torch.stack(
                 [torch.randn(H, A, generator=noise[i]) for i in live]).to(self.device, dtype)
             chain, step, logp = self._sample(context, greedy, start)
@@ -238,20 +240,34 @@ class FlowActionPolicy:
             terminated |= np.asarray(term, dtype=bool)
             done |= np.asarray(term, dtype=bool) | np.asarray(trunc, dtype=bool)
             success |= np.asarray(info["success"], dtype=bool)
-            if done[:n].all():
+            if all_done(bool(done[:n].all()), self.model):
                 break
         truncated = np.flatnonzero(~terminated[:n])
         if len(truncated):  # time limit: bootstrap from the critic's value of the last state
-            with torch.no_grad():
-                last = as_tensor_obs({k: (v[truncated] if not isinstance(v, list) else [v[i] for i in truncated])
-                                      for k, v in obs.items()}, self.device, dtype)
-                out["bootstrap"][truncated] = self.model.value(self.model.encode(last)).float().cpu()
+            out["bootstrap"][truncated] = self.model.value(self._encode(obs, truncated, dtype)[1]).float().cpu()
+        elif is_sharded(self.model):
+            self.model.value(self._encode(obs, np.array([0]), dtype)[1])  # (in step with the other processes)
         frames = env.frames() if recording else {}
         out["outputs"] = [{"success": bool(success[i]), "return": float(out["rewards"][i].sum()),
                            "chunks": int(out["alive"][i].sum()), "instruction": out["instruction"][i],
                            "seed": seeds[i], **({"frames": frames[i]} if i in frames else {})} for i in range(n)]
         out["time"] = clock
         return out
+
+    def _encode(self, obs: dict, rows: np.ndarray, dtype) -> tuple[dict, torch.Tensor]:
+        """The observations of env ``rows`` as tensors, and their contexts."""
+        inputs = as_tensor_obs({k: (v[rows] if not isinstance(v, list) else [v[i] for i in rows])
+                                for k, v in obs.items()}, self.device, dtype)
+        return inputs, self.model.encode(inputs)
+
+    def _keep_in_step(self, obs: dict, dtype) -> None:
+        """The forward passes of one chunk, results unused, leaving the random streams as they were: a
+        sharded model's forward passes are collective, so a process whose episodes have ended keeps
+        calling it until every process's have."""
+        with torch.random.fork_rng(devices=[]):
+            context = self._encode(obs, np.array([0]), dtype)[1]
+            self._sample(context, greedy=True)
+            self.model.value(context)
 
     def _transition_logprobs(self, actions: FlowActions) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-element log-probs [M, chunk_len, A] of the M real transitions, and their contexts."""

@@ -120,6 +120,9 @@ class FlowActionModel(nn.Module):
     action_horizon, image_size, noise_std_range, detach_critic, and optionally state_mean and state_std
     (the state is standardised by them before the encoder)."""
 
+    # the methods policies call instead of forward: a sharded model gathers its weights around each
+    sharded_methods = ("encode", "velocity_and_hidden", "noise_std", "value")
+
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)

@@ -68,7 +68,8 @@ class StageContext:
         if loss is None or not bool(torch.isfinite(loss)):
             return math.nan
         self.accelerator.backward(loss)
-        return float(self.accelerator.clip_grad_norm_(self.params, self.stage.optim.max_grad_norm))
+        norm = self.accelerator.clip_grad_norm_(self.params, self.stage.optim.max_grad_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # (sharded: a DTensor)
 
     def apply(self, loss: torch.Tensor | None, grad_norm: float, advance_schedule: bool = True) -> float:
         """The optimiser step on the gradients :meth:`backward` left (skipped when ``grad_norm`` is
