@@ -1,8 +1,9 @@
 """Sharded runs (``sharding: fsdp``, FSDP2) on CPU processes (gloo) train exactly as unsharded ones.
 
-- A token task, SFT then GRPO with a KL reference (a sharded copy): two sharded processes give the
-  same losses and final parameters as one plain process with the same global batch; a sharded run
-  SIGKILLed mid-stage and resumed from its distributed checkpoint ends where the uninterrupted one does.
+- A token task, SFT then GRPO with a KL reference (a sharded copy): two sharded processes on two
+  "machines" (two launches, machine ranks 0 and 1 on localhost) give the same losses and final
+  parameters as one plain process with the same global batch; a sharded run SIGKILLed mid-stage and
+  resumed from its distributed checkpoint ends where the uninterrupted one does.
 - The reach flow policy (called through ``encode`` / ``velocity_and_hidden``, not ``forward``):
   sharded over a group of one it matches the plain process step for step (two processes draw other
   random numbers than one: the flow policy's noise comes from each process's own stream), and two
@@ -12,6 +13,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -33,13 +35,40 @@ TWO = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_pr
 ONE = ["torchrun", "--standalone", "--nproc_per_node", "1"]
 
 
-def _train(launcher, args, out, home, *, resume=False, env=None, ok=True):
+def _command(launcher, args, out, resume=False):
     where = ["--resume", str(out)] if resume else ["--output-dir", str(out)]
-    cmd = [*launcher, "-m", "mmpost.cli", "train", *args, "--set", "threads=1", *where]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "MMPOST_HOME": home, "OMP_NUM_THREADS": "1", **(env or {})})
+    return [*launcher, "-m", "mmpost.cli", "train", *args, "--set", "threads=1", *where]
+
+
+def _environment(home, extra=None):
+    return {**os.environ, "MMPOST_HOME": home, "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(launcher, args, out, home, *, resume=False, env=None, ok=True):
+    result = subprocess.run(_command(launcher, args, out, resume), capture_output=True, text=True, timeout=600,
+                            env=_environment(home, env))
     assert (result.returncode == 0) == ok, result.stderr[-4000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if ok else None
+    return _metrics(out) if ok else None
+
+
+def _train_on_two_machines(args, out, home):
+    """One process on each of two machine ranks, both on localhost (as two nodes would run it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launches = [subprocess.Popen(_command(["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+                                           str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+                                           "--main_process_port", str(port)], args, out),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_environment(home))
+                for rank in (0, 1)]
+    for launch in launches:
+        _, stderr = launch.communicate(timeout=600)
+        assert launch.returncode == 0, stderr[-4000:]
+    return _metrics(out)
 
 
 def _assert_same(one, two, keys):
@@ -62,7 +91,7 @@ def test_sharded_token_runs_match_one_process_and_resume_exactly(mmpost_home, tm
     reward_file.write_text(REWARD)
     args = [*TOKEN_TASK, "--reward", f"{reward_file}:longer"]
     plain = _train([sys.executable], args, tmp_path / "plain", mmpost_home)
-    sharded = _train(TWO, [*args, "--set", "sharding=fsdp"], tmp_path / "sharded", mmpost_home)
+    sharded = _train_on_two_machines([*args, "--set", "sharding=fsdp"], tmp_path / "sharded", mmpost_home)
     keys = ("loss/sft", "loss/pg", "loss/kl", "reward/total/mean", "grad_norm", "tokens")
     _assert_same(plain, sharded, keys)
     assert any(abs(m.get("loss/pg", 0.0)) > 1e-4 for m in plain), "GRPO had nothing to learn: a vacuous check"
