@@ -102,6 +102,13 @@ def make_env(cfg, num_envs: int | None = None):
         kwargs["env_id"] = arg
     num_envs = num_envs or cfg.num_envs
     python = env_cls.interpreter() if issubclass(env_cls, PrivateInterpreter) else None
+    if cfg.backend == "ray":
+        if python:
+            raise ValueError(f"env.backend=ray runs envs in Ray's workers, which cannot use {name}'s private "
+                             "interpreter: install its extra into the Ray environment or use env.backend=local")
+        from mmpost.ray_backends import RayChunkEnv
+
+        return RayChunkEnv(env_cls, num_envs, min(cfg.workers, num_envs), **kwargs)
     if cfg.workers > 1 or python:
         from mmpost.envs.subproc import SubprocChunkEnv
 
@@ -124,7 +131,8 @@ def expert_demonstrations(env_cfg, n: int, horizon: int, noise: float, seed: int
         raise ValueError(f"env {env_cfg.name!r} has no scripted expert: set data.path to a JSONL of "
                          "{state, instruction, actions} rows, or skip SFT with --set sft.steps=0")
     steps = env_cfg.chunk_len * env_cfg.max_chunks
-    env = make_env(replace(env_cfg, chunk_len=1, max_chunks=steps, workers=1), num_envs=n)
+    # the expert acts in one local env (env.backend=ray is for the policy's rollouts)
+    env = make_env(replace(env_cfg, chunk_len=1, max_chunks=steps, workers=1, backend="local"), num_envs=n)
     rng = np.random.default_rng(seed)
     obs = env.reset([first_episode_seed + i for i in range(n)])
     records, actions, alive = [], [], []

@@ -43,9 +43,18 @@ def _worker(pipe, env_cls, num_envs: int, kwargs: dict, own_packages: bool) -> N
         pipe.close()
 
 
-def _merge_obs(parts: list[dict]) -> dict:
+def merge_obs(parts: list[dict]) -> dict:
+    """The observations of several shares of envs as one batch, in share order."""
     return {key: (sum((p[key] for p in parts), []) if isinstance(parts[0][key], list)
                   else np.concatenate([p[key] for p in parts])) for key in parts[0]}
+
+
+def merge_steps(replies: list) -> tuple:
+    """Several shares' ``chunk_step`` replies as one (obs, rewards, terminated, truncated, info)."""
+    obs = merge_obs([r[0] for r in replies])
+    rewards, terminated, truncated = (np.concatenate([r[i] for r in replies]) for i in (1, 2, 3))
+    info = {key: np.concatenate([r[4][key] for r in replies]) for key in replies[0][4] if key != "final_obs"}
+    return obs, rewards, terminated, truncated, info
 
 
 class SubprocChunkEnv:
@@ -94,16 +103,12 @@ class SubprocChunkEnv:
     def reset(self, seeds: list[int]) -> dict:
         for pipe, part in zip(self.pipes, self._split(list(seeds))):
             pipe.send(("reset", part))
-        return _merge_obs(self._receive())
+        return merge_obs(self._receive())
 
     def chunk_step(self, actions: np.ndarray):
         for pipe, part in zip(self.pipes, self._split(np.asarray(actions))):
             pipe.send(("step", part))
-        replies = self._receive()
-        obs = _merge_obs([r[0] for r in replies])
-        rewards, terminated, truncated = (np.concatenate([r[i] for r in replies]) for i in (1, 2, 3))
-        info = {key: np.concatenate([r[4][key] for r in replies]) for key in replies[0][4] if key != "final_obs"}
-        return obs, rewards, terminated, truncated, info
+        return merge_steps(self._receive())
 
     def render(self, index=None) -> np.ndarray:
         index = range(self.num_envs) if index is None else list(index)

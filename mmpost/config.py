@@ -38,7 +38,10 @@ class EnvConfig:
     name: str = ""  # "" = the task's own scene; "maniskill:PickCube-v1", "libero:libero_spatial" (GPU extras)
     obs: str = "state"  # "state" (proprioception + scene state + instruction) | "image" (camera + proprio + instruction)
     num_envs: int = 64  # envs stepped in parallel (episodes beyond this run in waves)
-    workers: int = 1  # > 1: step the envs in this many subprocesses
+    workers: int = 1  # > 1: step the envs in this many subprocesses (backend "ray": Ray actors)
+    # "local": this machine's processes | "ray": the env shares as Ray actors on any node of a Ray cluster
+    # (RAY_ADDRESS, else a local Ray instance; a lost actor is replaced and its episodes replayed)
+    backend: str = "local"
     chunk_len: int = 4  # control steps executed per action chunk
     max_chunks: int = 8  # episode length limit, in chunks
     image_size: int = 64  # camera images: side in pixels (env.obs=image)
@@ -189,6 +192,9 @@ class TrainConfig:
     # mmpost.train): loaded again whenever this config is (--resume, --config)
     reward_files: list[str] = field(default_factory=list)
     sandbox_workers: int = 2  # processes that run generated code (chart2code) in the sandbox
+    # "local": the sandbox's fork-servers on this machine | "ray": each a Ray actor on any node of a Ray
+    # cluster (the same confinement inside; a lost actor's jobs run again)
+    sandbox_backend: str = "local"
     image_pixels: int = 0  # > 0: every image is resized to about this many pixels (e.g. 224*224); 0 = the processor's range
     clip_model: str = ""  # video_semantic's CLIP: ARCH:CHECKPOINT (local open_clip weights); "" = tiny, trained here
     checkpoint_every: int = 200  # optimiser steps between checkpoints (and at each stage end)
@@ -222,6 +228,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"trackers: unknown {unknown}; choose from {', '.join(TRACKERS)} (or [] for none)")
         check_choice("sharding", self.sharding, ("none", "fsdp"))
+        check_choice("sandbox_backend", self.sandbox_backend, ("local", "ray"))
+        check_choice("env.backend", self.env.backend, ("local", "ray"))
         if self.sharding == "fsdp" and self.peft.r and sum(1 for s in self.stages if s.steps) > 1:
             raise ValueError("sharding=fsdp with LoRA trains one stage's adapters: merging them into a sharded base "
                              "between stages is not supported. Keep one training stage, or leave peft.r=0 "

@@ -237,22 +237,24 @@ class ChartRender:
     [1.0]
     """
 
-    def __init__(self, workers: int = 2, limits=None):
-        self.workers = workers
+    def __init__(self, workers: int = 2, limits=None, backend: str = "local"):
+        self.workers, self.backend = workers, backend
         self.limits = limits  # mmpost.sandbox.Limits; None = its defaults
         self._sandbox = None
         self._gold_cache: dict[str, tuple[dict, np.ndarray, str] | None] = {}
         self._render_cache: dict[str, tuple[dict, np.ndarray, str] | str] = {}
 
     def configure(self, cfg) -> None:
-        """The run's sandbox pool size (``sandbox_workers``)."""
-        self.workers = cfg.sandbox_workers
+        """The run's sandbox pool: ``sandbox_workers`` fork-servers, here or as Ray actors (``sandbox_backend``)."""
+        self.workers, self.backend = cfg.sandbox_workers, cfg.sandbox_backend
 
     @property
     def sandbox(self):
         if self._sandbox is None:
-            from mmpost.sandbox import Sandbox
-
+            if self.backend == "ray":
+                from mmpost.ray_backends import RaySandbox as Sandbox
+            else:
+                from mmpost.sandbox import Sandbox
             self._sandbox = Sandbox(RUNNER, workers=self.workers, limits=self.limits)
         return self._sandbox
 

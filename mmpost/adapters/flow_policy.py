@@ -172,6 +172,8 @@ class FlowActionPolicy:
         outputs = sum((w["outputs"] for w in waves), [])
         alive = actions.alive.float()
         metrics = {key: sum(w["time"][key] for w in waves) for key in ("time/simulate", "time/infer")}
+        if getattr(self.env, "restarts", 0):  # Ray env actors replaced (their episodes replayed)
+            metrics["env/worker_restarts"] = float(self.env.restarts)
         metrics.update({"env/success": float(np.mean([o["success"] for o in outputs])),
                         "env/episode_chunks": float(alive.sum(1).mean()),
                         "env/steps": float(alive.sum() * self.env.chunk_len)})

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not on PATH")
 
 REWARD = "def longer(prompts, completions, **kw):\n    return [len(c) / 10 for c in completions]\n"
-TOKEN_TASK = ["--task", "arithmetic", "--set", "data.train_size=32", "--set", "data.eval_size=4", "--set", "sft.steps=3",
+TOKEN_TASK = ["--task", "arithmetic", "--set", "data.train_size=32", "--set", "data.eval_size=4",
+              "--set", "sft.steps=3",
               "--set", "sft.batch_size=4", "--set", "rl.steps=4", "--set", "rl.batch_size=4", "--set",
               "rl.sampling.group_size=4", "--set", "rl.sampling.max_new_tokens=12", "--set", "rl.optim.lr=1e-3",
               "--set", "rl.sampling.generation_batch=2", "--set", "rl.kl.coef=0.1", "--set", "eval.sampled=false",
@@ -60,11 +61,10 @@ def _train_on_two_machines(args, out, home):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    launches = [subprocess.Popen(_command(["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank",
-                                           str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
-                                           "--main_process_port", str(port)], args, out),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_environment(home))
-                for rank in (0, 1)]
+    machine = ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
+               "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--machine_rank"]
+    launches = [subprocess.Popen(_command([*machine, str(rank)], args, out), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, env=_environment(home)) for rank in (0, 1)]
     for launch in launches:
         _, stderr = launch.communicate(timeout=600)
         assert launch.returncode == 0, stderr[-4000:]
@@ -102,7 +102,8 @@ def test_sharded_token_runs_match_one_process_and_resume_exactly(mmpost_home, tm
     killed = tmp_path / "killed"  # every process SIGKILLs itself at its third GRPO sampling (step 3)
     _train(TWO, [*args, "--set", "sharding=fsdp"], killed, mmpost_home, env={"MMPOST_KILL_AT": "rl_sampling:3"},
            ok=False)
-    assert [c.name for c in sorted((killed / "checkpoints").iterdir()) if not c.name.startswith(".")][-1] == "s01-000002"
+    complete = [c.name for c in sorted((killed / "checkpoints").iterdir()) if not c.name.startswith(".")]
+    assert complete[-1] == "s01-000002"
     resumed = _train(TWO, [*args, "--set", "sharding=fsdp"], killed, mmpost_home, resume=True)
     _assert_same(plain, resumed, keys)
     _assert_same_weights(tmp_path / "plain", killed)
