@@ -45,10 +45,16 @@ CASES = {
 }
 
 
-def _peak_rss_mb() -> float:
+def _peak_memory() -> dict:
+    """Peak RSS of this process, and peak GPU memory allocated by torch when on a GPU (MiB)."""
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import torch
+
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
 
 
 def _rows(task: str, n: int) -> list[dict]:
@@ -70,12 +76,18 @@ def _model_dir(task: str) -> str:
 # ------------------------------------------------------------------ mmpost worker
 
 def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
-    """The case through ``mmpost.train`` (the real engine); per-step times from its metrics log."""
+    """The case through ``mmpost.train`` (the real engine); per-step times from its metrics log.
+    Optional case keys (``scripts/gpu_bench.py``): ``model`` (a directory), ``bf16``,
+    ``gradient_checkpointing``, ``vllm`` (the colocated engine samples)."""
     import mmpost
 
     overrides = {"threads": 1, "data.train_size": 64, "data.eval_size": 2, "eval.sampled": False,
                  "checkpoint_every": 10_000, "output_dir": str(out), "sandbox_workers": 2,
-                 "trackers": []}  # TRL runs with report_to=[]
+                 "trackers": [],  # TRL runs with report_to=[]
+                 "model": case.get("model", ""), "mixed_precision": "bf16" if case.get("bf16") else "no",
+                 "gradient_checkpointing": bool(case.get("gradient_checkpointing"))}
+    if case.get("vllm"):
+        overrides["rollout.backend"] = "vllm"
     if case["kind"] == "grpo":
         overrides.update({"sft.steps": 0, "rl.steps": steps, "rl.batch_size": case["prompts"],
                           "rl.sampling.group_size": case["group"], "rl.sampling.max_new_tokens": case["max_new_tokens"],
@@ -89,7 +101,7 @@ def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
     mmpost.train(case["task"], **overrides)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # drop warm-up
     seconds = [m["seconds"] for m in lines]
-    result = {"step_s": statistics.median(seconds), "peak_rss_mb": _peak_rss_mb()}
+    result = {"step_s": statistics.median(seconds), **_peak_memory()}
     if case["kind"] == "grpo":
         n = case["prompts"] * case["group"]
         result.update(completions_per_s=n / result["step_s"],
@@ -158,7 +170,8 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
     torch.set_num_threads(1)
-    model_dir = _model_dir(case["task"])
+    model_dir = case.get("model") or _model_dir(case["task"])
+    gpu = torch.cuda.is_available()
     rows = _rows(case["task"], 64)
     kind = case["kind"]
     step_times: list[float] = []
@@ -174,10 +187,12 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
             splits.append((generate.total - self.g0, reward_timer.total - self.r0))
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    # fp32 weights, bf16 autocast with bf16=True: as mmpost loads and trains it
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.generate = generate.wrap(model.generate)
     common = dict(output_dir=str(out), max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
-                  use_cpu=True, bf16=False, gradient_checkpointing=False, learning_rate=case["lr"],
+                  use_cpu=not gpu, bf16=bool(case.get("bf16")),
+                  gradient_checkpointing=bool(case.get("gradient_checkpointing")), learning_rate=case["lr"],
                   lr_scheduler_type="constant", warmup_steps=0, dataloader_num_workers=0, seed=0)
     if kind == "grpo":
         from trl import GRPOConfig, GRPOTrainer
@@ -192,7 +207,8 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
         config = GRPOConfig(**common, per_device_train_batch_size=case["prompts"] * case["group"],
                             num_generations=case["group"], max_completion_length=case["max_new_tokens"],
                             temperature=case["temperature"], num_iterations=1, beta=0.0, loss_type="dapo",
-                            scale_rewards="group", top_k=0, top_p=1.0)
+                            scale_rewards="group", top_k=0, top_p=1.0,
+                            **({"use_vllm": True, "vllm_mode": "colocate"} if case.get("vllm") else {}))
         trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=config,
                               train_dataset=_trl_dataset(case["task"], rows, kind), processing_class=processor,
                               callbacks=[StepTimes()])
@@ -205,7 +221,7 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
                              processing_class=processor, callbacks=[StepTimes()])
     trainer.train()
     seconds = step_times[1:]
-    result = {"step_s": statistics.median(seconds), "peak_rss_mb": _peak_rss_mb()}
+    result = {"step_s": statistics.median(seconds), **_peak_memory()}
     logs = [h for h in trainer.state.log_history if "loss" in h]
     if kind == "grpo":
         n = case["prompts"] * case["group"]
@@ -291,7 +307,7 @@ def print_table(report: dict) -> None:
     for name, systems in report["cases"].items():
         mine, theirs = systems["mmpost"], systems["trl"]
         for key in ("completions_per_s", "samples_per_s", "tokens_per_s", "step_s", "generate_s", "reward_s",
-                    "update_s", "peak_rss_mb"):
+                    "update_s", "peak_rss_mb", "peak_gpu_mb"):
             if key in mine and key in theirs:
                 ratio = mine[key] / theirs[key] if theirs[key] else float("nan")
                 print(f"{name:<10} {key:<18} {mine[key]:>10.3f} {theirs[key]:>10.3f} {ratio:>10.2f}x")
