@@ -4,6 +4,7 @@
   "machines" (two launches, machine ranks 0 and 1 on localhost) give the same losses and final
   parameters as one plain process with the same global batch; a sharded run SIGKILLed mid-stage and
   resumed from its distributed checkpoint ends where the uninterrupted one does.
+- LoRA on a sharded base, its reference the base with the adapters off: as one plain process.
 - The reach flow policy (called through ``encode`` / ``velocity_and_hidden``, not ``forward``):
   sharded over a group of one it matches the plain process step for step (two processes draw other
   random numbers than one: the flow policy's noise comes from each process's own stream), and two
@@ -119,3 +120,20 @@ def test_sharded_flow_policy_matches_the_plain_one(mmpost_home, tmp_path):
     assert [m["stage"] for m in two].count("rl") == 3
     assert load_file(tmp_path / "two" / "final" / "model.safetensors").keys() == \
         load_file(tmp_path / "plain" / "final" / "model.safetensors").keys()
+
+
+def test_sharded_lora_with_its_reference_matches_one_process(mmpost_home, tmp_path):
+    """LoRA on a sharded base (one training stage: GRPO), its KL reference the base with the adapters
+    off: the same as one plain process, and final/ has the adapter."""
+    reward_file = tmp_path / "rewards.py"
+    reward_file.write_text(REWARD)
+    args = [*TOKEN_TASK, "--reward", f"{reward_file}:longer", "--set", "sft.steps=0", "--set", "rl.steps=3",
+            "--set", "rl.optim.lr=1e-2", "--set", "peft.r=8"]
+    plain = _train([sys.executable], args, tmp_path / "plain", mmpost_home)
+    sharded = _train(TWO, [*args, "--set", "sharding=fsdp"], tmp_path / "sharded", mmpost_home)
+    _assert_same(plain, sharded, ("loss/pg", "kl", "reward/total/mean", "grad_norm", "tokens"))
+    _assert_same_weights(tmp_path / "plain", tmp_path / "sharded")
+    adapters = [load_file(tmp_path / run / "final" / "adapter" / "adapter_model.safetensors")
+                for run in ("plain", "sharded")]
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=0, atol=1e-4, msg=name)
