@@ -49,6 +49,14 @@ def merge_obs(parts: list[dict]) -> dict:
                   else np.concatenate([p[key] for p in parts])) for key in parts[0]}
 
 
+def shares(sizes: list[int], index=None) -> list[tuple[int, list[int]]]:
+    """``(share, its local indices)`` of the envs ``index`` (default: all), for shares of ``sizes`` envs."""
+    bounds = np.cumsum([0] + list(sizes))
+    index = range(int(bounds[-1])) if index is None else list(index)
+    found = [(w, [i - bounds[w] for i in index if bounds[w] <= i < bounds[w + 1]]) for w in range(len(sizes))]
+    return [(w, local) for w, local in found if local]
+
+
 def merge_steps(replies: list) -> tuple:
     """Several shares' ``chunk_step`` replies as one (obs, rewards, terminated, truncated, info)."""
     obs = merge_obs([r[0] for r in replies])
@@ -111,14 +119,10 @@ class SubprocChunkEnv:
         return merge_steps(self._receive())
 
     def render(self, index=None) -> np.ndarray:
-        index = range(self.num_envs) if index is None else list(index)
-        bounds = np.cumsum([0] + self.sizes)
         frames = []
-        for w, pipe in enumerate(self.pipes):
-            local = [i - bounds[w] for i in index if bounds[w] <= i < bounds[w + 1]]
-            if local:
-                pipe.send(("render", local))
-                frames.append(pipe.recv())
+        for w, local in shares(self.sizes, index):
+            self.pipes[w].send(("render", local))
+            frames.append(self.pipes[w].recv())
         return np.concatenate(frames)
 
     def close(self) -> None:

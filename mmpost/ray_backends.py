@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from mmpost.envs.subproc import merge_obs, merge_steps
+from mmpost.envs.subproc import merge_obs, merge_steps, shares
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +125,8 @@ class RayChunkEnv:
         return merge_steps(replies)
 
     def render(self, index=None) -> np.ndarray:
-        index = range(self.num_envs) if index is None else list(index)
-        bounds = np.cumsum([0] + self.sizes)
-        frames = []
-        for w, actor in enumerate(self.actors):
-            local = [i - bounds[w] for i in index if bounds[w] <= i < bounds[w + 1]]
-            if local:
-                frames.append(self.ray.get(actor.call.remote("render", local)))
-        return np.concatenate(frames)
+        return np.concatenate([self.ray.get(self.actors[w].call.remote("render", local))
+                               for w, local in shares(self.sizes, index)])
 
     def close(self) -> None:
         for actor in self.actors:
