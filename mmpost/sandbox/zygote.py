@@ -91,10 +91,13 @@ def run_child(runner, code: str, limits: dict, tmpdir: str, output_fd: int, writ
             confine.landlock(caps["read"], [tmpdir], caps["landlock"])
         if os.getuid() == 0:
             confine.drop_capabilities()
+        job = os.getpid()
         try:
             result = {"ok": True, **runner.execute(code)}
         except BaseException as error:  # noqa: BLE001 - any failure of untrusted code is data
             result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+        if os.getpid() != job:  # a copy the program forked, returning here: only the job itself reports
+            os._exit(0)  # (several writers would interleave their messages into one unreadable reply)
         data = json.dumps(result).encode()
         os.write(write_fd, struct.pack(">I", len(data)))
         view = memoryview(data)

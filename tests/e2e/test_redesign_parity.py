@@ -87,7 +87,9 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
             assert config["flow"].pop("normalize_state") is False, key
         if "data" in config:  # user rewards from files and a separate held-out file (issue 29): none by default
             assert (config.pop("reward_files"), config["data"].pop("eval_path")) == ([], ""), key
-            assert config.pop("sharding") == "none", key  # sharded training (issue 27): off by default
+            # sharded training and the Ray backends (issue 27): off by default
+            assert (config.pop("sharding"), config.pop("sandbox_backend"), config["env"].pop("backend")) == (
+                "none", "local", "local"), key
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
                 value = stage.pop(f"+{path}")

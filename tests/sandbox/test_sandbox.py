@@ -21,6 +21,18 @@ def test_runs_chart_and_returns_plain_data(box):
     assert reply["result"]["features"]["series"][0]["y"] == [3.0, 4.0]
 
 
+@pytest.mark.parametrize("program", [
+    "import os\nos.fork()\nimport matplotlib.pyplot as plt\nplt.bar([1, 2], [3, 4])\n",  # both copies finish
+    "import os\nfor _ in range(3):\n    os.fork()\nraise ValueError('eight copies raise')\n"])
+def test_copies_the_program_forks_do_not_garble_the_reply(box, program):
+    """Forked copies of the job return into the runner too; only the job's own result is the reply
+    (several copies writing into the result pipe made it unreadable: a fork bomb's reason was lost)."""
+    for _ in range(3):
+        reply = box.run(program)
+        assert reply["status"] == "ok", reply
+        assert reply["result"]["ok"] == ("raise" not in program), reply["result"]
+
+
 def test_infinite_loop_is_killed(box):
     reply = box.run("while True:\n    pass\n")
     assert reply["status"] in ("timeout", "crash")
