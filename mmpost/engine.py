@@ -234,8 +234,9 @@ def setup_run(cfg: TrainConfig, resume: str | Path | None) -> tuple[Run, dict | 
     the policy, checked against every capability the config's terms need."""
     torch.set_num_threads(cfg.threads)
     set_reward_error_mode(cfg.reward_errors)
-    if sharding.requested(cfg.sharding):  # (an accelerate config may ask for it): recorded in config.yaml
-        cfg.sharding = "fsdp"
+    if sharding.requested(cfg.sharding) and cfg.sharding != "fsdp":  # an accelerate config asks for it:
+        cfg.sharding = "fsdp"  # recorded in config.yaml, and checked against the rest of the config
+        cfg.__post_init__()
     run_dir = Path(resume or cfg.output_dir or Path("runs") / f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}")
     checkpoint = None
     if resume:

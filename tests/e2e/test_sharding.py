@@ -137,3 +137,12 @@ def test_sharded_lora_with_its_reference_matches_one_process(mmpost_home, tmp_pa
                 for run in ("plain", "sharded")]
     for name in adapters[0]:
         torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=0, atol=1e-4, msg=name)
+
+
+def test_an_accelerate_fsdp_launch_is_checked_like_the_setting(monkeypatch, tmp_path):
+    """``distributed_type: FSDP`` in an accelerate config selects sharding, with the same checks."""
+    import mmpost
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="sharding=fsdp with LoRA trains one stage"):
+        mmpost.train("arithmetic", output_dir=str(tmp_path / "run"), **{"peft.r": 8, "trackers": []})
