@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmpost import sharding
 from mmpost.adapters.lora import (AdapterDisabledReference, add_lora, checkpoint_state, has_adapters, restart_adapters,
                                  restore_state)
-from mmpost import sharding
 from mmpost.checkpoint import (check_free_space, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state, write_json_atomic)
 from mmpost.config import TrainConfig
