@@ -123,21 +123,26 @@ class PeftConfig:
             raise ValueError(f"peft.quantize must be '' or 'nf4', got {self.quantize!r}")
 
 
-ROLLOUT_BACKENDS = ("hf", "vllm")
+ROLLOUT_BACKENDS = ("hf", "vllm", "vllm_server")
 
 
 @dataclass
 class RolloutConfig:
     """How token policies sample. ``hf``: transformers' ``generate`` on the training model (any device).
     ``vllm``: a vLLM engine in this process on the training GPU (extra ``[vllm]``), sent the current
-    weights before every rollout; log-probs are still recomputed by the training model, so the
+    weights before every rollout; ``vllm_server``: a vLLM server on other GPUs (``trl vllm-serve``),
+    sent the weights over NCCL. Log-probs are still recomputed by the training model, so the
     policy-gradient ratio never mixes the two numerics."""
 
-    backend: str = "hf"  # "hf" (transformers generate) | "vllm" (a vLLM engine on the training GPU)
+    # "hf" (transformers generate) | "vllm" (a vLLM engine on the training GPU) | "vllm_server" (a server started
+    # with `trl vllm-serve --model PATH` on other GPUs; every process samples from it, the main one sends weights)
+    backend: str = "hf"
     gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (weights + KV cache); training needs the rest
     dtype: str = "auto"  # vLLM's dtype: "auto" (the checkpoint's), "bfloat16", "float16", "float32"
     max_model_len: int = 0  # prompt + completion tokens; 0 = the model's maximum
     enforce_eager: bool = False  # True skips CUDA-graph capture (faster start, slower decoding)
+    server_url: str = "http://127.0.0.1:8000"  # vllm_server: where `trl vllm-serve` listens
+    server_timeout: float = 240.0  # vllm_server: seconds to wait for the server at the start
 
     def __post_init__(self):
         if self.backend not in ROLLOUT_BACKENDS:
@@ -235,7 +240,8 @@ class TrainConfig:
                              "between stages is not supported. Keep one training stage, or leave peft.r=0 "
                              "(sharding already splits the full model's optimiser state)")
         if self.sharding == "fsdp" and self.rollout.backend == "vllm":
-            raise ValueError("sharding=fsdp with rollout.backend=vllm is not supported yet: use rollout.backend=hf")
+            raise ValueError("sharding=fsdp with rollout.backend=vllm is not supported yet: use rollout.backend=hf, "
+                             "or vllm_server (a vLLM server on other GPUs)")
         if self.reward_errors not in ("contain", "raise"):
             raise ValueError(f"reward_errors must be 'contain' or 'raise', got {self.reward_errors!r}")
         if self.max_nonfinite_steps < 1:
@@ -274,7 +280,7 @@ class TrainConfig:
         from mmpost.policy import ImageResizing, TokenDemos, VLLMSampling
 
         run = [(TokenDemos, "peft (LoRA adapters)") if self.peft.r else None,
-               (VLLMSampling, "rollout.backend=vllm") if self.rollout.backend == "vllm" else None,
+               (VLLMSampling, f"rollout.backend={self.rollout.backend}") if self.rollout.backend != "hf" else None,
                (ImageResizing, "image_pixels") if self.image_pixels else None]
         stages = [(c, f"stage {s.name!r}: {reason}") for s in self.stages for c, reason in s.requirements()]
         return [need for need in run if need] + stages

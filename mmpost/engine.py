@@ -289,7 +289,7 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
         select_trainable(policy.model, cfg.trainable, cfg.frozen)
     if cfg.peft.r:
         add_lora(policy, cfg.peft)
-    if cfg.rollout.backend == "vllm":
+    if cfg.rollout.backend != "hf":
         policy.use_vllm(cfg.rollout, seed=cfg.seed)
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if isinstance(policy, Critic) and any(s.advantage.estimator == "gae" for s in cfg.stages):

@@ -238,11 +238,14 @@ class TokenPolicy:
         return ids.clone(), logprobs.clone(), {}  # out of inference mode: usable in a loss
 
     def use_vllm(self, config, *, seed: int = 0) -> None:
-        """Sample with a vLLM engine from now on (``config``: :class:`~mmpost.config.RolloutConfig`);
-        it loads the checkpoint this policy was loaded from and is sent the current weights before
-        every rollout."""
-        from mmpost.adapters.vllm_sampler import VLLMSampler
+        """Sample with a vLLM engine from now on (``config``: :class:`~mmpost.config.RolloutConfig`):
+        one in this process that loads the checkpoint this policy was loaded from (``vllm``), or a vLLM
+        server (``vllm_server``); either is sent the current weights before every rollout."""
+        from mmpost.adapters.vllm_sampler import VLLMSampler, VLLMServerSampler
 
+        if config.backend == "vllm_server":
+            self.sampler = VLLMServerSampler(config, seed=seed)
+            return
         network = unwrap(self.model)
         path = getattr(network, "name_or_path", "") or getattr(network.config, "_name_or_path", "")
         if not path:

@@ -153,3 +153,73 @@ class VLLMSampler:
         self.llm = None
         gc.collect()
         cleanup_dist_env_and_memory()
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded parameter's full value (every process must call this for it); any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+class VLLMServerSampler:
+    """``rollout.backend=vllm_server``: a vLLM server on GPUs of its own, started with TRL's
+    ``trl vllm-serve --model PATH`` (the checkpoint the policy starts from), reached through TRL's
+    ``VLLMClient`` (``trl/generation/vllm_client.py``). Before every rollout the main process sends the
+    current weights over NCCL (``update_named_param``; a sharded model's are gathered first, by every
+    process); every process then samples its own rows over HTTP. As with the colocated engine, the
+    trainer recomputes the log-probs."""
+
+    def __init__(self, config, *, seed: int = 0, client=None):
+        from mmpost.distributed import world
+
+        self.main = world()[0] == 0
+        self.seed = seed
+        if client is None:
+            try:
+                from trl.generation.vllm_client import VLLMClient
+            except ImportError as error:
+                raise ImportError("rollout.backend=vllm_server talks to `trl vllm-serve` through TRL's client: "
+                                  f"pip install trl ({error})") from error
+            client = VLLMClient(base_url=config.server_url, connection_timeout=config.server_timeout)
+            if self.main:
+                client.init_communicator(device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu")
+        self.client = client
+
+    @torch.no_grad()
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Send ``model``'s current weights to the server (LoRA adapters merged for the copy); the other
+        processes wait until it has them."""
+        network = unwrap(model)
+        peft = hasattr(network, "merge_adapter")
+        if peft:
+            network.merge_adapter()
+        try:
+            for name, tensor in vllm_parameter_names(network):
+                tensor = _full(tensor)
+                if self.main:
+                    self.client.update_named_param(name, tensor)
+        finally:
+            if peft:
+                network.unmerge_adapter()
+        if self.main:
+            self.client.reset_prefix_cache()
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # nobody samples from the old weights
+
+    def generate(self, rows: list[dict], prompts: list[str], n: int, *, temperature: float, greedy: bool,
+                 max_new_tokens: int, eos_id: int, suppress_ids: list[int]):
+        """As :meth:`VLLMSampler.generate`, from the server."""
+        if any(vllm_media(row) for row in rows):
+            raise NotImplementedError("rollout.backend=vllm_server samples text prompts for now; use rollout.backend="
+                                      "vllm or hf for prompts with images, video or audio")
+        extra = {"stop_token_ids": [eos_id], "seed": int(torch.randint(2**31 - 1, ()))}
+        if suppress_ids:
+            extra["logit_bias"] = {str(i): -100.0 for i in suppress_ids}
+        out = self.client.generate(prompts, n=n, temperature=0.0 if greedy else temperature, top_p=1.0, top_k=0,
+                                   max_tokens=max_new_tokens, logprobs=0, generation_kwargs=extra)
+        ids = [list(sample) for sample in out["completion_ids"]]
+        logprobs = [[step[0] for step in sample] for sample in out["logprobs"]]  # the sampled token's (first)
+        return ids, logprobs
+
+    def close(self) -> None:
+        if self.main:
+            self.client.close_communicator()
