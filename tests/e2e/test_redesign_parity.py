@@ -90,6 +90,8 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
             # sharded training and the Ray backends (issue 27): off by default
             assert (config.pop("sharding"), config.pop("sandbox_backend"), config["env"].pop("backend")) == (
                 "none", "local", "local"), key
+            assert (config["rollout"].pop("server_url"), config["rollout"].pop("server_timeout")) == (
+                "http://127.0.0.1:8000", 240.0), key  # rollout.backend=vllm_server's server (issue 27)
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
                 value = stage.pop(f"+{path}")
