@@ -59,7 +59,7 @@ def all_done(done: bool, model) -> bool:
     processes must keep calling it until all have finished (each call is collective)."""
     if not is_sharded(model) or world()[1] == 1:
         return done
-    flag = torch.tensor(int(done))
+    flag = torch.tensor(int(done), device=next(model.parameters()).device)  # (NCCL reduces GPU tensors only)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag)
 
