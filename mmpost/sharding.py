@@ -143,7 +143,7 @@ def full_model(model: torch.nn.Module, structure: torch.nn.Module) -> torch.nn.M
     state = get_model_state_dict(resharded(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world()[0] != 0:
         return None
-    plain = _structure(structure, "cpu")
+    plain = _structure(structure, "cpu").to("cpu")  # (the structure's buffers are on the training device)
     plain.load_state_dict(state)
     return plain
 
