@@ -44,6 +44,13 @@ class ChunkEnv(Protocol):
 
 
 @runtime_checkable
+class ReplacesWorkers(Protocol):
+    """A chunk env whose workers may be lost and replaced, their episodes replayed (Ray actors)."""
+
+    restarts: int  # workers replaced so far
+
+
+@runtime_checkable
 class ScriptedExpert(Protocol):
     """A chunk env with a scripted expert on privileged state, the source of SFT demonstrations."""
 

@@ -294,7 +294,7 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)
     if isinstance(policy, Critic) and any(s.advantage.estimator == "gae" for s in cfg.stages):
         policy.enable_value_head()  # before wrapping and before a checkpoint's weights are loaded
-    if cfg.sharding != "fsdp" and world()[1] > 1 and getattr(policy.model, "sharded_methods", None):
+    if cfg.sharding != "fsdp" and world()[1] > 1 and isinstance(policy.model, sharding.CalledByMethods):
         raise ValueError(f"the {cfg.task} policy calls its network through methods other than forward "
                          f"({', '.join(policy.model.sharded_methods)}), which DistributedDataParallel cannot "
                          "synchronise: run several processes with --set sharding=fsdp")

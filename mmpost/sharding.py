@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,21 @@ import torch.distributed as dist
 from mmpost.distributed import world
 
 CHOICES = ("none", "fsdp")
+
+
+@runtime_checkable
+class CalledByMethods(Protocol):
+    """A network that policies call through methods other than ``forward`` (a flow model's ``encode``,
+    ``velocity_and_hidden``, ...): sharding registers them so each gathers the weights, as ``forward`` does."""
+
+    sharded_methods: tuple[str, ...]
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor's full value (collective: every process must call it); any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def requested(setting: str) -> bool:
@@ -104,7 +120,7 @@ def _fully_shard(model: torch.nn.Module, mixed_precision: str) -> None:
     for unit in _units(model):
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    for method in getattr(model, "sharded_methods", ()):  # (e.g. a flow policy's encode / velocity calls)
+    for method in model.sharded_methods if isinstance(model, CalledByMethods) else ():
         register_fsdp_forward_method(model, method)
 
 

@@ -28,6 +28,7 @@ import torch
 
 from mmpost.algos.flow import flow_matching_loss, gaussian_logprob, sde_sigmas, timesteps, transition
 from mmpost.config import EnvConfig, FlowConfig
+from mmpost.envs.base import ReplacesWorkers
 from mmpost.models.flow_action import FlowActionModel, as_tensor_obs
 from mmpost.sharding import all_done, is_sharded
 from mmpost.types import Rollout
@@ -172,7 +173,7 @@ class FlowActionPolicy:
         outputs = sum((w["outputs"] for w in waves), [])
         alive = actions.alive.float()
         metrics = {key: sum(w["time"][key] for w in waves) for key in ("time/simulate", "time/infer")}
-        if getattr(self.env, "restarts", 0):  # Ray env actors replaced (their episodes replayed)
+        if isinstance(self.env, ReplacesWorkers) and self.env.restarts:  # Ray env actors replaced, episodes replayed
             metrics["env/worker_restarts"] = float(self.env.restarts)
         metrics.update({"env/success": float(np.mean([o["success"] for o in outputs])),
                         "env/episode_chunks": float(alive.sum(1).mean()),

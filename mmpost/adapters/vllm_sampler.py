@@ -18,6 +18,7 @@ import os
 import torch
 
 from mmpost.adapters.hf import unwrap
+from mmpost.sharding import full
 
 INSTALL_HINT = ("rollout.backend=vllm needs vLLM on a CUDA GPU: pip install 'mmpost[vllm]' (or the vLLM release "
                 "built for your torch), or use rollout.backend=hf")
@@ -155,11 +156,6 @@ class VLLMSampler:
         cleanup_dist_env_and_memory()
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """A sharded parameter's full value (every process must call this for it); any other tensor as it is."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
 class VLLMServerSampler:
     """``rollout.backend=vllm_server``: a vLLM server on GPUs of its own, started with TRL's
     ``trl vllm-serve --model PATH`` (the checkpoint the policy starts from), reached through TRL's
@@ -194,7 +190,7 @@ class VLLMServerSampler:
             network.merge_adapter()
         try:
             for name, tensor in vllm_parameter_names(network):
-                tensor = _full(tensor)
+                tensor = full(tensor)  # (a sharded model's: gathered by every process)
                 if self.main:
                     self.client.update_named_param(name, tensor)
         finally:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmpost.sharding import full
+
 if TYPE_CHECKING:
     from mmpost.stages.spec import Stage
 
@@ -69,7 +71,7 @@ class StageContext:
             return math.nan
         self.accelerator.backward(loss)
         norm = self.accelerator.clip_grad_norm_(self.params, self.stage.optim.max_grad_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # (sharded: a DTensor)
+        return float(full(norm))  # (a sharded model's norm is a DTensor)
 
     def apply(self, loss: torch.Tensor | None, grad_norm: float, advance_schedule: bool = True) -> float:
         """The optimiser step on the gradients :meth:`backward` left (skipped when ``grad_norm`` is
