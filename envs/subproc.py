@@ -49,6 +49,17 @@ def merge_obs(parts: list[dict]) -> dict:
                   else np.concatenate([p[key] for p in parts])) for key in parts[0]}
 
 
+def share_sizes(num_envs: int, workers: int) -> list[int]:
+    """How many of ``num_envs`` envs each of ``workers`` shares holds (as even as possible)."""
+    return [len(part) for part in np.array_split(np.arange(num_envs), workers)]
+
+
+def split(sizes: list[int], values) -> list:
+    """``values`` (one per env) cut into the shares of ``sizes``."""
+    bounds = np.cumsum([0] + list(sizes))
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def shares(sizes: list[int], index=None) -> list[tuple[int, list[int]]]:
     """``(share, its local indices)`` of the envs ``index`` (default: all), for shares of ``sizes`` envs."""
     bounds = np.cumsum([0] + list(sizes))
@@ -74,7 +85,7 @@ class SubprocChunkEnv:
         if not 1 <= workers <= num_envs:
             raise ValueError(f"env.workers must be between 1 and num_envs={num_envs}, got {workers}")
         self.num_envs = num_envs
-        self.sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
+        self.sizes = share_sizes(num_envs, workers)
         context = mp.get_context("spawn")  # no fork of a process holding torch threads
         self.pipes, self.processes = [], []
         default_python = multiprocessing.spawn.get_executable()
@@ -97,10 +108,6 @@ class SubprocChunkEnv:
             raise failed[0]  # the env's own error (bad arguments, a missing extra), as in one process
         self.state_dim, self.action_dim, self.chunk_len, self.max_chunks = replies[0][1]
 
-    def _split(self, values):
-        bounds = np.cumsum([0] + self.sizes)
-        return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
     def _receive(self) -> list:
         try:
             return [pipe.recv() for pipe in self.pipes]
@@ -109,12 +116,12 @@ class SubprocChunkEnv:
             raise RuntimeError(f"an env worker process died (exit codes {codes}): {error}") from None
 
     def reset(self, seeds: list[int]) -> dict:
-        for pipe, part in zip(self.pipes, self._split(list(seeds))):
+        for pipe, part in zip(self.pipes, split(self.sizes, list(seeds))):
             pipe.send(("reset", part))
         return merge_obs(self._receive())
 
     def chunk_step(self, actions: np.ndarray):
-        for pipe, part in zip(self.pipes, self._split(np.asarray(actions))):
+        for pipe, part in zip(self.pipes, split(self.sizes, np.asarray(actions))):
             pipe.send(("step", part))
         return merge_steps(self._receive())
 

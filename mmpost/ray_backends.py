@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from mmpost.envs.subproc import merge_obs, merge_steps, shares
+from mmpost.envs.subproc import merge_obs, merge_steps, share_sizes, shares, split
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +77,13 @@ class RayChunkEnv:
             raise ValueError(f"env.workers must be between 1 and num_envs={num_envs}, got {workers}")
         self.ray = ray_module()
         self.env_cls, self.kwargs, self.num_envs = env_cls, kwargs, num_envs
-        self.sizes = [len(part) for part in np.array_split(np.arange(num_envs), workers)]
+        self.sizes = share_sizes(num_envs, workers)
         self._actor_cls = self.ray.remote(num_cpus=0)(_EnvActor)  # (a share's simulation is light; Ray packs them)
         self.actors = [self._actor_cls.remote(env_cls, size, kwargs) for size in self.sizes]
         self.state_dim, self.action_dim, self.chunk_len, self.max_chunks = self.ray.get(self.actors[0].dims.remote())
         self.restarts = 0
         self._seeds: list = [None] * workers  # each share's wave so far: its reset and the chunks since
         self._actions: list[list] = [[] for _ in self.sizes]
-
-    def _split(self, values):
-        bounds = np.cumsum([0] + self.sizes)
-        return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _call(self, method: str, parts: list) -> list:
         refs = [actor.call.remote(method, part) for actor, part in zip(self.actors, parts)]
@@ -113,12 +109,12 @@ class RayChunkEnv:
         return self.ray.get(self.actors[i].call.remote(method, payload))
 
     def reset(self, seeds: list[int]) -> dict:
-        parts = self._split(list(seeds))
+        parts = split(self.sizes, list(seeds))
         self._seeds, self._actions = parts, [[] for _ in self.sizes]
         return merge_obs(self._call("reset", parts))
 
     def chunk_step(self, actions: np.ndarray):
-        parts = self._split(np.asarray(actions))
+        parts = split(self.sizes, np.asarray(actions))
         replies = self._call("chunk_step", parts)
         for history, part in zip(self._actions, parts):
             history.append(part)
