@@ -2,8 +2,9 @@
 description, rendered from the four fixed cameras of multi-view diffusion (Instant3D / Carve3D:
 elevation 20 deg, azimuths 0/90/180/270, white background) by a small pure-torch volume renderer.
 
-Train and held-out objects come from disjoint seed ranges, and held-out descriptions pair shapes
-with colours never paired in training (see :data:`HELDOUT_PAIRS`).
+Train, validation, held-out and out-of-distribution objects come from disjoint seed ranges. Train,
+validation and held-out objects are drawn alike (in distribution); an out-of-distribution object's first
+part pairs a shape with a colour never paired in training (see :data:`UNSEEN_PAIRS`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmpost.data.splits import HELDOUT_SEED_OFFSET
+from mmpost.data.splits import OOD_SEED_OFFSET
 
 COLORS = {"red": (0.85, 0.15, 0.15), "green": (0.15, 0.7, 0.2), "blue": (0.15, 0.3, 0.85),
           "yellow": (0.9, 0.8, 0.1), "purple": (0.6, 0.2, 0.7), "orange": (0.95, 0.5, 0.1)}
 SHAPES = ("sphere", "box", "cylinder")
-HELDOUT_PAIRS = {("sphere", "purple"), ("box", "orange"), ("cylinder", "yellow")}  # only in held-out objects
+UNSEEN_PAIRS = {("sphere", "purple"), ("box", "orange"), ("cylinder", "yellow")}  # only in out-of-distribution objects
 ELEVATION, AZIMUTHS, DISTANCE, FOV = 20.0, (0.0, 90.0, 180.0, 270.0), 3.2, 40.0
 LIGHT = torch.tensor([0.4, 0.8, 0.45]) / math.sqrt(0.4**2 + 0.8**2 + 0.45**2)
 
@@ -64,12 +65,12 @@ def fixed_cameras(size: int = 32) -> Cameras:
 def object_spec(seed: int) -> dict:
     """1-3 primitives resting around the origin, each with a colour, and a description."""
     rng = np.random.default_rng(seed)
-    heldout = seed >= HELDOUT_SEED_OFFSET
+    ood = seed >= OOD_SEED_OFFSET
     parts = []
     for i in range(int(rng.integers(1, 4))):
         while True:
             shape, color = SHAPES[int(rng.integers(3))], list(COLORS)[int(rng.integers(len(COLORS)))]
-            if ((shape, color) in HELDOUT_PAIRS) == (heldout and i == 0):
+            if ((shape, color) in UNSEEN_PAIRS) == (ood and i == 0):
                 break
         size = float(rng.uniform(0.3, 0.55))
         center = [float(rng.uniform(-0.45, 0.45)), float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.45, 0.45))]

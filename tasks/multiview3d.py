@@ -4,7 +4,8 @@ consistency with Carve3D's multi-view reconstruction consistency (MRC) reward.
 
 Data: procedural objects (:mod:`mmpost.data.objects3d`) rendered at the four cameras and cached
 under ``MMPOST_HOME/data``; rows are ``{"description", "seed", "tile"}`` (train) or
-``{"description", "seed"}`` (held-out: shape-colour pairs unseen in training). Held-out
+``{"description", "seed"}`` (validation and held-out: unseen objects of the training distribution;
+``ood``: objects whose first part pairs a shape with a colour never paired in training). Held-out
 evaluation reports MRC, ``object_match`` (the tile still shows the described object) and the KL
 of the RL model to the SFT model.
 
@@ -46,6 +47,8 @@ class Multiview3D:
     policy_kind = "diffusion"  # token-only methods (preference pairs, rejection sampling) are refused before building
     rewards = ["mrc"]
     metric = "mrc"
+    ood = ("objects whose first part pairs a shape with a colour never paired in training "
+           "(a purple sphere, an orange box or a yellow cylinder)")
     eval_rewards = ["object_match"]  # held-out check that tiles still show the described object
     recipes = {
         "flow_grpo": {},
