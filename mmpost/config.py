@@ -141,6 +141,8 @@ class RolloutConfig:
     dtype: str = "auto"  # vLLM's dtype: "auto" (the checkpoint's), "bfloat16", "float16", "float32"
     max_model_len: int = 0  # prompt + completion tokens; 0 = the model's maximum
     enforce_eager: bool = False  # True skips CUDA-graph capture (faster start, slower decoding)
+    # vllm: processes per engine (its tensor parallelism); 1 = an engine for every process (data parallel)
+    tensor_parallel_size: int = 1
     server_url: str = "http://127.0.0.1:8000"  # vllm_server: where `trl vllm-serve` listens
     server_timeout: float = 240.0  # vllm_server: seconds to wait for the server at the start
 
@@ -153,6 +155,10 @@ class RolloutConfig:
             raise ValueError(f"rollout.dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")
         if self.max_model_len < 0:
             raise ValueError(f"rollout.max_model_len must be >= 0, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1 or (self.tensor_parallel_size > 1 and self.backend != "vllm"):
+            raise ValueError(f"rollout.tensor_parallel_size must be >= 1, and above 1 only with rollout.backend=vllm "
+                             f"(the server's own is `trl vllm-serve --tensor-parallel-size`), got "
+                             f"{self.tensor_parallel_size} with backend {self.backend!r}")
 
 
 @dataclass
@@ -235,13 +241,6 @@ class TrainConfig:
         check_choice("sharding", self.sharding, ("none", "fsdp"))
         check_choice("sandbox_backend", self.sandbox_backend, ("local", "ray"))
         check_choice("env.backend", self.env.backend, ("local", "ray"))
-        if self.sharding == "fsdp" and self.peft.r and sum(1 for s in self.stages if s.steps) > 1:
-            raise ValueError("sharding=fsdp with LoRA trains one stage's adapters: merging them into a sharded base "
-                             "between stages is not supported. Keep one training stage, or leave peft.r=0 "
-                             "(sharding already splits the full model's optimiser state)")
-        if self.sharding == "fsdp" and self.rollout.backend == "vllm":
-            raise ValueError("sharding=fsdp with rollout.backend=vllm is not supported yet: use rollout.backend=hf, "
-                             "or vllm_server (a vLLM server on other GPUs)")
         if self.reward_errors not in ("contain", "raise"):
             raise ValueError(f"reward_errors must be 'contain' or 'raise', got {self.reward_errors!r}")
         if self.max_nonfinite_steps < 1:

@@ -351,8 +351,7 @@ def setup_stage(run: Run, stage_index: int, checkpoint: dict | None) -> StageCon
         if checkpoint is None:  # (a resumed stage has its own)
             # Earlier stages' adapters go into the base, fresh ones train this stage: "adapters off"
             # is then this stage's starting model, the reference its KL and preference terms need.
-            restart_adapters(policy, cfg.peft)
-            policy.model = run.accelerator.prepare_model(policy.model)
+            restart_adapters(policy)
     if run.structure is not None:  # the optimiser must hold the shards, not an evaluation's gathered weights
         sharding.resharded(policy.model)
     params = [p for p in policy.model.parameters() if p.requires_grad]

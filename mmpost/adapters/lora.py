@@ -35,11 +35,26 @@ def add_lora(policy, cfg: PeftConfig) -> int:
     return sum(p.numel() for p in policy.model.parameters() if p.requires_grad)
 
 
-def restart_adapters(policy, cfg: PeftConfig) -> None:
-    """Merge the trained adapters into the base weights and add fresh ones (LoRA's B starts at zero,
-    so the model is unchanged and "adapters off" is the current model)."""
-    policy.model = unwrap(policy.model).merge_and_unload()
-    add_lora(policy, cfg)
+@torch.no_grad()
+def restart_adapters(policy) -> None:
+    """Merge the trained adapters into the base weights for good and start them again from B = 0 (as
+    LoRA initialises them): the model is unchanged and "adapters off" is now the current model.
+
+    Done in place, so the model keeps its structure: a data-parallel or sharded (FSDP2) model needs no
+    rewrapping, and on shards the merge runs shard by shard. A keeps its trained values (LoRA only
+    needs BA = 0 at the start, and any non-zero A lets B learn)."""
+    network = unwrap(policy.model)
+    network.merge_adapter()
+    for module in network.modules():
+        merged = getattr(module, "merged_adapters", None)  # PEFT's LoRA layers
+        if not merged:
+            continue
+        for name in merged:
+            if name in getattr(module, "lora_B", {}):
+                module.lora_B[name].weight.zero_()
+            if name in getattr(module, "lora_embedding_B", {}):
+                module.lora_embedding_B[name].zero_()
+        merged.clear()  # the base keeps the merge: nothing to subtract when the adapters run again
 
 
 def quantized_weights(model) -> list[str]:

@@ -170,3 +170,119 @@ def test_server_mode_refuses_media_prompts_with_a_message():
     with pytest.raises(NotImplementedError, match="text prompts"):
         sampler.generate([{"images": [Image.new("RGB", (8, 8))]}], ["x"], 1, temperature=1.0, greedy=False,
                          max_new_tokens=4, eos_id=0, suppress_ids=[])
+
+
+class EngineStandIn:
+    """Stands in for one process's in-process vLLM engine (``vllm.LLM``, which needs a CUDA GPU): it holds
+    its own copy of the policy, takes weights as vLLM's model does (``apply_model`` with a function that
+    calls ``load_weights`` on (name, tensor) pairs), and answers ``generate`` with vLLM's output objects
+    from that copy's decode loop, seeded by the request's seed."""
+
+    def __init__(self, model_dir, rows):
+        self.copy = TokenPolicy.from_pretrained(model_dir, max_new_tokens=10)
+        self.rows = {self.copy._prompt_text(row): row for row in rows}
+        self.received, self.requests, self.seeds, self.ids = {}, [], [], None
+
+    def apply_model(self, function):
+        return function(self)
+
+    def load_weights(self, weights):
+        params = dict(self.copy.model.named_parameters())
+        for name, tensor in weights:
+            self.received[name] = tensor.clone()
+            params[name].data.copy_(tensor)
+
+    def reset_prefix_cache(self):
+        pass
+
+    def generate(self, requests, sampling_params, use_tqdm):
+        from types import SimpleNamespace
+
+        self.requests.append([r["prompt"] for r in requests])
+        self.seeds.append(sampling_params.seed)
+        torch.manual_seed(sampling_params.seed)
+        n = sampling_params.n
+        ids, logprobs, _ = self.copy._generate([self.rows[r["prompt"]] for r in requests], n,
+                                               sampling_params.temperature, sampling_params.temperature == 0.0)
+        mask = self.copy._completion_mask(ids).bool()
+        self.ids = [row[m].tolist() for row, m in zip(ids, mask)]
+        samples = [SimpleNamespace(token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in
+                                                               zip(tokens, row[m].tolist())])
+                   for tokens, row, m in zip(self.ids, logprobs, mask)]
+        return [SimpleNamespace(outputs=samples[i * n:(i + 1) * n]) for i in range(len(requests))]
+
+
+def _engine_per_process(rank, model_dir, port, tensor_parallel_size, lora):
+    """One of two gloo processes of a sharded run sampling through its colocated engine stand-in."""
+    import os
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from mmpost.adapters.vllm_sampler import VLLMSampler
+    from mmpost.sharding import shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)  # the same trained weights on both processes
+    policy = TokenPolicy.from_pretrained(model_dir, max_new_tokens=10)
+    if lora:
+        add_lora(policy, PeftConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in policy.model.named_parameters():
+            if "lora_A" not in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    if lora:
+        policy.model.merge_adapter()
+    expected = {name: tensor.clone() for name, tensor in vllm_parameter_names(policy.model)}
+    if lora:
+        policy.model.unmerge_adapter()
+    shard_model(policy.model)
+    engine = EngineStandIn(model_dir, ROWS)
+    policy.sampler = VLLMSampler(model_dir, RolloutConfig(backend="vllm", tensor_parallel_size=tensor_parallel_size),
+                                 llm=engine, sampling_params=SimpleNamespace)
+    torch.manual_seed(1 + rank)  # each process its own stream: an engine's group must still agree on one seed
+    rollout = policy.rollout([ROWS[rank]], 3, temperature=0.8)
+
+    # the engine was sent the full trained weights: gathered from the shards, adapters merged
+    assert engine.received.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(engine.received[name], tensor, rtol=0, atol=1e-6, msg=name)
+    texts = [engine.copy._prompt_text(row) for row in ROWS]
+    seeds = [None, None]
+    dist.all_gather_object(seeds, engine.seeds)
+    if tensor_parallel_size == 2:  # one engine for both: both rows, in rank order, one seed
+        assert engine.requests == [texts] and seeds[0] == seeds[1]
+        mine = engine.ids[3 * rank:3 * rank + 3]
+    else:  # an engine per process: its own row only, its own seed
+        assert engine.requests == [[texts[rank]]] and seeds[0] != seeds[1]
+        mine = engine.ids
+    completions = rollout.actions.completion_ids
+    assert [row[:len(ids)].tolist() for row, ids in zip(completions, mine)] == mine  # this process's samples
+    assert rollout.prompts == [ROWS[rank]["prompt"]] * 3
+    assert rollout.metrics["rollout/vllm_logprob_gap"] < 1e-5  # sampled from the trained weights
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tensor_parallel_size,lora", [(1, True), (2, False)])
+def test_colocated_engines_of_a_sharded_run(tiny_model_dir, tensor_parallel_size, lora):
+    """Two processes of a sharded (FSDP2) run, each with a colocated engine (or one engine per
+    tensor-parallel group of two): each engine is sent the full weights (LoRA merged) gathered from the
+    shards; with an engine per process each samples its own rows, a tensor-parallel group samples all
+    its processes' rows with one seed and each process keeps its own."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_engine_per_process, args=(str(tiny_model_dir), port, tensor_parallel_size, lora), nprocs=2)
+
+
+def test_tensor_parallel_size_is_checked():
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        RolloutConfig(backend="hf", tensor_parallel_size=2)
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        RolloutConfig(backend="vllm", tensor_parallel_size=0)

@@ -122,27 +122,35 @@ def test_sharded_flow_policy_matches_the_plain_one(mmpost_home, tmp_path):
         load_file(tmp_path / "plain" / "final" / "model.safetensors").keys()
 
 
-def test_sharded_lora_with_its_reference_matches_one_process(mmpost_home, tmp_path):
-    """LoRA on a sharded base (one training stage: GRPO), its KL reference the base with the adapters
-    off: the same as one plain process, and final/ has the adapter."""
+@pytest.mark.parametrize("stages", ["rl", "sft,rl"])
+def test_sharded_lora_with_its_reference_matches_one_process(mmpost_home, tmp_path, stages):
+    """LoRA on a sharded base, its KL reference the base with the adapters off: the same as one plain
+    process, for one training stage (GRPO: final/ has the adapter) and for two (SFT's adapters merged
+    into the sharded base, shard by shard, before GRPO's start from B = 0)."""
     reward_file = tmp_path / "rewards.py"
     reward_file.write_text(REWARD)
-    args = [*TOKEN_TASK, "--reward", f"{reward_file}:longer", "--set", "sft.steps=0", "--set", "rl.steps=3",
-            "--set", "rl.optim.lr=1e-2", "--set", "peft.r=8"]
+    args = [*TOKEN_TASK, "--reward", f"{reward_file}:longer", "--set", f"sft.steps={3 if 'sft' in stages else 0}",
+            "--set", "rl.steps=3", "--set", "rl.optim.lr=1e-2", "--set", "peft.r=8"]
     plain = _train([sys.executable], args, tmp_path / "plain", mmpost_home)
     sharded = _train(TWO, [*args, "--set", "sharding=fsdp"], tmp_path / "sharded", mmpost_home)
-    _assert_same(plain, sharded, ("loss/pg", "kl", "reward/total/mean", "grad_norm", "tokens"))
+    _assert_same(plain, sharded, ("loss/sft", "loss/pg", "kl/sampled", "reward/total/mean", "grad_norm", "tokens"))
     _assert_same_weights(tmp_path / "plain", tmp_path / "sharded")
+    if stages == "sft,rl":  # GRPO started from the merged SFT model: its KL to "adapters off" starts at 0
+        assert [m["kl/sampled"] for m in plain if m["stage"] == "rl"][0] == pytest.approx(0.0, abs=1e-6)
+        return
     adapters = [load_file(tmp_path / run / "final" / "adapter" / "adapter_model.safetensors")
                 for run in ("plain", "sharded")]
     for name in adapters[0]:
         torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=0, atol=1e-4, msg=name)
 
 
-def test_an_accelerate_fsdp_launch_is_checked_like_the_setting(monkeypatch, tmp_path):
-    """``distributed_type: FSDP`` in an accelerate config selects sharding, with the same checks."""
+def test_an_accelerate_fsdp_launch_selects_sharding(monkeypatch, tmp_path):
+    """``distributed_type: FSDP`` in an accelerate config selects sharding, as the setting does (here a
+    plain process, which has nothing to shard over: the run says so)."""
     import mmpost
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match="sharding=fsdp with LoRA trains one stage"):
-        mmpost.train("arithmetic", output_dir=str(tmp_path / "run"), **{"peft.r": 8, "trackers": []})
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="sharding=fsdp needs a distributed launch"):
+        mmpost.train("arithmetic", output_dir=str(tmp_path / "run"),
+                     **{"trackers": [], "data.train_size": 8, "data.eval_size": 2, "sft.steps": 1})
