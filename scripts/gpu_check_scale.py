@@ -7,12 +7,15 @@ Checks, each printed PASS or FAIL with its numbers (exit status 1 on a FAIL):
    one (torchrun) on the GPU: the same losses (rel. 1e-3: the GPU's kernels are not bitwise repeatable
    across launches) and final weights;
 2. the same in bf16 (FSDP's mixed precision vs accelerate's autocast): finite losses, both runs learn;
-3. with ``--gpus 2`` or more: two sharded processes (NCCL) vs one plain process, as 1.
+3. with ``--gpus 2`` or more: two sharded processes (NCCL) vs one plain process, as 1;
+4. where vLLM is installed: GRPO of a sharded group of one with a colocated engine
+   (``rollout.backend=vllm``), the engine's log-probs within 0.05 of the trainer's on every step (the
+   weights it is sent are the trained ones); with ``--gpus 2``: two sharded processes with an engine
+   each, then one engine over both (``rollout.tensor_parallel_size=2``), then server mode (``trl
+   vllm-serve`` on GPU 1, the trainer on GPU 0: NCCL cannot join two processes on one GPU, so server
+   mode needs two).
 
-Without a GPU it runs the same checks on the CPU (gloo), as the suite does.
-
-Not covered yet (refused by the config with a message): vLLM beside a sharded model, and vLLM's
-server mode; they run on one GPU with ``scripts/gpu_check_vllm.py`` without sharding.
+Without a GPU it runs checks 1-3 on the CPU (gloo), as the suite does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib.util
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,9 +45,9 @@ def report(name: str, ok: bool, detail: str) -> None:
         failures.append(name)
 
 
-def train(launcher: list[str], out: Path, extra: list[str]) -> list[dict]:
+def train(launcher: list[str], out: Path, extra: list[str], env: dict | None = None) -> list[dict]:
     result = subprocess.run([*launcher, "-m", "mmpost.cli", "train", *ARGS, *extra, "--output-dir", str(out)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env={**os.environ, **(env or {})})
     if result.returncode:
         print(result.stderr[-3000:])
         return []
@@ -58,6 +63,47 @@ def agree(a: list[dict], b: list[dict], rel: float) -> tuple[bool, str]:
             if key in x:
                 worst = max(worst, abs(x[key] - y[key]) / max(abs(x[key]), 1e-3))
     return worst <= rel, f"largest relative difference {worst:.2e} over {len(a)} steps"
+
+
+def engine_in_sync(metrics: list[dict], tolerance: float = 0.05) -> tuple[bool, str]:
+    gaps = [m["rollout/vllm_logprob_gap"] for m in metrics if "rollout/vllm_logprob_gap" in m]
+    return bool(gaps) and max(gaps) < tolerance, f"{len(gaps)} RL steps, engine-trainer log-prob gaps " + \
+        ", ".join(f"{g:.1e}" for g in gaps)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_vllm(root: Path, gpus: int) -> None:
+    """Check 4: colocated engines beside sharded models, and server mode."""
+    vllm = ["--set", "sharding=fsdp", "--set", "rollout.backend=vllm", "--set", "rollout.enforce_eager=true",
+            "--set", "rollout.gpu_memory_utilization=0.25"]
+    one = ["torchrun", "--standalone", "--nproc_per_node", "1"]
+    report("fsdp + colocated vLLM, one process", *engine_in_sync(train(one, root / "vllm1", vllm)))
+    if gpus < 2:
+        print("SKIP vLLM with two processes and server mode: they need --gpus 2", flush=True)
+        return
+    two = ["torchrun", "--standalone", "--nproc_per_node", "2"]
+    report("fsdp + a colocated vLLM engine per process", *engine_in_sync(train(two, root / "vllm2", vllm)))
+    report("fsdp + one vLLM engine over two processes (tensor parallel)",
+           *engine_in_sync(train(two, root / "vllm-tp2", [*vllm, "--set", "rollout.tensor_parallel_size=2"])))
+    import mmpost
+
+    model = mmpost.TASKS.get("arithmetic")(mmpost.build_config("arithmetic")).model_path()
+    port = free_port()
+    server = subprocess.Popen(["trl", "vllm-serve", "--model", str(model), "--port", str(port),
+                               "--gpu_memory_utilization", "0.3", "--enforce_eager", "true"],
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:  # (the trainer's client waits for the server to come up: rollout.server_timeout)
+        served = ["--set", "rollout.backend=vllm_server", "--set", f"rollout.server_url=http://127.0.0.1:{port}"]
+        metrics = train([sys.executable], root / "server", served, env={"CUDA_VISIBLE_DEVICES": "0"})
+        report("vLLM server mode (trl vllm-serve on GPU 1)", *engine_in_sync(metrics))
+    finally:
+        server.terminate()
 
 
 def weights_agree(a: Path, b: Path, atol: float) -> tuple[bool, str]:
@@ -92,6 +138,12 @@ def main():
         plain = train([sys.executable], root / "plain-2", [])
         sharded = train(two, root / "fsdp2", ["--set", "sharding=fsdp"])
         report("fsdp, two processes (NCCL)", *agree(plain, sharded, 1e-3))
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm"):
+        check_vllm(root, args.gpus)
+    else:
+        print("SKIP vLLM checks: they need vLLM and a CUDA GPU", flush=True)
     print("all checks passed" if not failures else f"FAILED: {', '.join(failures)}")
     sys.exit(1 if failures else 0)
 
