@@ -102,9 +102,11 @@ def _structure(model: torch.nn.Module, device) -> torch.nn.Module:
 
 def _units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The submodules that become FSDP units: transformers' blocks (each model's ``_no_split_modules``,
-    the classes it never splits across devices); the root takes the rest."""
+    the classes it never splits across devices); the root takes the rest. Innermost first: a unit may
+    hold others (a diffusers UNet's up-block holds its ResNet blocks), and FSDP2 shards bottom-up."""
     names = {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or [])}
-    return [module for module in model.modules() if module is not model and type(module).__name__ in names]
+    return [module for module in reversed(list(model.modules()))
+            if module is not model and type(module).__name__ in names]
 
 
 def _fully_shard(model: torch.nn.Module, mixed_precision: str) -> None:

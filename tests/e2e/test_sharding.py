@@ -5,6 +5,8 @@
   parameters as one plain process with the same global batch; a sharded run SIGKILLed mid-stage and
   resumed from its distributed checkpoint ends where the uninterrupted one does.
 - LoRA on a sharded base, its reference the base with the adapters off: as one plain process.
+- The tile diffusion model (a diffusers UNet, whose FSDP units nest): sharded over two processes, the
+  plain model's loss and gradients.
 - The reach flow policy (called through ``encode`` / ``velocity_and_hidden``, not ``forward``):
   sharded over a group of one it matches the plain process step for step (two processes draw other
   random numbers than one: the flow policy's noise comes from each process's own stream), and two
@@ -154,3 +156,45 @@ def test_an_accelerate_fsdp_launch_selects_sharding(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="sharding=fsdp needs a distributed launch"):
         mmpost.train("arithmetic", output_dir=str(tmp_path / "run"),
                      **{"trackers": [], "data.train_size": 8, "data.eval_size": 2, "sft.steps": 1})
+
+
+def _sharded_diffusion_gradients(rank, port):
+    import torch.distributed as dist
+
+    from mmpost.adapters.diffusion_policy import DiffusionPolicy, TileDiffusionModel
+    from mmpost.sharding import full, shard_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = {"tile_size": 32, "channels": [16, 32, 32, 64], "text_dim": 32, "prediction": "velocity"}
+    plain, sharded = TileDiffusionModel(config), TileDiffusionModel(config)
+    sharded.load_state_dict(plain.state_dict())
+    batch = [{"tile": torch.rand(3, 32, 32), "description": "a red sphere"},
+             {"tile": torch.rand(3, 32, 32), "description": "a blue box and a green cylinder"}]
+    gradients, losses = [], []
+    for model in (plain, sharded):
+        if model is sharded:
+            shard_model(model)
+        torch.manual_seed(1)  # the same noise and timesteps on both processes and both models
+        loss, _ = DiffusionPolicy(model, sampler="flow_sde", steps=4).sft_loss(batch)
+        loss.backward()
+        losses.append(float(loss))
+        gradients.append({name: full(p.grad) for name, p in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():  # the mean over two processes of the same batch's gradient
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    dist.destroy_process_group()
+
+
+def test_sharded_diffusion_model_has_the_plain_gradients():
+    """A diffusers UNet's FSDP units nest (an up-block holds ResNet blocks): sharded bottom-up over two
+    processes, the tile diffusion model's flow-matching loss and gradients are the plain model's."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_sharded_diffusion_gradients, args=(port,), nprocs=2)
