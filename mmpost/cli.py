@@ -193,6 +193,10 @@ def _headroom(args) -> None:
     print("  " + "  ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@")))
     print(f"  prompts whose samples all agree (zero reward variance in a group of {report['samples']}): "
           f"{report['zero_variance_share']:.3f}; never solved: {report['never_solved_share']:.3f}")
+    if "group_std" in report:  # the graded view: no threshold
+        print("  reward, expected best of k: " + "  ".join(
+            f"{k.removeprefix('best_of_')} {v:.4f}" for k, v in report.items() if k.startswith("best_of_"))
+            + f"; spread within a prompt's samples (std) {report['group_std']:.4f}")
     _write_json(report, args.json)
 
 

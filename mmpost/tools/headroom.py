@@ -5,7 +5,10 @@ reward: a prompt the model always solves, or never does, teaches it nothing. Bef
 algorithm for a flat reward curve, measure what the SFT model leaves to sharpen: the chance one
 sample solves a training prompt (pass@1), the chance one of ``k`` does (pass@k, the unbiased estimator
 of Chen et al. 2021 from ``n >= k`` samples), and the share of prompts whose ``n`` samples all agree
-(all solved or none: zero reward variance in a GRPO group of that size). ``mmpost headroom``.
+(all solved or none: zero reward variance in a GRPO group of that size). For a graded reward (MRC, IoU)
+the same question is asked without a threshold: the expected best of ``k`` samples' reward against one
+sample's (``best_of_k``, again an unbiased estimator from the ``n`` samples) and the spread of rewards
+within a prompt's samples (``group_std``), which is what group advantages learn from. ``mmpost headroom``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def best_of_k(rewards: list[float], k: int) -> float:
+    """The expected maximum of ``k`` of the ``n`` rewards drawn without replacement: the ``i``-th smallest
+    (1-based) is the maximum in ``C(i - 1, k - 1)`` of the ``C(n, k)`` draws.
+
+    >>> best_of_k([0.0, 1.0, 2.0, 3.0], 1), best_of_k([0.0, 1.0, 2.0, 3.0], 4), best_of_k([0.0, 1.0, 2.0, 3.0], 2)
+    (1.5, 3.0, 2.3333333333333335)
+    """
+    ordered = sorted(rewards)
+    return sum(math.comb(i - 1, k - 1) * r for i, r in enumerate(ordered, 1) if i >= k) / math.comb(len(ordered), k)
+
+
 def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0, split: str = "train") -> dict:
     """pass@1, pass@k for k = 1, 2, 4, ... up to ``samples``, and the zero-variance share, of ``cfg.model``
     on the first ``prompts`` rows of ``split``; a sample counts as solved at the task's ``solved_threshold``."""
@@ -42,7 +56,7 @@ def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0,
     threshold = float(task_member(task, "solved_threshold"))
     metric = {task.metric: eval_rewards[task.metric]}
     policy = build_policy(task, cfg.model)
-    solved = []
+    solved, groups = [], []
     with contextlib.closing(policy):
         for start in range(0, len(rows), cfg.eval.batch_size):
             chunk = rows[start:start + cfg.eval.batch_size]
@@ -50,8 +64,14 @@ def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0,
             score_rollout(rollout, metric, {task.metric: 1.0})
             hits = torch.nan_to_num(rollout.rewards, nan=float("-inf")) >= threshold
             solved += [int(hits[rollout.group == g].sum()) for g in range(len(chunk))]
+            groups += [rollout.rewards[rollout.group == g].tolist() for g in range(len(chunk))]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
     report = {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in solved) / len(solved) for k in ks}
+    scored = [[r for r in group if math.isfinite(r)] for group in groups]  # (a failed reward is NaN)
+    scored = [group for group in scored if len(group) == samples]
+    if scored:
+        report.update({f"best_of_{k}": sum(best_of_k(group, k) for group in scored) / len(scored) for k in ks})
+        report["group_std"] = sum(float(torch.tensor(group).std(unbiased=False)) for group in scored) / len(scored)
     report.update({"prompts": len(solved), "samples": samples, "temperature": temperature, "split": split,
                    "zero_variance_share": sum(c in (0, samples) for c in solved) / len(solved),
                    "never_solved_share": sum(c == 0 for c in solved) / len(solved)})

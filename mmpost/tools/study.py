@@ -286,4 +286,8 @@ def markdown(report: dict) -> str:
         lines.append("headroom of the sft arm's model on training prompts (mean over seeds): "
                      + ", ".join(f"{k} {v:.3f}" for k, v in room.items() if k.startswith("pass@"))
                      + f"; zero-variance groups {room['zero_variance_share']:.3f}")
+        if "group_std" in room:  # a graded reward: the best of k samples against one, and their spread
+            best = max((k for k in room if k.startswith("best_of_")), key=lambda k: int(k.removeprefix("best_of_")))
+            lines[-1] += (f"; reward {room['best_of_1']:.4f} for one sample, {room[best]:.4f} for the "
+                          f"{best.replace('_', ' ')}, spread within a prompt {room['group_std']:.4f}")
     return "\n".join(lines)

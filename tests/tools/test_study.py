@@ -67,6 +67,23 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(8, 0, 8) == 0.0 and pass_at_k(8, 7, 2) == 1.0
 
 
+def test_best_of_k_by_hand_and_by_enumeration():
+    import itertools
+    import statistics
+
+    from mmpost.tools.headroom import best_of_k
+
+    # rewards -0.3, -0.1, -0.2, -0.4: best of 2 = mean of the max over the 6 pairs
+    # (-0.1 in 3 pairs, -0.2 in 2, -0.3 in 1) = (-0.3 - 0.4 - 0.3) / 6
+    rewards = [-0.3, -0.1, -0.2, -0.4]
+    assert best_of_k(rewards, 2) == pytest.approx(-1.0 / 6)
+    assert best_of_k(rewards, 1) == pytest.approx(-0.25) and best_of_k(rewards, 4) == pytest.approx(-0.1)
+    sampled = [0.7, 0.1, 0.4, 0.4, 0.9, 0.0, 0.3, 0.5]
+    for k in (2, 3, 5):
+        exact = statistics.fmean(max(c) for c in itertools.combinations(sampled, k))
+        assert best_of_k(sampled, k) == pytest.approx(exact)
+
+
 def test_a_failed_run_names_its_log_and_how_to_resume(tmp_path):
     from mmpost.tools.study import train_once
 
