@@ -43,18 +43,19 @@ def restart_adapters(policy) -> None:
     Done in place, so the model keeps its structure: a data-parallel or sharded (FSDP2) model needs no
     rewrapping, and on shards the merge runs shard by shard. A keeps its trained values (LoRA only
     needs BA = 0 at the start, and any non-zero A lets B learn)."""
+    from peft.tuners.lora import LoraLayer
+
     network = unwrap(policy.model)
     network.merge_adapter()
     for module in network.modules():
-        merged = getattr(module, "merged_adapters", None)  # PEFT's LoRA layers
-        if not merged:
+        if not isinstance(module, LoraLayer):
             continue
-        for name in merged:
-            if name in getattr(module, "lora_B", {}):
+        for name in module.merged_adapters:
+            if name in module.lora_B:
                 module.lora_B[name].weight.zero_()
-            if name in getattr(module, "lora_embedding_B", {}):
+            if name in module.lora_embedding_B:
                 module.lora_embedding_B[name].zero_()
-        merged.clear()  # the base keeps the merge: nothing to subtract when the adapters run again
+        module.merged_adapters.clear()  # the base keeps the merge: nothing to subtract when the adapters run again
 
 
 def quantized_weights(model) -> list[str]:

@@ -56,18 +56,17 @@ def headroom(cfg, prompts: int = 64, samples: int = 8, temperature: float = 1.0,
     threshold = float(task_member(task, "solved_threshold"))
     metric = {task.metric: eval_rewards[task.metric]}
     policy = build_policy(task, cfg.model)
-    solved, groups = [], []
+    groups = []  # each prompt's sample rewards
     with contextlib.closing(policy):
         for start in range(0, len(rows), cfg.eval.batch_size):
             chunk = rows[start:start + cfg.eval.batch_size]
             rollout = policy.rollout(chunk, samples, temperature=temperature)
             score_rollout(rollout, metric, {task.metric: 1.0})
-            hits = torch.nan_to_num(rollout.rewards, nan=float("-inf")) >= threshold
-            solved += [int(hits[rollout.group == g].sum()) for g in range(len(chunk))]
             groups += [rollout.rewards[rollout.group == g].tolist() for g in range(len(chunk))]
+    scored = [[r for r in group if math.isfinite(r)] for group in groups]  # (a failed reward is NaN: unsolved)
+    solved = [sum(r >= threshold for r in group) for group in scored]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= samples]
     report = {f"pass@{k}": sum(pass_at_k(samples, c, k) for c in solved) / len(solved) for k in ks}
-    scored = [[r for r in group if math.isfinite(r)] for group in groups]  # (a failed reward is NaN)
     scored = [group for group in scored if len(group) == samples]
     if scored:
         report.update({f"best_of_{k}": sum(best_of_k(group, k) for group in scored) / len(scored) for k in ks})

@@ -59,11 +59,15 @@ def _train(launcher, args, out, home, *, resume=False, env=None, ok=True):
     return _metrics(out) if ok else None
 
 
-def _train_on_two_machines(args, out, home):
-    """One process on each of two machine ranks, both on localhost (as two nodes would run it)."""
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _train_on_two_machines(args, out, home):
+    """One process on each of two machine ranks, both on localhost (as two nodes would run it)."""
+    port = _free_port()
     machine = ["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
                "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--machine_rank"]
     launches = [subprocess.Popen(_command([*machine, str(rank)], args, out), stdout=subprocess.DEVNULL,
@@ -194,7 +198,4 @@ def test_sharded_diffusion_model_has_the_plain_gradients():
     processes, the tile diffusion model's flow-matching loss and gradients are the plain model's."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_sharded_diffusion_gradients, args=(port,), nprocs=2)
+    mp.spawn(_sharded_diffusion_gradients, args=(_free_port(),), nprocs=2)
