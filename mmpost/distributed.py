@@ -8,10 +8,17 @@ to float rounding), because:
   generator seeded by (run seed, stage, step, global chunk index) (:func:`seeded`), so the chunk a
   process samples is the chunk one process would have sampled (set ``generation_batch`` to the
   per-process batch in both runs);
+- a supervised step's random draws (flow-matching noise and times, denoising noise) are made for
+  the whole batch on every process, each keeping its own rows (:func:`whole_batch_draw`), so a
+  row meets the noise one process would have given it;
 - token-mean losses divide by the mean token count over processes, not the local one (as
   transformers' ``average_tokens_across_devices``), so DDP's gradient average is the global
   token mean (:func:`token_count`);
+- PPO's advantage whitening uses the whole batch's mean and std (:func:`process_sum`);
 - logged metrics are the mean over processes (:func:`mean_over_processes`).
+
+One difference stays: with ``pg.minibatches`` > 1 each process splits its own share of the batch, so
+a minibatch holds other rows than one process's would (the step is the same with one minibatch).
 """
 
 from __future__ import annotations
@@ -41,6 +48,15 @@ def shard(indices: list[int]) -> list[int]:
         raise ValueError(f"batch_size {len(indices)} is not divisible by the {size} processes")
     per = len(indices) // size
     return indices[rank * per:(rank + 1) * per]
+
+
+def whole_batch_draw(draw, rows: int, *shape: int) -> torch.Tensor:
+    """This process's ``rows`` of ``draw((rows * processes, *shape))``: a data-parallel step's random
+    draws made for the whole batch and sliced as :func:`shard` slices the rows, so they do not depend on
+    how many processes share the step (one process: ``draw((rows, *shape))`` itself)."""
+    rank, size = world()
+    whole = draw((rows * size, *shape))
+    return whole if size == 1 else whole[rank * rows:(rank + 1) * rows]
 
 
 @contextlib.contextmanager
@@ -74,12 +90,20 @@ def token_count(mask: torch.Tensor) -> torch.Tensor:
     _, size = world()
     if not _global_tokens or size == 1:
         return count
-    total = count.detach().clone()
+    return process_sum(count) / size
+
+
+def process_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the processes of a data-parallel run (``value`` itself in one process);
+    every process must call it."""
+    if world()[1] == 1:
+        return value
+    total = value.detach().clone()
     dist.all_reduce(total)
-    return total / size
+    return total
 
 
-COUNTS = ("tokens", "samples")  # summed over processes; every other metric is averaged
+COUNTS = ("tokens", "samples", "env/steps")  # summed over processes; every other metric is averaged
 
 
 def mean_over_processes(metrics: dict[str, float]) -> dict[str, float]:

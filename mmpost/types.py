@@ -72,8 +72,10 @@ class Rollout:
         values = {}
         for f in fields(Rollout):
             items = [getattr(p, f.name) for p in parts]
-            if f.name in ("temperature", "metrics"):
+            if f.name == "temperature":
                 values[f.name] = items[0]
+            elif f.name == "metrics":
+                values[f.name] = _merged_metrics(parts)
             elif all(isinstance(v, torch.Tensor) for v in items):
                 values[f.name] = torch.cat([pad(v) for v in items])
             elif all(v is None for v in items):
@@ -150,3 +152,24 @@ class StageSection:
 
     def requires(self, stage) -> list[tuple[type, str]]:
         return []
+
+
+# rollout metrics that are totals over a rollout's outputs, or running counts; all others are means over them
+_TOTALS = ("time/", "env/steps")
+_RUNNING_COUNTS = ("env/worker_restarts",)
+
+
+def _merged_metrics(parts: list[Rollout]) -> dict[str, float]:
+    """The metrics of rollouts made in parts (calls of one step, sampled groups and demonstrations) as
+    one rollout's: times and step counts add up, running counts keep the latest, means are weighted by
+    the outputs of the parts that report them."""
+    merged = {}
+    for key in dict.fromkeys(k for p in parts for k in p.metrics):
+        having = [p for p in parts if key in p.metrics]
+        if key.startswith(_TOTALS):
+            merged[key] = sum(p.metrics[key] for p in having)
+        elif key in _RUNNING_COUNTS:
+            merged[key] = max(p.metrics[key] for p in having)
+        else:
+            merged[key] = sum(p.metrics[key] * len(p) for p in having) / max(1, sum(len(p) for p in having))
+    return merged

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mmpost.algos.diffusion import ddim_transition, flow_sde_transition, gaussian_kl, mean_logprob
+from mmpost.distributed import whole_batch_draw
 from mmpost.types import Rollout
 
 WORD_BUCKETS = 4096
@@ -248,14 +249,16 @@ class DiffusionPolicy:
         """Denoising (epsilon) regression on the rows' rendered tiles (``tile`` in [0, 1]);
         descriptions dropped with ``uncond_fraction`` so guidance has an unconditional model."""
         x0 = torch.stack([row["tile"] for row in batch]).to(self.device) * 2 - 1
-        noise = torch.randn_like(x0)
-        texts = [row["description"] if torch.rand(()) >= uncond_fraction else "" for row in batch]
+        B, device = len(batch), self.device  # each draw: this process's rows of the whole batch's draws
+        noise = whole_batch_draw(lambda shape: torch.randn(shape, device=device, dtype=x0.dtype), B, *x0.shape[1:])
+        dropped = whole_batch_draw(lambda shape: torch.stack([torch.rand(()) for _ in range(shape[0])]), B)
+        texts = [row["description"] if u >= uncond_fraction else "" for row, u in zip(batch, dropped)]
         if self.sampler == "flow_sde":  # flow matching: velocity of the straight path noise -> image
-            s = torch.rand(len(batch), device=self.device)
+            s = whole_batch_draw(lambda shape: torch.rand(shape, device=device), B)
             x_s = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
             loss = ((self.model(x_s, s * 1000, texts) - (noise - x0)) ** 2).mean()
         else:
-            t = torch.randint(0, 1000, (len(batch),), device=self.device)
+            t = whole_batch_draw(lambda shape: torch.randint(0, 1000, shape, device=device), B)
             target = self.scheduler.get_velocity(x0, noise, t) if self.prediction == "v_prediction" else noise
             loss = ((self.model(self.scheduler.add_noise(x0, noise, t), t, texts) - target) ** 2).mean()
         return loss, {"samples": float(len(batch))}

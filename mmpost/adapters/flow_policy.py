@@ -53,6 +53,14 @@ class FlowActions:
                            [self.instruction[i] for i in index.tolist()], self.chains[index],
                            self.stochastic_step[index], self.alive[index])
 
+    @staticmethod
+    def concat(parts: list["FlowActions"]) -> "FlowActions":
+        """Episodes of several rollouts (all of ``max_chunks`` chunks) as one."""
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        return FlowActions(cat("state"), None if parts[0].image is None else cat("image"),
+                           [i for p in parts for i in p.instruction], cat("chains"), cat("stochastic_step"),
+                           cat("alive"))
+
     def flat(self):
         """Observations, chains and step choices of the real transitions, flattened."""
         alive = self.alive

@@ -137,10 +137,12 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, alive: torch.Tensor, bootst
     return advantages, (advantages + values) * alive
 
 
-def normalize(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Batch mean/std normalisation over the real entries of ``mask`` (PPO's advantage whitening)."""
+def normalize(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total=lambda s: s) -> torch.Tensor:
+    """Batch mean/std normalisation over the real entries of ``mask`` (PPO's advantage whitening).
+    ``total``: turns this batch's sums into the whole batch's (a data-parallel step's sum over processes,
+    :func:`mmpost.distributed.process_sum`)."""
     mask = mask.to(advantages.dtype)
-    count = mask.sum().clamp(min=1.0)
-    mean = (advantages * mask).sum() / count
-    var = (((advantages - mean) * mask) ** 2).sum() / count
+    count = total(mask.sum()).clamp(min=1.0)
+    mean = total((advantages * mask).sum()) / count
+    var = total((((advantages - mean) * mask) ** 2).sum()) / count
     return (advantages - mean) / (var.sqrt() + eps) * mask

@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from mmpost.distributed import whole_batch_draw
+
 
 def timesteps(num_steps: int) -> torch.Tensor:
     """[K + 1] integration grid from 1 (noise) to 0 (action)."""
@@ -62,8 +64,11 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 
 def flow_matching_loss(velocity_fn, actions: torch.Tensor, generator=None) -> torch.Tensor:
     """Conditional flow-matching regression on demonstration chunks ``actions`` [B, H, A]:
-    ``x_t = t * eps + (1 - t) * a``, target velocity ``eps - a``, ``t ~ U(0, 1)``."""
-    noise = torch.randn(actions.shape, generator=generator, dtype=actions.dtype).to(actions.device)
-    t = torch.rand(actions.shape[0], generator=generator, dtype=actions.dtype).to(actions.device)
+    ``x_t = t * eps + (1 - t) * a``, target velocity ``eps - a``, ``t ~ U(0, 1)``. In a data-parallel
+    step ``eps`` and ``t`` are this process's share of the whole batch's draws (:func:`whole_batch_draw`)."""
+    B, dtype = actions.shape[0], actions.dtype
+    noise = whole_batch_draw(lambda shape: torch.randn(shape, generator=generator, dtype=dtype), B, *actions.shape[1:])
+    t = whole_batch_draw(lambda shape: torch.rand(shape, generator=generator, dtype=dtype), B)
+    noise, t = noise.to(actions.device), t.to(actions.device)
     x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
     return ((velocity_fn(x_t, t) - (noise - actions)) ** 2).mean()

@@ -24,7 +24,7 @@ from mmpost.algos.schedules import chord_mu, cosine, entropy_temperature, sasr_s
 from mmpost.algos.value import value_loss
 from mmpost.rewarding import score_rollout
 from mmpost import faults
-from mmpost.distributed import seeded, token_count, world
+from mmpost.distributed import process_sum, seeded, token_count, world
 from mmpost.policy import Critic, GaussianKL, PrefixSampler, TokenDemos
 from mmpost.registry import check_choice
 from mmpost.stages.context import StageContext
@@ -194,7 +194,7 @@ def compute_advantages(rollout, stage) -> dict[str, float]:
         advantages, rollout.returns = gae(rollout.step_rewards, rollout.values, rollout.alive, bootstrap,
                                           stage.advantage.gamma, stage.advantage.lam)
         if stage.advantage.normalize:
-            advantages = normalize(advantages, rollout.alive)
+            advantages = normalize(advantages, rollout.alive, total=process_sum)  # over all processes' rows
         # the action steps of a transition are contiguous: one advantage per transition, repeated
         rollout.advantages = advantages.repeat_interleave(rollout.mask.shape[1] // advantages.shape[1], dim=1)
         metrics["value/mean"] = float((rollout.values * rollout.alive).sum() / rollout.alive.sum().clamp(min=1))
@@ -270,8 +270,9 @@ def pg_objective(ctx: StageContext, part: Rollout, closed_form: bool,
                                     part.off_policy, stage.demos.shaping_gamma)
     metrics["loss/pg"] = loss.item()
     if stage.advantage.estimator == "gae":
-        critic = value_loss(policy.values(part), part.values.to(device), part.returns.to(device),
-                            part.alive.to(device), stage.advantage.value_clip)
+        alive = part.alive.to(device)
+        critic = value_loss(policy.values(part), part.values.to(device), part.returns.to(device), alive,
+                            stage.advantage.value_clip, transitions=token_count(alive))
         loss = loss + stage.advantage.value_coef * critic
         metrics["loss/value"] = critic.item()
     if reference is not None and stage.kl.coef > 0 and stage.kl.where == "loss":

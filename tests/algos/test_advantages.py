@@ -115,6 +115,16 @@ def test_normalize_ignores_padding():
     assert torch.allclose(out, torch.tensor([-1.0, 1.0, 0.0]), atol=1e-6)
 
 
+def test_normalize_over_the_whole_batch_of_a_data_parallel_step():
+    """``total`` turns this share's sums into the whole batch's: a process holding half of
+    [1, 3 | 5, 7] whitens with the mean 4 and std sqrt(5) of all four, not its own half's."""
+    share, other = torch.tensor([1.0, 3.0]), torch.tensor([5.0, 7.0])
+    # the sum over two processes: this share's count, sum and squared deviations plus the other's
+    others = iter([torch.tensor(2.0), other.sum(), ((other - 4.0) ** 2).sum()])
+    out = normalize(share, torch.ones(2), total=lambda value: value + next(others))
+    assert torch.allclose(out, (share - 4.0) / math.sqrt(5.0), atol=1e-6)
+
+
 def test_group_keep_mask():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     group = torch.tensor([0, 0, 1, 1, 2, 2])

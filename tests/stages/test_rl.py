@@ -3,6 +3,7 @@ advantages with the KL term in them (Carve3D)."""
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 
@@ -47,3 +48,20 @@ def test_kl_in_the_advantage_is_carve3d_normalised_difference():
                                       kl=KL(coef=0.2),
                                       sampling=Sampling(group_size=2)))
     assert torch.allclose(rollout.advantages, z(rewards))
+
+
+def test_rollouts_sampled_in_calls_merge_their_metrics():
+    """A step sampled in several calls (``generation_batch``): times and env steps add up, running
+    counts keep the latest, rates are the mean over all outputs (a part without a metric does not dilute it)."""
+    from mmpost.types import Rollout
+
+    def part(n, metrics):
+        return Rollout(logprobs=torch.zeros(n, 2), mask=torch.ones(n, 2), group=torch.arange(n), outputs=["o"] * n,
+                       prompts=["p"] * n, columns={}, actions=None, metrics=metrics)
+
+    merged = Rollout.concat([
+        part(3, {"time/simulate": 1.0, "env/steps": 30.0, "env/success": 1 / 3, "env/worker_restarts": 1.0}),
+        part(1, {"time/simulate": 0.5, "env/steps": 8.0, "env/success": 1.0, "env/worker_restarts": 2.0}),
+        part(2, {})]).metrics
+    assert merged == {"time/simulate": 1.5, "env/steps": 38.0, "env/success": pytest.approx(0.5),
+                      "env/worker_restarts": 2.0}
