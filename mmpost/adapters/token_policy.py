@@ -138,6 +138,12 @@ class TokenPolicy:
             raise ValueError("TokenPolicy needs a left-padding tokenizer for batched generation")
         return {k: v.to(self.device) for k, v in enc.items()}
 
+    def prompt_ids(self, rows: list[dict]) -> list[list[int]]:
+        """Each row's prompt as the processor's token ids, without padding (media placeholders expanded)."""
+        encoded = self.encode_prompts(rows)
+        return [ids[mask.bool()].tolist() for ids, mask in zip(encoded["input_ids"].cpu(),
+                                                                encoded["attention_mask"].cpu())]
+
     def _encode_rows(self, rows: list[dict]) -> dict:
         """Model inputs for ``rows`` with each distinct prompt (a group's shared one) processed once and
         its images through the vision tower once (:mod:`mmpost.adapters.shared_media`)."""
@@ -244,7 +250,7 @@ class TokenPolicy:
         from mmpost.adapters.vllm_sampler import VLLMSampler, VLLMServerSampler
 
         if config.backend == "vllm_server":
-            self.sampler = VLLMServerSampler(config, seed=seed)
+            self.sampler = VLLMServerSampler(config, seed=seed, prompt_ids=self.prompt_ids)
             return
         network = unwrap(self.model)
         path = getattr(network, "name_or_path", "") or getattr(network.config, "_name_or_path", "")

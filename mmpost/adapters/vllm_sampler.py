@@ -202,13 +202,18 @@ class VLLMServerSampler:
     ``VLLMClient`` (``trl/generation/vllm_client.py``). Before every rollout the main process sends the
     current weights over NCCL (``update_named_param``; a sharded model's are gathered first, by every
     process); every process then samples its own rows over HTTP. As with the colocated engine, the
-    trainer recomputes the log-probs."""
+    trainer recomputes the log-probs.
 
-    def __init__(self, config, *, seed: int = 0, client=None):
+    Prompts with images go as token ids (``prompt_ids``: the policy's processor output, image
+    placeholders expanded) with the images the server processed first (``image_features``), as TRL's
+    client wants them; video and audio prompts are refused (the client sends neither)."""
+
+    def __init__(self, config, *, seed: int = 0, client=None, prompt_ids=None):
         from mmpost.distributed import world
 
         self.main = world()[0] == 0
         self.seed = seed
+        self.prompt_ids = prompt_ids
         if client is None:
             try:
                 from trl.generation.vllm_client import VLLMClient
@@ -235,14 +240,21 @@ class VLLMServerSampler:
     def generate(self, rows: list[dict], prompts: list[str], n: int, *, temperature: float, greedy: bool,
                  max_new_tokens: int, eos_id: int, suppress_ids: list[int]):
         """As :meth:`VLLMSampler.generate`, from the server."""
-        if any(vllm_media(row) for row in rows):
-            raise NotImplementedError("rollout.backend=vllm_server samples text prompts for now; use rollout.backend="
-                                      "vllm or hf for prompts with images, video or audio")
+        media = [vllm_media(row) for row in rows]
+        if any("video" in m or "audio" in m for m in media):
+            raise NotImplementedError("rollout.backend=vllm_server sends text and images (TRL's client has no video "
+                                      "or audio); use rollout.backend=vllm or hf for prompts with video or audio")
+        images = {}
+        if any(media):  # the server takes images or token ids in a request, never both: images first
+            if self.prompt_ids is None:
+                raise ValueError("rollout.backend=vllm_server: prompts with images need the policy's prompt_ids")
+            images = {"features": self.client.image_features([m.get("image") for m in media])}
+            prompts = self.prompt_ids(rows)
         extra = {"stop_token_ids": [eos_id], "seed": int(torch.randint(2**31 - 1, ()))}
         if suppress_ids:
             extra["logit_bias"] = {str(i): -100.0 for i in suppress_ids}
         out = self.client.generate(prompts, n=n, temperature=0.0 if greedy else temperature, top_p=1.0, top_k=0,
-                                   max_tokens=max_new_tokens, logprobs=0, generation_kwargs=extra)
+                                   max_tokens=max_new_tokens, logprobs=0, generation_kwargs=extra, **images)
         ids = [list(sample) for sample in out["completion_ids"]]
         logprobs = [[step[0] for step in sample] for sample in out["logprobs"]]  # the sampled token's (first)
         return ids, logprobs

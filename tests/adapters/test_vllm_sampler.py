@@ -114,12 +114,14 @@ class ServerStandIn:
     """Stands in for ``trl vllm-serve`` behind TRL's ``VLLMClient`` (vLLM needs a CUDA GPU): it holds its
     own copy of the policy, takes weights by name as the server does, and answers ``generate`` in the
     client's format (completion ids; per token a list whose first entry is the sampled token's log-prob)
-    from that copy's decode loop."""
+    from that copy's decode loop. As the client's contract has it, prompts with images arrive as token ids
+    beside the features ``image_features`` returned for their images, text prompts as text."""
 
     def __init__(self, tiny_model_dir, rows):
         self.copy = TokenPolicy.from_pretrained(tiny_model_dir, max_new_tokens=10)
-        self.received, self.resets = {}, 0
-        self.rows = {self.copy._prompt_text(row): row for row in rows}  # the server gets the prompts' text
+        self.received, self.resets, self.rendered = {}, 0, []
+        self.rows = {self.copy._prompt_text(row): row for row in rows}
+        self.rows.update({tuple(ids): row for ids, row in zip(self.copy.prompt_ids(rows), rows)})
 
     def update_named_param(self, name, weights):
         self.received[name] = weights.clone()
@@ -128,48 +130,73 @@ class ServerStandIn:
     def reset_prefix_cache(self):
         self.resets += 1
 
-    def generate(self, prompts, n, temperature, top_p, top_k, max_tokens, logprobs, generation_kwargs):
+    def image_features(self, images):
+        self.rendered.extend(images)
+        return [None if not each else {"images": len(each)} for each in images]
+
+    def generate(self, prompts, n, temperature, top_p, top_k, max_tokens, logprobs, generation_kwargs, features=None):
         assert (top_p, top_k, logprobs) == (1.0, 0, 0) and generation_kwargs["stop_token_ids"] == [self.copy.eos_id]
+        if features is not None:  # token ids, each with its images' features
+            rows = [self.rows[tuple(ids)] for ids in prompts]
+            assert [f and f["images"] for f in features] == [len(row.get("images", [])) or None for row in rows]
+        else:
+            rows = [self.rows[text] for text in prompts]
         greedy = temperature == 0.0
-        ids, lps, _ = self.copy._generate([self.rows[text] for text in prompts], n, temperature or 1.0, greedy)
+        ids, lps, _ = self.copy._generate(rows, n, temperature or 1.0, greedy)
         mask = self.copy._completion_mask(ids).bool()
         return {"completion_ids": [row[m].tolist() for row, m in zip(ids, mask)],
                 "logprobs": [[[v] for v in row[m].tolist()] for row, m in zip(lps, mask)]}
 
 
-def test_server_mode_sends_the_trained_weights_and_assembles_the_rollout(tiny_model_dir):
+def _image_rows():
+    from PIL import Image
+
+    from mmpost.data.charts import chart_program
+    from mmpost.tasks.chart2code import make_row
+
+    images = [Image.new("RGB", (112, 112), "red"), Image.new("RGB", (56, 84), "blue")]
+    return [make_row(image, chart_program(i)["code"], seed=i) for i, image in enumerate(images)]
+
+
+@pytest.mark.parametrize("media", ["text", "images"])
+def test_server_mode_sends_the_trained_weights_and_assembles_the_rollout(tiny_model_dir, media):
     from mmpost.adapters.vllm_sampler import VLLMServerSampler
 
+    rows = ROWS if media == "text" else _image_rows()
     policy = TokenPolicy.from_pretrained(tiny_model_dir, max_new_tokens=10)
     with torch.no_grad():
         for parameter in policy.model.parameters():  # trained weights the server does not have yet
             parameter.add_(0.05 * torch.randn_like(parameter))
     torch.manual_seed(1)
-    expected = policy.rollout(ROWS, 3, temperature=0.8)
-    server = ServerStandIn(tiny_model_dir, ROWS)
-    policy.sampler = VLLMServerSampler(RolloutConfig(backend="vllm_server"), client=server)
+    expected = policy.rollout(rows, 3, temperature=0.8)
+    server = ServerStandIn(tiny_model_dir, rows)
+    policy.sampler = VLLMServerSampler(RolloutConfig(backend="vllm_server"), client=server,
+                                       prompt_ids=policy.prompt_ids)
     torch.manual_seed(1)
-    rollout = policy.rollout(ROWS, 3, temperature=0.8)
+    rollout = policy.rollout(rows, 3, temperature=0.8)
+    assert len(server.rendered) == (0 if media == "text" else len(rows))  # each prompt's images sent once
     assert set(server.received) == dict(policy.model.named_parameters()).keys() and server.resets == 1
     assert all(torch.equal(server.received[n], p.data) for n, p in policy.model.named_parameters())
     # the server drew its own samples (its seed comes from torch's stream): the trainer scores them again
     assert rollout.actions.completion_ids.shape[0] == expected.actions.completion_ids.shape[0] == 6
     assert rollout.metrics["rollout/vllm_logprob_gap"] < 1e-5  # the server sampled from the trained weights
-    stale = ServerStandIn(tiny_model_dir, ROWS)  # a server that never received them: the gap shows it
-    policy.sampler = VLLMServerSampler(RolloutConfig(backend="vllm_server"), client=stale)
+    stale = ServerStandIn(tiny_model_dir, rows)  # a server that never received them: the gap shows it
+    policy.sampler = VLLMServerSampler(RolloutConfig(backend="vllm_server"), client=stale,
+                                       prompt_ids=policy.prompt_ids)
     policy.sampler.load_weights = lambda model: None
-    assert policy.rollout(ROWS, 3, temperature=0.8).metrics["rollout/vllm_logprob_gap"] > 0.1
+    assert policy.rollout(rows, 3, temperature=0.8).metrics["rollout/vllm_logprob_gap"] > 0.1
 
 
-def test_server_mode_refuses_media_prompts_with_a_message():
-    from PIL import Image
+def test_server_mode_refuses_video_and_audio_prompts_with_a_message():
+    import numpy as np
 
     from mmpost.adapters.vllm_sampler import VLLMServerSampler
 
     sampler = VLLMServerSampler(RolloutConfig(backend="vllm_server"), client=object())
-    with pytest.raises(NotImplementedError, match="text prompts"):
-        sampler.generate([{"images": [Image.new("RGB", (8, 8))]}], ["x"], 1, temperature=1.0, greedy=False,
-                         max_new_tokens=4, eos_id=0, suppress_ids=[])
+    for row in ({"videos": [np.zeros((2, 8, 8, 3), np.uint8)]}, {"audios": [np.zeros(160, np.float32)]}):
+        with pytest.raises(NotImplementedError, match="no video or audio"):
+            sampler.generate([row], ["x"], 1, temperature=1.0, greedy=False, max_new_tokens=4, eos_id=0,
+                             suppress_ids=[])
 
 
 class EngineStandIn:
