@@ -289,6 +289,10 @@ def _setup_run_in(cfg: TrainConfig, run_dir: Path, resume, checkpoint: dict | No
         select_trainable(policy.model, cfg.trainable, cfg.frozen)
     if cfg.peft.r:
         add_lora(policy, cfg.peft)
+    if cfg.rollout.backend == "vllm_server":
+        from mmpost.adapters.vllm_sampler import check_server_prompts
+
+        check_server_prompts(rows["heldout"][:1])  # before training, not at the first rollout
     if cfg.rollout.backend != "hf":
         policy.use_vllm(cfg.rollout, seed=cfg.seed)
     check_free_space(run_dir, policy.model, cfg.keep_checkpoints)

@@ -196,6 +196,15 @@ def _start_engine(model_path: str, config, seed: int):
             os.environ.pop(key, None)
 
 
+def check_server_prompts(rows: list[dict]) -> list[dict]:
+    """The rows' media for a vLLM server; an error for video or audio, which TRL's client cannot send."""
+    media = [vllm_media(row) for row in rows]
+    if any("video" in m or "audio" in m for m in media):
+        raise NotImplementedError("rollout.backend=vllm_server sends text and images (TRL's client has no video or "
+                                  "audio); use rollout.backend=vllm or hf for prompts with video or audio")
+    return media
+
+
 class VLLMServerSampler:
     """``rollout.backend=vllm_server``: a vLLM server on GPUs of its own, started with TRL's
     ``trl vllm-serve --model PATH`` (the checkpoint the policy starts from), reached through TRL's
@@ -240,10 +249,7 @@ class VLLMServerSampler:
     def generate(self, rows: list[dict], prompts: list[str], n: int, *, temperature: float, greedy: bool,
                  max_new_tokens: int, eos_id: int, suppress_ids: list[int]):
         """As :meth:`VLLMSampler.generate`, from the server."""
-        media = [vllm_media(row) for row in rows]
-        if any("video" in m or "audio" in m for m in media):
-            raise NotImplementedError("rollout.backend=vllm_server sends text and images (TRL's client has no video "
-                                      "or audio); use rollout.backend=vllm or hf for prompts with video or audio")
+        media = check_server_prompts(rows)
         images = {}
         if any(media):  # the server takes images or token ids in a request, never both: images first
             if self.prompt_ids is None:

@@ -187,6 +187,16 @@ def test_server_mode_sends_the_trained_weights_and_assembles_the_rollout(tiny_mo
     assert policy.rollout(rows, 3, temperature=0.8).metrics["rollout/vllm_logprob_gap"] > 0.1
 
 
+def test_server_mode_on_an_audio_task_fails_before_training(mmpost_home, tmp_path):
+    cfg = mmpost.build_config("audio_qa", max_steps=1, output_dir=str(tmp_path / "run"),
+                              overrides={"rollout.backend": "vllm_server", "trackers": [], "data.eval_size": 2})
+    from mmpost.engine import train
+
+    with pytest.raises(NotImplementedError, match="no video or audio"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_server_mode_refuses_video_and_audio_prompts_with_a_message():
     import numpy as np
 
