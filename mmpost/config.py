@@ -342,7 +342,9 @@ def _set_field(obj, parts: list[str], value, full_key: str) -> None:
         raise KeyError(f"config key {full_key!r}: {name!r} has no fields")
     else:
         _set_field(child, parts[1:], value, full_key)
-    if hasattr(obj, "__post_init__") and not isinstance(obj, TrainConfig):  # (the run: once all overrides are in)
+    # a section checks its own field now; a stage's checks across sections and the run's wait until all
+    # overrides are in (`--set rl.batch_size=2 --set rl.pg.minibatches=1` must not depend on the order)
+    if hasattr(obj, "__post_init__") and not isinstance(obj, (TrainConfig, Stage)):
         obj.__post_init__()
 
 
@@ -374,6 +376,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
                            f"{closest(parts[0], names + [f.name for f in dataclasses.fields(cfg)])}")
         else:
             _set_field(cfg, parts, value, key)
+    for stage in cfg.stages:
+        stage.__post_init__()
     return cfg
 
 

@@ -45,3 +45,15 @@ def test_reward_weights_from_the_command_line_become_numbers():
     assert cfg.rewards == ["mrc", "object_match"] and cfg.reward_weights == [1.0, 0.1]
     with pytest.raises(ValueError, match="must be numbers"):
         mmpost.build_config("multiview3d", overrides={"rewards": "mrc", "reward_weights": "heavy"})
+
+
+def test_overrides_across_a_stages_sections_do_not_depend_on_their_order():
+    """A stage's checks across sections run once every override is in: a batch of 2 with 1 minibatch is fine
+    whichever is set first; a batch of 3 with 4 minibatches is refused."""
+    import mmpost
+
+    for overrides in ({"rl.batch_size": "2", "rl.pg.minibatches": "1"}, {"rl.pg.minibatches": "1", "rl.batch_size": "2"}):
+        cfg = mmpost.build_config("maniskill", overrides=overrides)
+        assert (cfg.stage("rl").batch_size, cfg.stage("rl").pg.minibatches) == (2, 1)
+    with pytest.raises(ValueError, match="pg.minibatches must divide"):
+        mmpost.build_config("maniskill", overrides={"rl.batch_size": "3"})

@@ -46,7 +46,7 @@ def test_a_maniskill_task_without_an_expert_trains_without_sft_and_says_why_sft_
     """PushCube has no scripted expert: with sft.steps=0 no demonstration is asked for (a stage without
     steps reads no data) and RL runs; with SFT steps the error names what to give instead."""
     tiny = ["--env", "maniskill:PushCube-v1", "--set", "rl.steps=1", "--set", "data.eval_size=2", "--set",
-            "env.num_envs=2", "--set", "rl.batch_size=2", "--set", "eval.batch_size=2", "--set", "env.max_chunks=2",
+            "env.num_envs=2", "--set", "rl.batch_size=2", "--set", "rl.pg.minibatches=1", "--set", "eval.batch_size=2", "--set", "env.max_chunks=2",
             "--set", "flow.hidden=32", "--set", "eval.sampled=false", "--set", "threads=1"]
     mmpost("train", "--task", "maniskill", "--output-dir", str(tmp_path / "rl"), "--set", "sft.steps=0", *tiny)
     results = json.loads((tmp_path / "rl" / "results.json").read_text())
