@@ -277,18 +277,9 @@ class ChartRender:
                 self._render_cache[code] = self._render_cache.pop(code)
         return [fresh[c][0] if c in fresh else self._render_cache[c] for c in codes]
 
-    def execute(self, codes: list[str], retries: int = 0) -> list[tuple[dict, np.ndarray, str] | str]:
-        """Run programs in the sandbox without caching (see :meth:`render`). ``retries``: run again, up to
-        that many times, the programs whose failure they did not determine themselves (a deadline passed
-        on a loaded machine, the sandbox's own failure): for trusted programs such as the data generator's."""
-        results = self._execute(codes)
-        for _ in range(retries):
-            again = [i for i, (_, determined) in enumerate(results) if not determined]
-            if not again:
-                break
-            for i, result in zip(again, self._execute([codes[i] for i in again])):
-                results[i] = result
-        return [rendered for rendered, _ in results]
+    def execute(self, codes: list[str]) -> list[tuple[dict, np.ndarray, str] | str]:
+        """Run programs in the sandbox without caching (see :meth:`render`)."""
+        return [rendered for rendered, _ in self._execute(codes)]
 
     def _execute(self, codes: list[str]) -> list[tuple[tuple[dict, np.ndarray, str] | str, bool]]:
         """Each program's render or failure reason, and whether the program alone determined it."""

@@ -15,7 +15,7 @@ import json
 from mmpost.checkpoint import write_atomic
 from mmpost.config import DataConfig, TrainConfig
 from mmpost.stages.spec import KL, Optim, Sampling, Stage
-from mmpost.data.charts import chart_program, split_seeds
+from mmpost.data.charts import chart_program, render_programs, split_seeds
 from mmpost.data.jsonl import read_jsonl
 from mmpost.data.splits import split_user_rows
 from mmpost.models.tiny_qwen2vl import cached_tiny_qwen2vl, mmpost_home
@@ -98,18 +98,12 @@ class Chart2Code:
 
         cache = mmpost_home() / "data" / f"chart2code-{DATA_VERSION}"
         cache.mkdir(parents=True, exist_ok=True)
-        missing = [s for s in seeds if not (cache / f"{s}.json").exists()]
-        batch = 200
+        missing = [chart_program(s) for s in seeds if not (cache / f"{s}.json").exists()]
         with tqdm(total=len(missing), desc="rendering charts", unit="chart", disable=not missing) as bar:
-            for start in range(0, len(missing), batch):
-                chunk = [chart_program(s) for s in missing[start:start + batch]]
-                # our own programs: a deadline passed only because the machine is busy, so try again
-                for program, rendered in zip(chunk, self.reward.execute([p["code"] for p in chunk], retries=2)):
-                    if not isinstance(rendered, tuple):
-                        raise RuntimeError(f"generator program for seed {program['seed']} failed: {rendered}")
-                    record = {**program, "features": rendered[0], "png": rendered[2]}
-                    write_atomic(cache / f"{program['seed']}.json", lambda tmp: tmp.write_text(json.dumps(record)))
-                bar.update(len(chunk))
+            for program, (features, png) in zip(missing, render_programs([p["code"] for p in missing])):
+                record = {**program, "features": features, "png": png}
+                write_atomic(cache / f"{program['seed']}.json", lambda tmp: tmp.write_text(json.dumps(record)))
+                bar.update()
         return [json.loads((cache / f"{s}.json").read_text()) for s in seeds]
 
     def _synthetic_row(self, record: dict) -> dict:

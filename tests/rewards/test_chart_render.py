@@ -106,25 +106,3 @@ def test_extract_code():
     assert extract_code("text\n```python\na = 1\n```\nmore ```python\nb = 2\n```") == "b = 2"
     assert extract_code("plain = 1") == "plain = 1"
     assert extract_code("```python\nunterminated = 1\n") == "unterminated = 1"
-
-
-def test_execute_retries_only_what_the_machine_not_the_program_failed(chart_reward, monkeypatch):
-    """A deadline passed on a busy machine is run again (the data generator's renders); a program's own
-    error is not. The sandbox is real; only its first reply to the second program is replaced by a timeout."""
-    real_map, calls = chart_reward.sandbox.map, []
-
-    def busy_once(codes):
-        replies = list(real_map(codes))
-        calls.append(len(codes))
-        if len(calls) == 1:
-            replies[1] = {"status": "timeout", "error": "wall-clock deadline of 5.0 s passed: killed"}
-        return replies
-
-    monkeypatch.setattr(chart_reward.sandbox, "map", busy_once)
-    broken = "raise ValueError('the program itself is wrong')"
-    first = chart_reward.execute([BASE, BASE, broken])
-    assert isinstance(first[0], tuple) and first[1].startswith("timeout") and "wrong" in first[2]
-    calls.clear()
-    again = chart_reward.execute([BASE, BASE, broken], retries=2)
-    assert calls == [3, 1]  # only the timed-out program ran again, once: it rendered
-    assert isinstance(again[1], tuple) and again[1][0] == again[0][0] and "wrong" in again[2]
