@@ -124,6 +124,52 @@ def _completion_tokens(task: str) -> float:
     return statistics.mean(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)  # + end of turn
 
 
+# ------------------------------------------------------------------ floor worker
+
+def run_floor(case: dict, steps: int) -> dict:
+    """The model's own work in one step of the case, timed alone: its forward calls while sampling
+    (no grad), the forward with grad, the backward and the optimizer step (fused AdamW), on rows and
+    completion lengths like the run's. Whatever a trainer adds (processors, sampling, losses, logging)
+    comes on top, so no system steps faster than this with this model code: TRL's step time over it
+    is the largest speed-up over TRL any implementation can show."""
+    import torch
+
+    from mmpost.adapters.token_policy import TokenPolicy
+    from mmpost.optim import adamw
+
+    torch.manual_seed(0)
+    policy = TokenPolicy.from_pretrained(case.get("model") or _model_dir(case["task"]))
+    policy.set_generation_length(case.get("max_new_tokens", 64))
+    model, rows = policy.model, _rows(case["task"], 64)
+    forward = _Timer()
+    model.forward = forward.wrap(model.forward)  # the outermost call only: nested modules count once
+    optimizer = adamw([{"params": [p for p in model.parameters() if p.requires_grad]}], case["lr"], 0.0)
+    model.train()
+    parts = []
+    for step in range(steps):
+        before = forward.total
+        if case["kind"] == "grpo":
+            batch = [rows[(step * case["prompts"] + i) % len(rows)] for i in range(case["prompts"])]
+            rollout = policy.rollout(batch, case["group"], temperature=case["temperature"])
+            generate, before = forward.total - before, forward.total
+            loss = -(policy.logprobs(rollout).sum() / rollout.mask.sum())
+        else:
+            generate = 0.0
+            loss = policy.sft_loss([rows[(step * case["batch"] + i) % len(rows)] for i in range(case["batch"])])[0]
+        start = time.perf_counter()
+        loss.backward()
+        backward = time.perf_counter() - start
+        start = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        parts.append({"generate_s": generate, "forward_s": forward.total - before, "backward_s": backward,
+                      "optimizer_s": time.perf_counter() - start})
+    parts = parts[1:]  # warm-up dropped, as for the systems
+    result = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
+    result["step_s"] = statistics.median(sum(p.values()) for p in parts)
+    return result
+
+
 # ------------------------------------------------------------------ TRL worker
 
 class _Timer:
@@ -175,15 +221,21 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
     rows = _rows(case["task"], 64)
     kind = case["kind"]
     step_times: list[float] = []
-    generate, reward_timer = _Timer(), _Timer()
+    generate, reward_timer, collate = _Timer(), _Timer(), _Timer()
     splits: list[tuple[float, float]] = []
 
     class StepTimes(TrainerCallback):
+        """Each step's time as mmpost measures its own: the step plus the making of its batch. The
+        Trainer collates a batch (SFT: the processor on the images and texts) before ``on_step_begin``,
+        so the collator's time since the last step is added to the step's."""
+        collated = 0.0
+
         def on_step_begin(self, args, state, control, **kwargs):
             self.start, self.g0, self.r0 = time.perf_counter(), generate.total, reward_timer.total
+            self.batch, self.collated = collate.total - self.collated, collate.total
 
         def on_step_end(self, args, state, control, **kwargs):
-            step_times.append(time.perf_counter() - self.start)
+            step_times.append(time.perf_counter() - self.start + self.batch)
             splits.append((generate.total - self.g0, reward_timer.total - self.r0))
 
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -219,6 +271,7 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
                            completion_only_loss=True)
         trainer = SFTTrainer(model=model, args=config, train_dataset=_trl_dataset(case["task"], rows, kind),
                              processing_class=processor, callbacks=[StepTimes()])
+    trainer.data_collator = collate.wrap(trainer.data_collator)
     trainer.train()
     seconds = step_times[1:]
     result = {"step_s": statistics.median(seconds), **_peak_memory()}
@@ -261,9 +314,9 @@ def run(quick: bool = False, repeats: int = 3, cases: list[str] | None = None, s
     repeats = 1 if quick else repeats
     report: dict = {"steps": steps, "repeats": repeats, "cases": {}, "machine": _machine()}
     for name in cases or list(CASES):
-        runs: dict[str, list] = {"mmpost": [], "trl": []}
+        runs: dict[str, list] = {"mmpost": [], "trl": [], "floor": []}
         for r in range(repeats):
-            order = ("mmpost", "trl") if r % 2 == 0 else ("trl", "mmpost")
+            order = ("mmpost", "trl", "floor") if r % 2 == 0 else ("trl", "mmpost", "floor")
             for system in order:
                 runs[system].append(_worker(system, name, steps, {}))
                 print(f"  {name} {system} run {r + 1}: {_short(runs[system][-1])}", flush=True)
@@ -311,6 +364,12 @@ def print_table(report: dict) -> None:
             if key in mine and key in theirs:
                 ratio = mine[key] / theirs[key] if theirs[key] else float("nan")
                 print(f"{name:<10} {key:<18} {mine[key]:>10.3f} {theirs[key]:>10.3f} {ratio:>10.2f}x")
+        floor = systems.get("floor")
+        if floor:  # the model's own work alone: no system steps faster
+            print(f"{name:<10} {'floor step_s':<18} {floor['step_s']:>10.3f}   model alone: " + " / ".join(
+                f"{key[:-2]} {floor[key]:.3f}" for key in ("generate_s", "forward_s", "backward_s", "optimizer_s")
+                if floor.get(key)) + f"; largest possible speed-up over TRL {theirs['step_s'] / floor['step_s']:.2f}x, "
+                f"mmpost's step is the floor + {mine['step_s'] - floor['step_s']:.3f} s")
     if "scaling" in report:
         base = report["scaling"]["base"]
         print("scaling (mmpost GRPO s/step, ratio to base): " + ", ".join(
@@ -326,6 +385,8 @@ def _main_worker(spec: str) -> None:
     out = Path(spec["out"]) / "run"
     if spec["system"] == "mmpost":
         result = run_mmpost(case, spec["steps"], out, image_side=spec["extra"].get("image_side", 0))
+    elif spec["system"] == "floor":
+        result = run_floor(case, spec["steps"])
     else:
         result = run_trl(case, spec["steps"], out)
     print(json.dumps(result))

@@ -1,5 +1,6 @@
 """``mmpost bench --quick`` completes and reports positive, self-consistent numbers for mmpost and TRL
-(no timing thresholds: speed is judged by the full benchmark's ratios, not by tests)."""
+(no timing thresholds: speed is judged by the full benchmark's ratios, not by tests); the floor (the
+model's own work alone) is below mmpost's step."""
 
 import json
 import os
@@ -20,6 +21,11 @@ def test_bench_quick(mmpost_home, tmp_path):
     assert "mmpost/TRL" in result.stdout
     report = json.loads(out.read_text())
     for case, systems in report["cases"].items():
+        floor = systems.pop("floor")  # the model's own work alone, in a third process
+        parts = ("generate_s", "forward_s", "backward_s", "optimizer_s")
+        assert all(floor[k] > 0 for k in parts[case.startswith("sft"):]), floor
+        assert floor["step_s"] <= sum(floor[k] for k in parts) * 1.5, floor  # median of sums vs sum of medians
+        assert floor["step_s"] < systems["mmpost"]["step_s"], (case, floor)  # the trainer's work comes on top
         for system, numbers in systems.items():
             assert all(v > 0 for k, v in numbers.items() if k != "reward_s"), (case, system, numbers)
             if case.startswith("grpo"):
