@@ -193,6 +193,9 @@ class TrainConfig:
     threads: int = 2  # torch threads; 1-2 on small CPUs (oversubscription is many times slower)
     mixed_precision: str = "no"  # "no" | "bf16" (autocast; for GPUs)
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    # token policies: teacher-forced forwards (SFT, rollout scoring) pack the batch's rows into one
+    # sequence without padding (per-row position ids; FlashAttention's variable-length path on GPUs)
+    padding_free: bool = False
     # "fsdp": shard parameters, gradients and optimiser state over the processes of a distributed launch
     # (FSDP2; also chosen by an accelerate config with distributed_type: FSDP); "none": each process
     # holds the whole model (data parallel)

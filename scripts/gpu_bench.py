@@ -10,7 +10,9 @@ vocabulary (and the LM head) is the tiny tokenizer's: nothing is downloaded. Bot
 weights and train with bf16 autocast, as mmpost does, on the same rows, prompts, group size, lengths and
 learning rate (the cases of ``mmpost bench``, :mod:`mmpost.tools.bench.trl`), alternating, each run in a
 fresh process. Cases: GRPO on chart2code (images in the prompts, the sandboxed chart reward) with HF
-generation, and with the colocated vLLM engine where vLLM is installed; SFT on chart2code demonstrations.
+generation, and with the colocated vLLM engine where vLLM is installed; SFT on chart2code demonstrations,
+padded and padding-free (mmpost packs the rows; TRL refuses padding-free training on vision datasets, so
+its row there is padded again).
 Per case: samples/s, generated (GRPO) or trained (SFT) tokens/s, the step split (generate / reward /
 update), peak GPU memory, and model FLOP utilisation against the GPU's dense bf16 peak:
 ``flops_per_token * tokens/s / peak`` with 6N per trained token for SFT and 8N per generated token for
@@ -71,7 +73,8 @@ def cases(model: str, gpu: bool) -> dict[str, tuple[str, dict] | str]:
     settings = {"model": model, "bf16": gpu, "gradient_checkpointing": gpu}
     vllm = (("grpo_vlm", {**settings, "vllm": True}) if gpu and importlib.util.find_spec("vllm")
             else "needs a GPU and the [vllm] extra")
-    return {"GRPO, HF generate": ("grpo_vlm", settings), "GRPO, colocated vLLM": vllm, "SFT": ("sft_vlm", settings)}
+    return {"GRPO, HF generate": ("grpo_vlm", settings), "GRPO, colocated vLLM": vllm, "SFT": ("sft_vlm", settings),
+            "SFT, padding-free (TRL padded)": ("sft_vlm_padding_free", settings)}
 
 
 def measure(label: str, case: str, settings: dict, steps: int, repeats: int) -> dict:

@@ -21,6 +21,7 @@ from mmpost.algos.sft import nll_loss
 from mmpost.distributed import token_count
 from mmpost.adapters.decoding import decode, positions_from_mask
 from mmpost.adapters.hf import load_model, transformers_model, unwrap
+from mmpost.adapters.packing import kept_positions, pack, unpack_logits
 from mmpost.adapters.shared_media import can_share, distinct_rows, shared_media_inputs
 from mmpost.policy import eval_mode
 from mmpost.types import MEDIA_AND_TEXT, Rollout
@@ -54,9 +55,13 @@ class TokenPolicy:
         processor: its processor (or tokenizer, for text-only models); must have a chat template.
         max_new_tokens: generation length cap.
         device: where the model lives.
+        padding_free: teacher-forced forwards (SFT demonstrations, rollout scoring) pack the batch's
+            rows into one sequence without padding (:mod:`mmpost.adapters.packing`); checked once
+            against the padded forward, which it must equal.
     """
 
-    def __init__(self, model, processor, max_new_tokens: int = 72, device: str | torch.device = "cpu"):
+    def __init__(self, model, processor, max_new_tokens: int = 72, device: str | torch.device = "cpu",
+                 padding_free: bool = False):
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -76,6 +81,11 @@ class TokenPolicy:
         self.sampler = None  # a VLLMSampler after use_vllm(); None: mmpost's decode loop
         self.shares_media = True  # a group's shared prompt encoded once, until a batch shows it cannot be
         self.adapters_merged = False  # an earlier stage's LoRA adapters went into the base (lora.restart_adapters)
+        self.padding_free = padding_free
+        self.packing_checked = False  # the first packed forward is compared with the padded one
+        if padding_free and not self.keeps_logits:
+            raise ValueError(f"padding_free needs a model whose forward takes logits_to_keep; "
+                             f"{type(model).__name__}'s does not: set padding_free=false")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
@@ -99,7 +109,7 @@ class TokenPolicy:
         """:meth:`from_pretrained` with a run's loading options (``cfg``: :class:`~mmpost.config.TrainConfig`):
         gradient checkpointing and QLoRA's quantized base. Every token task builds its policy here."""
         return cls.from_pretrained(path, device=device, quantize=cfg.peft.quantize,
-                                   gradient_checkpointing=cfg.gradient_checkpointing)
+                                   gradient_checkpointing=cfg.gradient_checkpointing, padding_free=cfg.padding_free)
 
     def set_generation_length(self, max_new_tokens: int) -> None:
         """Cap each sampled completion at ``max_new_tokens`` (a stage's ``sampling.max_new_tokens``)."""
@@ -167,14 +177,9 @@ class TokenPolicy:
         inputs = dict(prompt)
         inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)
         inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask], dim=1)
-        if not self.multimodal_rope:
-            # Number positions from the attention mask, skipping the left padding, as generate()
-            # does. Rotary models give the same scores either way (a constant shift per row); a
-            # model with absolute position embeddings would otherwise be scored at shifted
-            # positions. Qwen2-VL-style models derive their 3-D positions from the mask themselves.
-            kwargs.setdefault("position_ids", positions_from_mask(inputs["attention_mask"]))
         if "mm_token_type_ids" in prompt:
             inputs["mm_token_type_ids"] = F.pad(prompt["mm_token_type_ids"], (0, completion_ids.shape[1]))
+        keep = completion_ids.shape[1] + 1
         if mix is not None:
             lam, other = mix
             embed = self.model.get_input_embeddings()
@@ -183,11 +188,53 @@ class TokenPolicy:
             blended = (1 - lam) * embeds[:, -completion_ids.shape[1]:] + lam * embed(other.to(self.device))
             completion = real * blended + (1 - real) * embeds[:, -completion_ids.shape[1]:]
             kwargs["inputs_embeds"] = torch.cat([embeds[:, :-completion_ids.shape[1]], completion], dim=1)
-        keep = completion_ids.shape[1] + 1
+        elif self.padding_free and not kwargs:
+            return self._packed_forward(inputs, keep)
+        return self._padded_forward(inputs, keep, **kwargs)
+
+    def _padded_forward(self, inputs: dict, keep: int, **kwargs):
+        """The model on the padded batch; logits of the last ``keep`` positions."""
+        if not self.multimodal_rope:
+            # Number positions from the attention mask, skipping the left padding, as generate()
+            # does. Rotary models give the same scores either way (a constant shift per row); a
+            # model with absolute position embeddings would otherwise be scored at shifted
+            # positions. Qwen2-VL-style models derive their 3-D positions from the mask themselves.
+            kwargs.setdefault("position_ids", positions_from_mask(inputs["attention_mask"]))
         if self.keeps_logits:  # only the positions that predict the completion (saves a [N, L, V] tensor)
             kwargs["logits_to_keep"] = keep
         output = self.model(**inputs, use_cache=False, **kwargs)
         output.logits = output.logits[:, -keep:]
+        return output
+
+    def _packed_forward(self, inputs: dict, keep: int):
+        """The model on the batch's rows packed into one sequence (:mod:`mmpost.adapters.packing`),
+        logits of the last ``keep`` padded positions back in the padded layout (0 at padding). The
+        first call also runs the padded forward and refuses a model whose packed scores differ (a
+        family whose attention ignores packed position ids would let rows attend to each other)."""
+        text = positions_from_mask(inputs["attention_mask"])
+        positions = text
+        if self.multimodal_rope:
+            if any(key in inputs for key in ("image_grid_thw", "video_grid_thw")):
+                grids = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids") if k in inputs}
+                rope = transformers_model(self.model).base_model.get_rope_index(
+                    inputs["input_ids"], attention_mask=inputs["attention_mask"], **grids)[0]
+            else:
+                rope = text.unsqueeze(0).expand(3, -1, -1)
+            positions = torch.cat([text.unsqueeze(0), rope.to(text.device)])
+        packed, window = pack(inputs, positions, keep)
+        output = self.model(**packed, use_cache=False, logits_to_keep=kept_positions(window))
+        output.logits = unpack_logits(output.logits, window)
+        if not self.packing_checked:
+            with torch.no_grad():
+                padded = self._padded_forward(inputs, keep).logits
+            valid = window >= 0
+            gap = (F.log_softmax(output.logits[valid].float(), -1) - F.log_softmax(padded[valid].float(), -1)).abs().max()
+            tolerance = 1e-3 if output.logits.dtype == torch.float32 else 5e-2
+            if not gap <= tolerance:
+                raise ValueError(f"padding_free: {type(transformers_model(self.model)).__name__}'s packed forward differs "
+                                 f"from its padded one (log-probs by up to {float(gap):.3g}): this model does not "
+                                 "attend within packed rows; set padding_free=false")
+            self.packing_checked = True
         return output
 
     def _sequence_logprobs(self, rows: list[dict], completion_ids: torch.Tensor, temperature: float,

@@ -283,3 +283,58 @@ def test_token_lines_follow_the_newlines_of_the_text(eos_padded_policy):
         for line in range(int(lines[i][mask[i].bool()].max()) + 1):
             text = policy.tokenizer.decode(real[lines[i][mask[i].bool()] == line], skip_special_tokens=True)
             assert text.strip("\n") == row["completion"].split("\n")[line].strip("\n")
+
+
+def _demo_rows(family: str) -> list[dict]:
+    """Demonstrations of different lengths (so the padded batch has padding to drop)."""
+    if family in ("qwen2", "gpt2"):
+        return [{"prompt": [{"role": "user", "content": q}], "completion": a}
+                for q, a in [("1+1=", "2"), ("a much longer question about 12 + 30", "it makes 42, since 12 + 30 = 42")]]
+    rows = _video_rows() if family.endswith("video") else _two_image_rows()
+    for row, completion in zip(rows, ["left", "the second one, it is a much longer answer"]):
+        row["completion"] = completion
+    return rows
+
+
+@pytest.mark.parametrize("family", [*FAMILY_MODELS, "qwen2", "gpt2"])
+def test_padding_free_forwards_equal_the_padded_ones(family, request, text_lm_dirs):
+    """padding_free (the batch's rows packed into one sequence): demonstration log-probs, rollout
+    scores (a GRPO group's shared media included) and every gradient equal the padded forward's."""
+    path = text_lm_dirs[family] if family in text_lm_dirs else request.getfixturevalue(FAMILY_MODELS[family])
+    rows = _demo_rows(family)
+    torch.manual_seed(0)
+    rollout = TokenPolicy.from_pretrained(path, max_new_tokens=5).rollout(rows, n=2, temperature=1.0)
+    results = []
+    for padding_free in (False, True):
+        policy = TokenPolicy.from_pretrained(path, padding_free=padding_free)
+        demo, mask = policy.demo_logprobs(rows)
+        scores = policy.logprobs(rollout)
+        (-(demo.sum() + scores.sum())).backward()
+        assert policy.packing_checked == padding_free
+        results.append((demo.detach(), scores.detach(), {n: p.grad for n, p in policy.model.named_parameters()
+                                                         if p.grad is not None}))
+    (demo, scores, grads), (packed_demo, packed_scores, packed_grads) = results
+    assert mask.sum() < mask.numel()  # there was padding to drop
+    torch.testing.assert_close(packed_demo, demo, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed_scores, scores, atol=1e-5, rtol=0)
+    assert packed_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(packed_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_free_refuses_a_model_whose_packed_rows_attend_to_each_other(tiny_model_dir, monkeypatch):
+    """The first packed forward is checked against the padded one: packed rows that are not kept apart
+    (here: position ids that never restart, so the mask lets each row see the rows before it) are refused."""
+    import mmpost.adapters.token_policy as token_policy
+
+    real_pack = token_policy.pack
+
+    def rows_not_kept_apart(inputs, positions, keep):
+        packed, window = real_pack(inputs, positions, keep)
+        packed["position_ids"] = torch.arange(packed["input_ids"].shape[1]).expand_as(packed["position_ids"])
+        return packed, window
+
+    monkeypatch.setattr(token_policy, "pack", rows_not_kept_apart)
+    policy = TokenPolicy.from_pretrained(tiny_model_dir, padding_free=True)
+    with pytest.raises(ValueError, match="padding_free.*differs from its padded one"):
+        policy.demo_logprobs(_demo_rows("qwen2_vl"))

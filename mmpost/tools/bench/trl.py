@@ -42,6 +42,9 @@ CASES = {
     "grpo_vlm": dict(task="chart2code", kind="grpo", prompts=2, group=4, max_new_tokens=64, temperature=1.0, lr=1e-5),
     "grpo_text": dict(task="arithmetic", kind="grpo", prompts=2, group=4, max_new_tokens=64, temperature=1.0, lr=1e-5),
     "sft_vlm": dict(task="chart2code", kind="sft", batch=8, lr=1e-4),
+    # mmpost packs the rows (padding_free); TRL trains padded: its SFTTrainer refuses padding-free
+    # training on vision datasets
+    "sft_vlm_padding_free": dict(task="chart2code", kind="sft", batch=8, lr=1e-4, padding_free=True),
 }
 
 
@@ -78,14 +81,15 @@ def _model_dir(task: str) -> str:
 def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
     """The case through ``mmpost.train`` (the real engine); per-step times from its metrics log.
     Optional case keys (``scripts/gpu_bench.py``): ``model`` (a directory), ``bf16``,
-    ``gradient_checkpointing``, ``vllm`` (the colocated engine samples)."""
+    ``gradient_checkpointing``, ``vllm`` (the colocated engine samples), ``padding_free``."""
     import mmpost
 
     overrides = {"threads": 1, "data.train_size": 64, "data.eval_size": 2, "eval.sampled": False,
                  "checkpoint_every": 10_000, "output_dir": str(out), "sandbox_workers": 2,
                  "trackers": [],  # TRL runs with report_to=[]
                  "model": case.get("model", ""), "mixed_precision": "bf16" if case.get("bf16") else "no",
-                 "gradient_checkpointing": bool(case.get("gradient_checkpointing"))}
+                 "gradient_checkpointing": bool(case.get("gradient_checkpointing")),
+                 "padding_free": bool(case.get("padding_free"))}
     if case.get("vllm"):
         overrides["rollout.backend"] = "vllm"
     if case["kind"] == "grpo":
@@ -138,7 +142,8 @@ def run_floor(case: dict, steps: int) -> dict:
     from mmpost.optim import adamw
 
     torch.manual_seed(0)
-    policy = TokenPolicy.from_pretrained(case.get("model") or _model_dir(case["task"]))
+    policy = TokenPolicy.from_pretrained(case.get("model") or _model_dir(case["task"]),
+                                         padding_free=bool(case.get("padding_free")))
     policy.set_generation_length(case.get("max_new_tokens", 64))
     model, rows = policy.model, _rows(case["task"], 64)
     forward = _Timer()

@@ -21,12 +21,12 @@ def test_gpu_bench_stand_in(mmpost_home, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
     cases = report["models"]["tiny"]["cases"]
-    assert list(cases) == ["GRPO, HF generate", "GRPO, colocated vLLM", "SFT"]
+    assert list(cases) == ["GRPO, HF generate", "GRPO, colocated vLLM", "SFT", "SFT, padding-free (TRL padded)"]
     assert "GPU" in cases["GRPO, colocated vLLM"]["skipped"]
-    for label in ("GRPO, HF generate", "SFT"):
+    for label in ("GRPO, HF generate", "SFT", "SFT, padding-free (TRL padded)"):
         for system in ("mmpost", "trl"):
             numbers = cases[label][system]
             assert numbers["tokens_per_s"] > 0 and numbers["step_s"] > 0 and numbers["mfu"] is None
             assert "peak_gpu_mb" not in numbers
     table = [line for line in result.stdout.splitlines() if line.startswith("| tiny")]
-    assert len(table) == 5 and all(line.count("|") == 13 for line in table)
+    assert len(table) == 7 and all(line.count("|") == 13 for line in table)
