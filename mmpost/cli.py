@@ -300,8 +300,11 @@ def _setup(args) -> None:
 def _bench(args) -> None:
     from mmpost.tools.bench.trl import run
 
-    run(quick=args.quick, repeats=args.repeats, cases=args.cases.split(",") if args.cases else None,
-        scaling=not args.no_scaling, out=args.json)
+    try:
+        run(quick=args.quick, repeats=args.repeats, cases=args.cases.split(",") if args.cases else None,
+            scaling=not args.no_scaling, out=args.json, device=args.device)
+    except RuntimeError as error:
+        sys.exit(str(error))
 
 
 def _bench_env(args) -> None:
@@ -455,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="examples: mmpost bench --quick; mmpost bench --repeats 5 --json runs/bench.json")
     bench.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (a smoke test)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per system and case (median reported)")
-    bench.add_argument("--cases", help="comma-separated subset of grpo_vlm,grpo_text,sft_vlm")
+    bench.add_argument("--cases", help="comma-separated subset of grpo_vlm,grpo_text,sft_vlm,sft_vlm_padding_free")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="cpu: hide any GPU; cuda: require one (the tiny models; real sizes: scripts/gpu_bench.py)")
     bench.add_argument("--no-scaling", action="store_true", help="skip the scaling sweep")
     bench.add_argument("--json", help="write the report here")
     bench.set_defaults(func=_bench)

@@ -297,11 +297,13 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
 
 # ------------------------------------------------------------------ orchestration
 
-def _worker(system: str, case_name: str, steps: int, extra: dict) -> dict:
-    """Run one measurement in a fresh interpreter; its JSON result."""
+def _worker(system: str, case_name: str, steps: int, extra: dict, device: str = "auto") -> dict:
+    """Run one measurement in a fresh interpreter (``device="cpu"``: with no GPU visible); its JSON result."""
     with tempfile.TemporaryDirectory(prefix="mmpost-bench-") as tmp:
         spec = json.dumps({"system": system, "case": case_name, "steps": steps, "extra": extra, "out": tmp})
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
         done = subprocess.run([sys.executable, "-m", "mmpost.tools.bench.trl", spec], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"bench worker {system}/{case_name} failed:\n{done.stderr[-3000:]}")
@@ -313,21 +315,30 @@ def _median(results: list[dict]) -> dict:
 
 
 def run(quick: bool = False, repeats: int = 3, cases: list[str] | None = None, scaling: bool = True,
-        out: Path | None = None) -> dict:
-    """Every case for both systems (alternating, ``repeats`` times), the scaling sweep, the table."""
+        out: Path | None = None, device: str = "auto") -> dict:
+    """Every case for both systems and the floor (alternating, ``repeats`` times), the scaling sweep,
+    the table. ``device``: "cpu" hides any GPU from the runs, "cuda" requires one, "auto" uses one if
+    present (the tiny models; real sizes on a GPU: ``scripts/gpu_bench.py``)."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("mmpost bench --device cuda: torch sees no GPU on this machine")
     steps = 3 if quick else 8
     repeats = 1 if quick else repeats
-    report: dict = {"steps": steps, "repeats": repeats, "cases": {}, "machine": _machine()}
+    used = "cpu" if device == "cpu" or not torch.cuda.is_available() else torch.cuda.get_device_name()
+    report: dict = {"steps": steps, "repeats": repeats, "device": used, "cases": {}, "machine": _machine()}
     for name in cases or list(CASES):
         runs: dict[str, list] = {"mmpost": [], "trl": [], "floor": []}
         for r in range(repeats):
             order = ("mmpost", "trl", "floor") if r % 2 == 0 else ("trl", "mmpost", "floor")
             for system in order:
-                runs[system].append(_worker(system, name, steps, {}))
+                runs[system].append(_worker(system, name, steps, {}, device))
                 print(f"  {name} {system} run {r + 1}: {_short(runs[system][-1])}", flush=True)
         report["cases"][name] = {s: _median(v) for s, v in runs.items()}
     if scaling:
-        report["scaling"] = _scaling(steps)
+        report["scaling"] = _scaling(steps, device)
     print_table(report)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -336,13 +347,13 @@ def run(quick: bool = False, repeats: int = 3, cases: list[str] | None = None, s
     return report
 
 
-def _scaling(steps: int) -> dict:
+def _scaling(steps: int, device: str) -> dict:
     base = dict(CASES["grpo_vlm"])
     points = {"base": {}, "group x2": {"group": base["group"] * 2},
               "length x2": {"max_new_tokens": base["max_new_tokens"] * 2}, "image side x2": {"image_side": 224}}
     out = {}
     for label, change in points.items():
-        out[label] = _worker("mmpost", "grpo_vlm", steps, change)["step_s"]
+        out[label] = _worker("mmpost", "grpo_vlm", steps, change, device)["step_s"]
         print(f"  scaling {label}: {out[label]:.2f} s/step", flush=True)
     return out
 
@@ -360,7 +371,7 @@ def _machine() -> dict:
 
 def print_table(report: dict) -> None:
     print(f"\nmmpost vs TRL (median of {report['repeats']}, {report['steps']} steps each, first dropped; "
-          f"1 torch thread; {report['machine']['cpus']} CPUs)")
+          f"1 torch thread; {report['machine']['cpus']} CPUs; device {report.get('device', 'cpu')})")
     print(f"{'case':<10} {'metric':<18} {'mmpost':>10} {'TRL':>10} {'mmpost/TRL':>11}")
     for name, systems in report["cases"].items():
         mine, theirs = systems["mmpost"], systems["trl"]

@@ -36,3 +36,13 @@ def test_bench_quick(mmpost_home, tmp_path):
                 assert numbers["samples_per_s"] == pytest.approx(8 / numbers["step_s"])
     scaling = report["scaling"]
     assert set(scaling) == {"base", "group x2", "length x2", "image side x2"} and all(v > 0 for v in scaling.values())
+
+
+def test_bench_device_cuda_without_a_gpu_says_so():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run([sys.executable, "-m", "mmpost.cli", "bench", "--device", "cuda", "--quick"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "sees no GPU" in result.stderr
