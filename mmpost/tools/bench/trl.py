@@ -12,6 +12,10 @@ and noisy). Cases:
 - ``grpo_text``: the same on the text-only arithmetic task (same tiny LM, ``answer_match``).
 - ``sft_vlm``: SFT on chart2code demonstrations, mmpost's ``sft`` stage vs TRL's ``SFTTrainer``
   (prompt/completion rows with images, completion-only loss): same batch, optimizer, lr.
+- ``sft_vlm_padding_free``: the same with mmpost's rows packed (``padding_free``); TRL trains padded
+  (its ``SFTTrainer`` refuses padding-free training on vision datasets).
+- the floor of each case (:func:`run_floor`): the model's own work of the step timed alone, the
+  least any system can take with transformers' model code.
 - ``scaling`` (mmpost): seconds per GRPO step as group size, completion length and image side
   double.
 - the sandboxed reward: warm fork-server vs a fresh interpreter per job (:mod:`mmpost.tools.bench.sandbox`).
@@ -21,9 +25,10 @@ mmpost with its own decode loop (:mod:`mmpost.adapters.decoding`: each prompt en
 group, inverse-CDF sampling, the boolean padding mask handed to SDPA), scores the rewards beside
 the first forward pass, and steps a fused AdamW.
 
-Per step the first one is dropped (warm-up). Reported: completions/s (GRPO: sampled completions
-per second of step time, reward included), tokens/s (generated or trained tokens), seconds per step
-split into generate / reward / update (forward, backward and optimizer), peak RSS.
+Per step the first one is dropped (warm-up). A step's time includes the making of its batch for both
+systems. Reported: completions/s (GRPO: sampled completions per second of step time, reward included),
+tokens/s (generated or trained tokens), seconds per step split into generate / reward / update
+(forward, backward and optimizer), peak RSS; for the floor, its parts.
 """
 
 from __future__ import annotations
