@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+TOKEN_KEYS = {"input_ids", "mm_token_type_ids", "token_type_ids"}  # one entry per token: packed with the tokens
+
 
 def pack(inputs: dict, positions: torch.Tensor, keep: int) -> tuple[dict, torch.Tensor]:
     """``inputs`` (the model's padded inputs: [B, L] token tensors and media) packed into one row.
@@ -26,9 +28,8 @@ def pack(inputs: dict, positions: torch.Tensor, keep: int) -> tuple[dict, torch.
     the last ``keep`` padded positions of each row, its index in the packed row (-1 at padding)."""
     mask = inputs["attention_mask"].bool()
     rows, length = mask.shape
-    packed = {key: value[mask].unsqueeze(0) for key, value in inputs.items()
-              if key != "attention_mask" and torch.is_tensor(value) and value.shape[:2] == (rows, length)}
-    packed.update({key: value for key, value in inputs.items() if key not in packed and key != "attention_mask"})
+    packed = {key: value[mask].unsqueeze(0) if key in TOKEN_KEYS else value
+              for key, value in inputs.items() if key != "attention_mask"}
     packed["position_ids"] = positions[..., mask].unsqueeze(-2)  # [1, N] or [4, 1, N]
     index = torch.full((rows, length), -1, dtype=torch.long, device=mask.device)
     index[mask] = torch.arange(int(mask.sum()), device=mask.device)
