@@ -196,6 +196,9 @@ class TrainConfig:
     # token policies: teacher-forced forwards (SFT, rollout scoring) pack the batch's rows into one
     # sequence without padding (per-row position ids; FlashAttention's variable-length path on GPUs)
     padding_free: bool = False
+    # token policies' attention kernel: "" = the model's own default (SDPA); "flash_attention_2" (GPUs,
+    # the flash-attn package: packed rows then run variable-length), "sdpa", "eager"
+    attn_implementation: str = ""
     # "fsdp": shard parameters, gradients and optimiser state over the processes of a distributed launch
     # (FSDP2; also chosen by an accelerate config with distributed_type: FSDP); "none": each process
     # holds the whole model (data parallel)
@@ -242,6 +245,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"trackers: unknown {unknown}; choose from {', '.join(TRACKERS)} (or [] for none)")
         check_choice("sharding", self.sharding, ("none", "fsdp"))
+        check_choice("attn_implementation", self.attn_implementation, ("", "flash_attention_2", "sdpa", "eager"))
         check_choice("sandbox_backend", self.sandbox_backend, ("local", "ray"))
         check_choice("env.backend", self.env.backend, ("local", "ray"))
         if self.reward_errors not in ("contain", "raise"):

@@ -12,7 +12,7 @@ learning rate (the cases of ``mmpost bench``, :mod:`mmpost.tools.bench.trl`), al
 fresh process. Cases: GRPO on chart2code (images in the prompts, the sandboxed chart reward) with HF
 generation, and with the colocated vLLM engine where vLLM is installed; SFT on chart2code demonstrations,
 padded and padding-free (mmpost packs the rows; TRL refuses padding-free training on vision datasets, so
-its row there is padded again).
+its row there is padded again); both systems use FlashAttention 2 where the flash-attn package is installed.
 Per case: samples/s, generated (GRPO) or trained (SFT) tokens/s, the step split (generate / reward /
 update), peak GPU memory, and model FLOP utilisation against the GPU's dense bf16 peak:
 ``flops_per_token * tokens/s / peak`` with 6N per trained token for SFT and 8N per generated token for
@@ -71,6 +71,8 @@ def build(shape: str, out: Path) -> tuple[str, int]:
 def cases(model: str, gpu: bool) -> dict[str, tuple[str, dict] | str]:
     """Label -> (``mmpost bench`` case, settings), or the reason the case cannot run here."""
     settings = {"model": model, "bf16": gpu, "gradient_checkpointing": gpu}
+    if gpu and importlib.util.find_spec("flash_attn"):  # packed rows then run variable-length
+        settings["attn_implementation"] = "flash_attention_2"
     vllm = (("grpo_vlm", {**settings, "vllm": True}) if gpu and importlib.util.find_spec("vllm")
             else "needs a GPU and the [vllm] extra")
     return {"GRPO, HF generate": ("grpo_vlm", settings), "GRPO, colocated vLLM": vllm, "SFT": ("sft_vlm", settings),

@@ -89,14 +89,15 @@ class TokenPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        gradient_checkpointing: bool = False, quantize: str = "", **kwargs) -> "TokenPolicy":
+                        gradient_checkpointing: bool = False, quantize: str = "", attn_implementation: str = "",
+                        **kwargs) -> "TokenPolicy":
         """Load model and processor with the ordinary ``from_pretrained`` path (local dir or hub id):
         any multimodal LM transformers knows (image, video or audio + text), or a text-only causal LM
         (``quantize="nf4"`` loads it 4-bit, the frozen base of QLoRA adapters)."""
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
-        model = load_model(path, dtype, quantize, device)
+        model = load_model(path, dtype, quantize, device, attn_implementation)
         if not quantize:  # (a quantized model is placed by device_map and cannot be moved)
             model = model.to(device)
         if gradient_checkpointing:
@@ -107,9 +108,11 @@ class TokenPolicy:
     @classmethod
     def for_run(cls, path: str | Path, cfg, device: str = "cpu") -> "TokenPolicy":
         """:meth:`from_pretrained` with a run's loading options (``cfg``: :class:`~mmpost.config.TrainConfig`):
-        gradient checkpointing and QLoRA's quantized base. Every token task builds its policy here."""
+        gradient checkpointing, QLoRA's quantized base, padding-free forwards and the attention kernel.
+        Every token task builds its policy here."""
         return cls.from_pretrained(path, device=device, quantize=cfg.peft.quantize,
-                                   gradient_checkpointing=cfg.gradient_checkpointing, padding_free=cfg.padding_free)
+                                   gradient_checkpointing=cfg.gradient_checkpointing, padding_free=cfg.padding_free,
+                                   attn_implementation=cfg.attn_implementation)
 
     def set_generation_length(self, max_new_tokens: int) -> None:
         """Cap each sampled completion at ``max_new_tokens`` (a stage's ``sampling.max_new_tokens``)."""

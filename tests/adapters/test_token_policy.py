@@ -338,3 +338,20 @@ def test_padding_free_refuses_a_model_whose_packed_rows_attend_to_each_other(tin
     policy = TokenPolicy.from_pretrained(tiny_model_dir, padding_free=True)
     with pytest.raises(ValueError, match="padding_free.*differs from its padded one"):
         policy.demo_logprobs(_demo_rows("qwen2_vl"))
+
+
+def test_attn_implementation_is_loaded_and_packs_with_eager_attention(tiny_model_dir):
+    """`attn_implementation` reaches the loaded model (eager here; flash_attention_2 needs a GPU), and
+    padding-free eager attention scores demonstrations as the default padded SDPA forward does; a
+    typo fails in the config."""
+    import mmpost
+
+    rows = _demo_rows("qwen2_vl")
+    default = TokenPolicy.from_pretrained(tiny_model_dir).demo_logprobs(rows)[0].detach()
+    cfg = mmpost.build_config("chart2code", model=str(tiny_model_dir),
+                              overrides={"attn_implementation": "eager", "padding_free": True})
+    policy = TokenPolicy.for_run(tiny_model_dir, cfg)
+    assert policy.model.config._attn_implementation == "eager" and policy.padding_free
+    torch.testing.assert_close(policy.demo_logprobs(rows)[0].detach(), default, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        mmpost.build_config("chart2code", overrides={"attn_implementation": "flash"})

@@ -93,6 +93,8 @@ def test_every_task_and_recipe_resolves_to_the_same_config():
             assert (config["rollout"].pop("server_url"), config["rollout"].pop("server_timeout"),
                     config["rollout"].pop("tensor_parallel_size")) == (
                 "http://127.0.0.1:8000", 240.0, 1), key  # vllm_server's server, vllm's engine groups (issue 27)
+            # padding-free forwards and the attention kernel (issue 28): off / the model's default
+            assert (config.pop("padding_free"), config.pop("attn_implementation")) == (False, ""), key
         for stage in config.get("stages", []):
             for path, default in ADDED_SINCE.items():
                 value = stage.pop(f"+{path}")

@@ -86,7 +86,8 @@ def _model_dir(task: str) -> str:
 def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
     """The case through ``mmpost.train`` (the real engine); per-step times from its metrics log.
     Optional case keys (``scripts/gpu_bench.py``): ``model`` (a directory), ``bf16``,
-    ``gradient_checkpointing``, ``vllm`` (the colocated engine samples), ``padding_free``."""
+    ``gradient_checkpointing``, ``vllm`` (the colocated engine samples), ``padding_free``,
+    ``attn_implementation`` (both systems load the model with it)."""
     import mmpost
 
     overrides = {"threads": 1, "data.train_size": 64, "data.eval_size": 2, "eval.sampled": False,
@@ -94,7 +95,7 @@ def run_mmpost(case: dict, steps: int, out: Path, image_side: int = 0) -> dict:
                  "trackers": [],  # TRL runs with report_to=[]
                  "model": case.get("model", ""), "mixed_precision": "bf16" if case.get("bf16") else "no",
                  "gradient_checkpointing": bool(case.get("gradient_checkpointing")),
-                 "padding_free": bool(case.get("padding_free"))}
+                 "padding_free": bool(case.get("padding_free")), "attn_implementation": case.get("attn_implementation", "")}
     if case.get("vllm"):
         overrides["rollout.backend"] = "vllm"
     if case["kind"] == "grpo":
@@ -147,8 +148,8 @@ def run_floor(case: dict, steps: int) -> dict:
     from mmpost.optim import adamw
 
     torch.manual_seed(0)
-    policy = TokenPolicy.from_pretrained(case.get("model") or _model_dir(case["task"]),
-                                         padding_free=bool(case.get("padding_free")))
+    policy = TokenPolicy.from_pretrained(case.get("model") or _model_dir(case["task"]), padding_free=bool(
+        case.get("padding_free")), attn_implementation=case.get("attn_implementation", ""))
     policy.set_generation_length(case.get("max_new_tokens", 64))
     model, rows = policy.model, _rows(case["task"], 64)
     forward = _Timer()
@@ -250,7 +251,8 @@ def run_trl(case: dict, steps: int, out: Path) -> dict:
 
     processor = AutoProcessor.from_pretrained(model_dir)
     # fp32 weights, bf16 autocast with bf16=True: as mmpost loads and trains it
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    kernel = {"attn_implementation": case["attn_implementation"]} if case.get("attn_implementation") else {}
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, **kernel)
     model.generate = generate.wrap(model.generate)
     common = dict(output_dir=str(out), max_steps=steps, logging_steps=1, report_to=[], save_strategy="no",
                   use_cpu=not gpu, bf16=bool(case.get("bf16")),
