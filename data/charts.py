@@ -105,7 +105,7 @@ def render_programs(codes: list[str], workers: int | None = None) -> Iterator[tu
 
     if not codes:
         return
-    workers = min(workers or len(os.sched_getaffinity(0)), len(codes))
+    workers = min(workers or _usable_cpus(), len(codes))
     # fresh interpreters (not forks of a trainer that may hold torch's threads); worker i renders
     # codes i, i + workers, ..., so reading the replies in order keeps every worker busy
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
@@ -126,6 +126,13 @@ def render_programs(codes: list[str], workers: int | None = None) -> Iterator[tu
             proc.kill()
             proc.wait()
             proc.stdout.close()
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # (a container's or taskset's share, not the machine's)
+    except AttributeError:  # no affinity API on this OS
+        return os.cpu_count() or 1
 
 
 def _serve_renders() -> None:
