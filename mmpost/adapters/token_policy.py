@@ -82,6 +82,7 @@ class TokenPolicy:
         self.shares_media = True  # a group's shared prompt encoded once, until a batch shows it cannot be
         self.adapters_merged = False  # an earlier stage's LoRA adapters went into the base (lora.restart_adapters)
         self.padding_free = padding_free
+        self._last_encoding = None  # (rows, their encoded prompts): see encode_prompts
         self.packing_checked = False  # the first packed forward is compared with the padded one
         if padding_free and not self.keeps_logits:
             raise ValueError(f"padding_free needs a model whose forward takes logits_to_keep; "
@@ -125,6 +126,7 @@ class TokenPolicy:
         if image_processor is None:
             raise ValueError(f"{type(self.processor).__name__} has no image processor: image_pixels needs a vision model")
         image_processor.size = {"shortest_edge": pixels, "longest_edge": pixels}
+        self._last_encoding = None
 
     # ------------------------------------------------------------------ encoding
 
@@ -134,7 +136,19 @@ class TokenPolicy:
     def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Left-padded processor inputs (ids, mask, pixel values, audio features, ...) for the rows'
         prompts. Rows carry their media as ``images`` (PIL images), ``videos`` (frame lists or
-        arrays) and ``audios`` (1-D float waveforms at ``audio_sampling_rate``, default 16 kHz)."""
+        arrays) and ``audios`` (1-D float waveforms at ``audio_sampling_rate``, default 16 kHz).
+
+        The last result is kept for the same row objects: a rollout's training forward encodes the
+        very prompts its sampling pass did (the processor on every image again, otherwise)."""
+        last = self._last_encoding
+        if last is not None and len(last[0]) == len(rows) and all(a is b for a, b in zip(last[0], rows)):
+            return last[1]
+        encoded = self._encode_prompts(rows)
+        # (inference-mode tensors could not be saved for a backward: not kept)
+        self._last_encoding = None if torch.is_inference_mode_enabled() else (list(rows), encoded)
+        return encoded
+
+    def _encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         texts = [self._prompt_text(r) for r in rows]
         media = {}
         for key, argument in (("images", "images"), ("videos", "videos"), ("audios", "audio")):

@@ -355,3 +355,21 @@ def test_attn_implementation_is_loaded_and_packs_with_eager_attention(tiny_model
     torch.testing.assert_close(policy.demo_logprobs(rows)[0].detach(), default, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="attn_implementation"):
         mmpost.build_config("chart2code", overrides={"attn_implementation": "flash"})
+
+
+def test_a_rollouts_training_forward_reuses_the_sampling_pass_encoding(tiny_model_dir, rows):
+    """The processor runs once per GRPO step: scoring a rollout takes the prompts the sampling pass
+    encoded (same row objects), with the same scores as encoding them again; other rows are encoded."""
+    torch.manual_seed(0)
+    policy = TokenPolicy.from_pretrained(tiny_model_dir, max_new_tokens=4)
+    calls = []
+    encode = policy._encode_prompts
+    policy._encode_prompts = lambda batch: calls.append(len(batch)) or encode(batch)
+    rollout = policy.rollout(rows[:2], n=3)
+    reused = policy.logprobs(rollout)
+    assert calls == [2]  # the sampling pass only
+    policy._last_encoding = None
+    torch.testing.assert_close(reused, policy.logprobs(rollout), atol=0, rtol=0)
+    assert calls == [2, 2]
+    policy.demo_logprobs(rows[1:])
+    assert calls == [2, 2, 2]  # other rows: encoded
