@@ -311,7 +311,11 @@ def _worker(system: str, case_name: str, steps: int, extra: dict, device: str = 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        done = subprocess.run([sys.executable, "-m", "mmpost.tools.bench.trl", spec], capture_output=True, text=True, env=env)
+        if env.get("MMPOST_HOME"):  # (the worker runs elsewhere)
+            env["MMPOST_HOME"] = str(Path(env["MMPOST_HOME"]).resolve())
+        # cwd: the temp directory, so `-m` imports the installed mmpost, never a checkout the bench was started in
+        done = subprocess.run([sys.executable, "-m", "mmpost.tools.bench.trl", spec], capture_output=True, text=True,
+                              env=env, cwd=tmp)
         if done.returncode != 0:
             raise RuntimeError(f"bench worker {system}/{case_name} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
