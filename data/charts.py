@@ -109,8 +109,9 @@ def render_programs(codes: list[str], workers: int | None = None) -> Iterator[tu
     # fresh interpreters (not forks of a trainer that may hold torch's threads); worker i renders
     # codes i, i + workers, ..., so reading the replies in order keeps every worker busy
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    # (cwd "/": `-m` imports the installed mmpost, never a checkout in the trainer's working directory)
     procs = [subprocess.Popen([sys.executable, "-m", "mmpost.data.charts"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, env=env) for _ in range(workers)]
+                              stdout=subprocess.PIPE, env=env, cwd="/") for _ in range(workers)]
     try:
         for i, proc in enumerate(procs):
             write_message(proc.stdin, {"codes": codes[i::workers]})

@@ -286,6 +286,8 @@ class TrainConfig:
         from mmpost.policy import ImageResizing, TokenDemos, VLLMSampling
 
         run = [(TokenDemos, "peft (LoRA adapters)") if self.peft.r else None,
+               (TokenDemos, "padding_free") if self.padding_free else None,
+               (TokenDemos, f"attn_implementation={self.attn_implementation}") if self.attn_implementation else None,
                (VLLMSampling, f"rollout.backend={self.rollout.backend}") if self.rollout.backend != "hf" else None,
                (ImageResizing, "image_pixels") if self.image_pixels else None]
         stages = [(c, f"stage {s.name!r}: {reason}") for s in self.stages for c, reason in s.requirements()]

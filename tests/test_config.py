@@ -57,3 +57,15 @@ def test_overrides_across_a_stages_sections_do_not_depend_on_their_order():
         assert (cfg.stage("rl").batch_size, cfg.stage("rl").pg.minibatches) == (2, 1)
     with pytest.raises(ValueError, match="pg.minibatches must divide"):
         mmpost.build_config("maniskill", overrides={"rl.batch_size": "3"})
+
+
+def test_token_policy_knobs_are_refused_for_a_flow_policy():
+    """padding_free and attn_implementation are token-policy settings: a flow task names them and fails."""
+    import pytest
+
+    import mmpost
+
+    for override in ({"padding_free": True}, {"attn_implementation": "eager"}):
+        with pytest.raises(ValueError, match=f"{next(iter(override))}.*FlowActionPolicy"):
+            mmpost.build_config("reach", overrides=override)
+        mmpost.build_config("chart2code", overrides=override)  # a token policy takes them

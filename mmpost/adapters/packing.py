@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-TOKEN_KEYS = {"input_ids", "mm_token_type_ids", "token_type_ids"}  # one entry per token: packed with the tokens
+from mmpost.adapters.shared_media import ROW_KEYS
+
+TOKEN_KEYS = ROW_KEYS - {"attention_mask"}  # one entry per token: packed with the tokens
 
 
 def pack(inputs: dict, positions: torch.Tensor, keep: int) -> tuple[dict, torch.Tensor]:
